@@ -1,0 +1,23 @@
+//! The `netward` command line. Exit codes everywhere: 0 ok, 1 denied / findings, 2 error.
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "netward",
+    version,
+    about = "Kubernetes NetworkPolicy enforcement with eBPF"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {}
+}

@@ -1,0 +1,23 @@
+//! netward: Kubernetes NetworkPolicy enforcement with eBPF.
+//!
+//! Data flow, one direction:
+//!
+//! ```text
+//! source (manifests | Kubernetes watch) -> model -> compiler -> Plan -> map sync -> datapath
+//!                                                       |                              |
+//!                                            evaluators, CLI                 events, counters
+//! ```
+//!
+//! * [`source`]: reads k8s-openapi objects and validates them into the [`model`].
+//! * [`compiler`]: pure function `model + node -> Plan` (no I/O).
+//! * [`eval`]: two independent evaluators, `spec` (reads the model) and `plan` (does the
+//!   lookups the eBPF program does on the Plan); differential tests keep them equal.
+//! * [`lint`]: pitfalls users hit when writing policies.
+//! * [`cli`]: the `netward` command.
+pub mod cli;
+pub mod compiler;
+pub mod eval;
+pub mod lint;
+pub mod model;
+pub mod plan;
+pub mod source;

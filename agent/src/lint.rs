@@ -1,0 +1,1 @@
+//! `netward lint`: the pitfalls users hit when writing NetworkPolicies.

@@ -1,0 +1,4 @@
+//! `netward`: see `netward --help`.
+fn main() -> std::process::ExitCode {
+    netward::cli::main()
+}

@@ -1,0 +1,1 @@
+//! Sources of the cluster model: manifest files and (in the agent) the Kubernetes API.

@@ -1,0 +1,1 @@
+//! Shared helpers for netward integration tests (network namespaces, test API server).

@@ -1,0 +1,109 @@
+//! netward's developer tasks. `cargo xtask <task>`:
+//!
+//! * `setup`: install what a fresh machine lacks (nightly rust-src, bpf-linker linked to the
+//!   nightly toolchain's LLVM, Debian packages the tests use). Idempotent and quick when all
+//!   is present.
+//! * `test`: setup, then every test of the workspace (needs root: BPF, network namespaces).
+//! * `demo`: setup, then the main job on the bundled examples.
+//! * `bench compile|datapath|agent`: benchmarks (see `bench.rs`).
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+mod bench;
+mod setup;
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "netward developer tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install the toolchain pieces and Debian packages netward's build and tests need.
+    Setup,
+    /// Set up, then run every test of the workspace (as root).
+    Test {
+        /// Extra arguments passed to `cargo test` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Set up, then run the main job on the bundled examples.
+    Demo,
+    /// Benchmarks; figures are printed as tables.
+    Bench {
+        #[command(subcommand)]
+        which: bench::Bench,
+    },
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().task {
+        Task::Setup => setup::run(),
+        Task::Test { args } => {
+            setup::run()?;
+            test(&args)
+        }
+        Task::Demo => {
+            setup::run()?;
+            demo()
+        }
+        Task::Bench { which } => {
+            setup::run()?;
+            bench::run(which)
+        }
+    }
+}
+
+/// Packages whose tests `cargo xtask test` runs (the eBPF crate only builds for BPF).
+const TEST_PACKAGES: &[&str] = &["netward-common", "netward", "netward-tests", "xtask"];
+
+fn test(extra: &[String]) -> Result<()> {
+    let mut cmd = Command::new("cargo");
+    cmd.arg("test");
+    for p in TEST_PACKAGES {
+        cmd.args(["--package", p]);
+    }
+    cmd.args(extra);
+    run(&mut cmd)
+}
+
+fn demo() -> Result<()> {
+    run(Command::new("cargo").args(["build", "--release", "--package", "netward"]))?;
+    let netward = workspace_root().join("target/release/netward");
+    let examples = workspace_root().join("examples");
+    run(Command::new(&netward)
+        .arg("matrix")
+        .arg("-f")
+        .arg(&examples)
+        .args(["--port", "80", "--protocol", "TCP"]))
+    .or_else(|e| {
+        // `matrix` exits 1 when some pair is denied: that is the expected outcome here.
+        if e.to_string().contains("exit status: 1") {
+            Ok(())
+        } else {
+            Err(e)
+        }
+    })
+}
+
+pub(crate) fn workspace_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask sits in the workspace")
+        .to_path_buf()
+}
+
+/// Run a command, inheriting stdio; fail with the command line when it fails.
+pub(crate) fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd
+        .status()
+        .with_context(|| format!("failed to start {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
