@@ -9,6 +9,9 @@
 //!   Within a rule, peers are ORed (none listed: every peer) and ports are ORed (none listed:
 //!   every port of every protocol, ICMP included); peers AND ports must both match.
 //! * Both sides must allow: the source pod's egress and the destination pod's ingress.
+//! * "A pod cannot block access to itself" (Kubernetes docs, Network Policies): a pod's
+//!   traffic to its own address is looped back inside its network namespace and never reaches
+//!   an enforcement point, so both sides are [`SideVerdict::NotEnforced`].
 //! * Traffic NetworkPolicy does not define (ICMP and other non TCP/UDP/SCTP protocols) is only
 //!   allowed on an isolated side by a rule without `ports`; a rule that lists ports only ever
 //!   matches TCP, UDP or SCTP.
@@ -23,6 +26,14 @@ use crate::plan::PolicyRef;
 pub fn evaluate(cluster: &Cluster, node: Option<&str>, flow: &Flow) -> Decision {
     let src_pod = cluster.pod_by_ip(flow.src);
     let dst_pod = cluster.pod_by_ip(flow.dst);
+    if let (Some(s), Some(d)) = (src_pod, dst_pod) {
+        if std::ptr::eq(s, d) {
+            return Decision {
+                egress: SideVerdict::NotEnforced,
+                ingress: SideVerdict::NotEnforced,
+            };
+        }
+    }
     Decision {
         egress: side(cluster, node, Direction::Egress, src_pod, dst_pod, flow),
         ingress: side(cluster, node, Direction::Ingress, dst_pod, src_pod, flow),
@@ -290,6 +301,14 @@ mod tests {
         assert_eq!(on_n1.egress, SideVerdict::NotIsolated);
         assert!(on_n1.allowed());
         assert!(!evaluate(&c, Some("n2"), &flow).allowed());
+    }
+
+    #[test]
+    fn a_pod_cannot_block_access_to_itself() {
+        let c = cluster(vec![policy("deny", "web", vec![])]);
+        let d = evaluate(&c, None, &tcp("10.0.0.2", "10.0.0.2", 80));
+        assert_eq!(d.ingress, SideVerdict::NotEnforced);
+        assert!(d.allowed());
     }
 
     #[test]
