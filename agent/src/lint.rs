@@ -14,9 +14,11 @@
 //! its errors, namespace, sections, podSelector, ingress rules, egress rules, then DNS.
 use serde::Serialize;
 
-use crate::model::{Cluster, Direction, Pod, Policy};
+use crate::model::{Cluster, Direction, Policy};
+use index::Index;
 
 mod dns;
+mod index;
 mod ports;
 mod selectors;
 mod shadow;
@@ -45,21 +47,22 @@ pub struct Finding {
 
 /// Every finding for `cluster`, in a deterministic order.
 pub fn lint(cluster: &Cluster) -> Vec<Finding> {
-    let mut dns = dns::check(cluster);
+    let ix = Index::new(cluster);
+    let mut dns = dns::check(&ix);
     let mut out = Vec::new();
     for (index, policy) in cluster.policies.iter().enumerate() {
         validation_errors(policy, &mut out);
-        let has_pods = namespace_has_pods(cluster, policy, &mut out);
+        let has_pods = namespace_has_pods(&ix, policy, &mut out);
         ignored_sections(policy, &mut out);
         if has_pods {
-            selectors::check_pod_selector(cluster, policy, &mut out);
+            selectors::check_pod_selector(&ix, policy, &mut out);
         }
         for dir in Direction::BOTH {
             for (ri, rule) in policy.rules(dir).iter().enumerate() {
                 let field = rule_field(dir, ri);
-                selectors::check_peers(cluster, policy, dir, rule, &field, &mut out);
-                ports::check(cluster, policy, dir, rule, &field, &mut out);
-                shadow::check(cluster, index, dir, ri, &field, &mut out);
+                selectors::check_peers(&ix, policy, dir, rule, &field, &mut out);
+                ports::check(&ix, policy, dir, rule, &field, &mut out);
+                shadow::check(&ix, index, dir, ri, &field, &mut out);
             }
         }
         out.extend(dns.remove(&index).unwrap_or_default());
@@ -78,11 +81,6 @@ fn peers_field(dir: Direction) -> &'static str {
         Direction::Ingress => "from",
         Direction::Egress => "to",
     }
-}
-
-/// Pods that policies can select and that are endpoints (hostNetwork pods are neither).
-fn pods(cluster: &Cluster) -> impl Iterator<Item = &Pod> {
-    cluster.pods.iter().filter(|p| !p.host_network)
 }
 
 fn validation_errors(policy: &Policy, out: &mut Vec<Finding>) {
@@ -106,16 +104,11 @@ fn validation_errors(policy: &Policy, out: &mut Vec<Finding>) {
 }
 
 /// Reports a policy whose namespace has no pods; returns whether it has some.
-fn namespace_has_pods(cluster: &Cluster, policy: &Policy, out: &mut Vec<Finding>) -> bool {
-    if pods(cluster).any(|p| p.namespace == policy.namespace) {
+fn namespace_has_pods(ix: &Index, policy: &Policy, out: &mut Vec<Finding>) -> bool {
+    if ix.populated_namespaces().any(|ns| ns == policy.namespace) {
         return true;
     }
-    let populated: Vec<&str> = cluster
-        .namespaces
-        .keys()
-        .filter(|ns| pods(cluster).any(|p| &p.namespace == *ns))
-        .map(String::as_str)
-        .collect();
+    let populated: Vec<&str> = ix.populated_namespaces().collect();
     let near = similar::near(&policy.namespace, populated.iter().copied());
     let mut fix = String::from("deploy the policy to the namespace of the pods it is meant for");
     if !near.is_empty() {
