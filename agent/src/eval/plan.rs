@@ -2,6 +2,10 @@
 //!
 //! Per side of a flow (the source's egress, the destination's ingress):
 //!
+//! 0. source and destination are the same local endpoint: the packet stays inside the pod's
+//!    network namespace and no program sees it (both sides not enforced);
+//! 0. source and destination are the same local endpoint: the packet stays inside the pod's
+//!    network namespace and no program sees it (both sides not enforced);
 //! 1. ipcache LPM of the local address: no entry with `EP_LOCAL` -> not enforced here;
 //! 2. not isolated in this direction (flags) -> allowed;
 //! 3. ipcache LPM of the peer address -> peer class;
@@ -34,6 +38,21 @@ pub fn evaluate(plan: &Plan, flow: &Flow) -> Decision {
         PROTO_TCP | PROTO_UDP | PROTO_SCTP => flow.port,
         _ => 0,
     };
+    // A pod talking to itself (any of its addresses) never crosses its veth: the datapath
+    // does not see the packet ("a pod cannot block access to itself").
+    let endpoint = |ip| {
+        ipcache_lookup(plan, ip)
+            .filter(|v| v.flags & EP_LOCAL != 0)
+            .map(|v| v.endpoint)
+    };
+    if let Some(e) = endpoint(flow.src) {
+        if endpoint(flow.dst) == Some(e) {
+            return Decision {
+                egress: SideVerdict::NotEnforced,
+                ingress: SideVerdict::NotEnforced,
+            };
+        }
+    }
     Decision {
         egress: side(
             plan,
