@@ -258,4 +258,136 @@ mod tests {
             "{f:#?}"
         );
     }
+
+    /// End to end from manifests: field paths are those of the YAML the user wrote.
+    #[test]
+    fn pitfalls_manifest() {
+        let yaml = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: prod, labels: {team: a}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: kube-system}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web, namespace: prod, labels: {app: web}}
+spec:
+  containers: [{name: c, image: x, ports: [{name: http, containerPort: 8080}]}]
+status: {podIP: 10.0.0.1}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: db, namespace: prod, labels: {app: db}}
+spec:
+  containers: [{name: c, image: x, ports: [{name: pg, containerPort: 5432}]}]
+status: {podIP: 10.0.0.2}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: coredns, namespace: kube-system, labels: {k8s-app: kube-dns}}
+spec:
+  containers: [{name: c, image: x, ports: [{name: dns, containerPort: 53, protocol: UDP}]}]
+status: {podIP: 10.0.1.1}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: default-deny, namespace: prod}
+spec:
+  podSelector: {}
+  policyTypes: [Ingress, Egress]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: allow-dns, namespace: prod}
+spec:
+  podSelector: {}
+  policyTypes: [Egress]
+  egress:
+  - to: [{namespaceSelector: {matchLabels: {name: kube-system}}}]
+    ports: [{protocol: UDP, port: 53}]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: web-in, namespace: prod}
+spec:
+  podSelector: {matchLabels: {app: Web}}
+  ingress: [{}]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: db-in, namespace: prod}
+spec:
+  podSelector: {matchLabels: {app: db}}
+  ingress:
+  - from: [{podSelector: {matchLabels: {app: web}}}]
+    ports: [{port: postgres}]
+  - from: [{podSelector: {matchLabels: {app: web}}}]
+    ports: [{port: postgres}]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: deny, namespace: staging}
+spec:
+  podSelector: {}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: bad, namespace: prod}
+spec:
+  podSelector: {matchLabels: {app: db}}
+  ingress:
+  - from: [{ipBlock: {cidr: 10.0.0/8}}]
+"#;
+        let loaded = crate::source::manifest::load_str("pitfalls.yaml", yaml);
+        let f = lint(&loaded.cluster);
+        let got: Vec<(&str, &str, &str)> = f
+            .iter()
+            .map(|f| (f.code, f.object.as_str(), f.field.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (
+                    "selector-matches-nothing",
+                    "prod/allow-dns",
+                    "spec.egress[0].to[0].namespaceSelector"
+                ),
+                // Attributed to the first policy (in cluster order) isolating the pods.
+                ("egress-without-dns", "prod/allow-dns", "spec.egress"),
+                (
+                    "invalid-policy",
+                    "prod/bad",
+                    "spec.ingress[0].from[0].ipBlock.cidr"
+                ),
+                (
+                    "named-port-undeclared",
+                    "prod/db-in",
+                    "spec.ingress[0].ports[0].port"
+                ),
+                (
+                    "named-port-undeclared",
+                    "prod/db-in",
+                    "spec.ingress[1].ports[0].port"
+                ),
+                ("duplicate-rule", "prod/db-in", "spec.ingress[1]"),
+                (
+                    "selector-matches-nothing",
+                    "prod/web-in",
+                    "spec.podSelector"
+                ),
+                (
+                    "namespace-without-pods",
+                    "staging/deny",
+                    "metadata.namespace"
+                ),
+            ],
+            "{f:#?}"
+        );
+        for finding in &f {
+            assert!(!finding.fix.is_empty() && !finding.message.is_empty());
+        }
+    }
 }

@@ -79,8 +79,8 @@ pub(super) fn check(ix: &Index) -> BTreeMap<usize, Vec<Finding>> {
                 "spec.egress".to_string()
             },
             message: format!(
-                "this policy isolates {} pod(s) for egress ({}) and no egress rule selecting \
-                 them allows {} to any peer: DNS lookups will fail",
+                "this policy isolates {} pod(s) for egress ({}) and no egress rule of the \
+                 policies selecting them allows {} to any peer: DNS lookups will fail",
                 affected.len(),
                 names.join(", "),
                 missing_s.join(" or ")

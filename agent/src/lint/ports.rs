@@ -102,7 +102,8 @@ pub(super) fn check<'a>(
         }
         if fix.is_empty() {
             fix = format!(
-                "name the container port `{name}` in the {who}' specs, or use the port number"
+                "add a container port named `{name}` ({protocol}) to the {who}, or use the port \
+                 number"
             );
         }
         out.push(Finding {

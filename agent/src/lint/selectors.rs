@@ -126,13 +126,13 @@ fn namespace_finding(
     for (k, v) in &ns_sel.match_labels {
         if k != NAMESPACE_NAME_LABEL && cluster.namespaces.contains_key(v) {
             why.suggestions.push(format!(
-                "select namespace `{v}` by name with `{NAMESPACE_NAME_LABEL}: {v}` instead of `{k}: {v}`"
+                "Select namespace `{v}` by name with `{NAMESPACE_NAME_LABEL}: {v}` instead of `{k}: {v}`."
             ));
         }
     }
     let mut fix = why.fix("the intended namespaces");
     if !unlabelled.is_empty() {
-        fix.push_str(" (e.g. `kubectl label namespace NAME KEY=VALUE`)");
+        fix.push_str(" Unlabelled namespaces: `kubectl label namespace NAME KEY=VALUE`.");
     }
     Finding {
         severity: Severity::Warning,
@@ -157,11 +157,11 @@ struct Why {
 impl Why {
     fn fix(&self, intended: &str) -> String {
         if self.suggestions.is_empty() {
-            format!("correct the selector, or add the missing labels to {intended}")
+            format!("Correct the selector, or add the missing labels to {intended}.")
         } else {
             format!(
-                "{}; otherwise add the missing labels to {intended}",
-                self.suggestions.join("; ")
+                "{} Otherwise, correct the selector or add the missing labels to {intended}.",
+                self.suggestions.join(" ")
             )
         }
     }
@@ -182,7 +182,7 @@ fn explain(sel: &LabelSelector, candidates: &[&Labels], kind: &str) -> Why {
         let alternatives = near(key, keys.iter().copied());
         if !alternatives.is_empty() {
             why.suggestions.push(format!(
-                "did you mean label key {} instead of `{key}`?",
+                "Did you mean label key {} instead of `{key}`?",
                 quote_list(&alternatives)
             ));
         }
@@ -210,7 +210,7 @@ fn explain(sel: &LabelSelector, candidates: &[&Labels], kind: &str) -> Why {
             if !alternatives.is_empty() {
                 let alts: Vec<String> = alternatives.iter().map(|a| format!("{k}={a}")).collect();
                 why.suggestions.push(format!(
-                    "did you mean {} instead of `{k}={v}`?",
+                    "Did you mean {} instead of `{k}={v}`?",
                     quote_list(&alts)
                 ));
             }
