@@ -4,10 +4,10 @@
 //! policy (`ns/name`), the field (`spec.egress[0].to[1].podSelector`), what is wrong and how to
 //! fix it. Checks, one module each:
 //!
-//! * [`dns`]: pods isolated for egress that cannot reach DNS (UDP 53 and TCP 53).
-//! * [`selectors`]: pod/namespace selectors that match nothing, with near-miss suggestions.
-//! * [`ports`]: named ports that no pod receiving the traffic declares.
-//! * [`shadow`]: duplicate rules and rules fully covered by another (provable structurally).
+//! * `dns`: pods isolated for egress that cannot reach DNS (UDP 53 and TCP 53).
+//! * `selectors`: pod/namespace selectors that match nothing, with near-miss suggestions.
+//! * `ports`: named ports that no pod receiving the traffic declares.
+//! * `shadow`: duplicate rules and rules fully covered by another (provable structurally).
 //! * here: validation errors, policies in namespaces without pods, ignored rule sections.
 //!
 //! Order is deterministic: policies in cluster order (namespace, name), and within a policy
