@@ -905,6 +905,8 @@ fn c40_node_local_enforcement() {
 
 /// Model (Pod::host_network): hostNetwork pods share the node's address; they are never
 /// endpoints nor pod peers. A selector never matches them; an ipBlock matches their address.
+/// The hostNetwork pod runs on n2 and dns on n1: the API's "traffic source is the pod's local
+/// node" exemption does not apply (the model knows no node addresses; see the report).
 #[test]
 fn c41_host_network_pod_is_not_a_pod_peer() {
     let c = base()
@@ -915,7 +917,7 @@ fn c41_host_network_pod_is_not_a_pod_peer() {
             "192.168.0.10",
         )
         .host_network()
-        .node("n1")
+        .node("n2")
         .policy(
             policy("kube-system", "dns-in")
                 .select(&[("k8s-app", "kube-dns")])
