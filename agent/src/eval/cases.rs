@@ -137,18 +137,29 @@ fn c02_ingress_deny_all_isolates_only_selected_pods_for_ingress() {
 
 /// API policyTypes: "policies that contain an egress section are assumed to affect egress, and
 /// all policies (whether or not they contain an ingress section) are assumed to affect
-/// ingress". `egress: []` therefore isolates both directions.
+/// ingress". Upstream `SetDefaults_NetworkPolicy` adds Egress only when `len(spec.egress) != 0`:
+/// `egress: []` without policyTypes isolates ingress only; one egress rule isolates both.
 #[test]
-fn c03_default_policy_types_with_egress_section_isolate_both() {
-    let c = base()
+fn c03_default_policy_types_from_egress_rules() {
+    let empty_section = base()
         .policy(
             policy("prod", "lock-db")
                 .select(&[("app", "db")])
                 .egress_section(),
         )
         .build();
-    check(&c, tcp(DB, EXT, 443), DenyEgress);
-    check(&c, tcp(CLIENT, DB, 5432), DenyIngress);
+    check(&empty_section, tcp(DB, EXT, 443), Allow);
+    check(&empty_section, tcp(CLIENT, DB, 5432), DenyIngress);
+    let with_rule = base()
+        .policy(
+            policy("prod", "lock-db")
+                .select(&[("app", "db")])
+                .egress(rule().ip_block("198.51.100.0/24", &[])),
+        )
+        .build();
+    check(&with_rule, tcp(DB, EXT, 443), DenyEgress);
+    check(&with_rule, tcp(DB, "198.51.100.1", 443), Allow);
+    check(&with_rule, tcp(CLIENT, DB, 5432), DenyIngress);
 }
 
 /// API policyTypes defaulting: a policy with only an ingress section does not affect egress.
