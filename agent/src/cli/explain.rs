@@ -231,7 +231,7 @@ impl Context<'_> {
                         p.node.as_deref().unwrap_or("no node"),
                         self.node.unwrap_or("?")
                     ),
-                    None => format!("not enforced: {local_text} is not a pod (outside the cluster or a node address)"),
+                    None => format!("not enforced: {local_text} is not a pod address, no pod policy applies to it"),
                 };
                 text.push_str(&format!("{head}: allowed ({reason})\n"));
                 ("not_enforced", vec![], None, reason)

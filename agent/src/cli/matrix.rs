@@ -177,8 +177,8 @@ pub fn pod_table(m: &Matrix, title: &str) -> String {
     let cells = |f: &dyn Fn(usize) -> String| -> String {
         let mut s = String::new();
         for j in 0..n {
-            if group_starts.contains(&j) {
-                s.push_str("  ");
+            if j > 0 && group_starts.contains(&j) {
+                s.push(' ');
             }
             let _ = write!(s, " {:>w$}", f(j));
         }

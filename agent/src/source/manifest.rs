@@ -426,6 +426,17 @@ mod tests {
     }
 
     #[test]
+    fn bundled_examples_load_cleanly() {
+        let l = load(&[concat!(env!("CARGO_MANIFEST_DIR"), "/../examples")]);
+        assert!(l.errors.is_empty(), "{:?}", l.errors);
+        assert!(l.notices.is_empty(), "{:?}", l.notices);
+        assert_eq!(l.cluster.pods.len(), 11);
+        assert_eq!(l.cluster.namespaces.len(), 7);
+        assert!(l.cluster.pods.iter().all(|p| p.ips.len() == 1));
+        assert!(l.cluster.policies.iter().all(|p| p.errors.is_empty()));
+    }
+
+    #[test]
     fn missing_path_and_empty_directory_are_errors() {
         let l = load(&["/nonexistent/netward.yaml"]);
         assert!(l.incomplete);
