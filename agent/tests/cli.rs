@@ -485,3 +485,11 @@ fn plan_sizes_and_dump() {
     let r = netward(&["plan", "-f", EXAMPLES, "--dump"], None);
     assert!(r.stdout.contains("subject classes:") && r.stdout.contains("peer classes:"));
 }
+
+#[test]
+fn without_files_the_bundled_examples_are_used() {
+    let embedded = netward(&["matrix", "--port", "5432", "-o", "json"], None);
+    assert_eq!(embedded.code, 0, "{}", embedded.stderr);
+    assert!(embedded.stderr.contains("bundled examples"));
+    assert_eq!(embedded.json(), matrix("5432", "TCP"));
+}

@@ -14,8 +14,8 @@ use crate::source::{self, Loaded};
 #[derive(clap::Args, Clone, Debug)]
 pub struct Input {
     /// Manifest files or directories (searched recursively for *.yaml, *.yml, *.json);
-    /// `-` reads standard input. Repeatable.
-    #[arg(short = 'f', long = "filename", value_name = "PATH", required = true, num_args = 1..)]
+    /// `-` reads standard input. Repeatable. Default: the bundled examples.
+    #[arg(short = 'f', long = "filename", value_name = "PATH", num_args = 1..)]
     pub paths: Vec<PathBuf>,
 }
 
@@ -32,7 +32,12 @@ pub enum Output {
 /// reported and kept (they fail closed); input that could not be read at all is an error,
 /// because results computed without it could be more open than the real cluster.
 pub fn load(input: &Input) -> anyhow::Result<Loaded> {
-    let loaded = source::load(&input.paths);
+    let loaded = if input.paths.is_empty() {
+        eprintln!("notice: no -f given: using the bundled examples (examples/ in the source tree)");
+        source::manifest::load_examples()
+    } else {
+        source::load(&input.paths)
+    };
     for n in &loaded.notices {
         eprintln!("notice: {n}");
     }
