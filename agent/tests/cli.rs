@@ -427,7 +427,7 @@ fn invalid_policy_fails_closed_and_is_reported() {
         "{}",
         r.stderr
     );
-    assert!(r.stderr.contains("fail closed"), "{}", r.stderr);
+    assert!(r.stderr.contains("invalid policy fails closed"), "{}", r.stderr);
     let m = r.json();
     // The invalid policy isolates db for ingress and egress, allowing nothing.
     assert!(!cell(&m, "shop/web", "shop/db"));

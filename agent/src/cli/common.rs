@@ -32,6 +32,12 @@ pub enum Output {
 /// reported and kept (they fail closed); input that could not be read at all is an error,
 /// because results computed without it could be more open than the real cluster.
 pub fn load(input: &Input) -> anyhow::Result<Loaded> {
+    load_reporting(input, true)
+}
+
+/// [`load`], optionally leaving policy validation errors unprinted (for commands that report
+/// them themselves, like `lint`).
+pub fn load_reporting(input: &Input, policy_errors: bool) -> anyhow::Result<Loaded> {
     let loaded = if input.paths.is_empty() {
         eprintln!("notice: no -f given: using the bundled examples (examples/ in the source tree)");
         source::manifest::load_examples()
@@ -41,7 +47,17 @@ pub fn load(input: &Input) -> anyhow::Result<Loaded> {
     for n in &loaded.notices {
         eprintln!("notice: {n}");
     }
-    for e in &loaded.errors {
+    let is_policy = |e: &&source::SourceError| {
+        e.object
+            .as_deref()
+            .is_some_and(|o| o.starts_with("NetworkPolicy "))
+            && e.field.is_some()
+    };
+    for e in loaded
+        .errors
+        .iter()
+        .filter(|e| policy_errors || !is_policy(e))
+    {
         eprintln!("error: {e}");
     }
     if loaded.incomplete {
@@ -58,9 +74,9 @@ pub fn load(input: &Input) -> anyhow::Result<Loaded> {
         .collect();
     if !failing.is_empty() {
         eprintln!(
-            "warning: {} invalid polic{} fail closed (isolate the pods they select, allow nothing): {}",
+            "warning: {} invalid polic{} closed (isolating the pods selected, allowing nothing): {}",
             failing.len(),
-            if failing.len() == 1 { "y" } else { "ies" },
+            if failing.len() == 1 { "y fails" } else { "ies fail" },
             failing.join(", ")
         );
     }
@@ -70,8 +86,20 @@ pub fn load(input: &Input) -> anyhow::Result<Loaded> {
 /// Print `value` as pretty JSON on standard output.
 pub fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {
     let text = serde_json::to_string_pretty(value).context("serialising JSON output")?;
-    println!("{text}");
-    Ok(())
+    emit(&format!("{text}\n"))
+}
+
+/// Write command output to standard output. A reader that went away (`| head`) is not an
+/// error: the rest of the output is simply dropped.
+pub fn emit(text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|_| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(e).context("writing to standard output")
+        }
+        _ => Ok(()),
+    }
 }
 
 /// An IP protocol given on the command line: TCP, UDP, SCTP (what policies name), ICMP,

@@ -151,13 +151,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             ingress: ingress.json,
         })?,
         Output::Table => {
-            println!(
-                "{} -> {} {flow_text}: {}\n",
+            common::emit(&format!(
+                "{} -> {} {flow_text}: {}\n\n{}{}",
                 ctx.from_text,
                 ctx.to_text,
-                if allowed { "ALLOWED" } else { "DENIED" }
-            );
-            print!("{}{}", egress.text, ingress.text);
+                if allowed { "ALLOWED" } else { "DENIED" },
+                egress.text,
+                ingress.text
+            ))?;
         }
     }
     Ok(if allowed {

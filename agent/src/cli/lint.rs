@@ -25,14 +25,15 @@ struct Json<'a> {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let loaded = common::load(&args.input)?;
+    // Invalid policies are findings of their own: do not print them twice.
+    let loaded = common::load_reporting(&args.input, false)?;
     let findings = lint::lint(&loaded.cluster);
     match args.output {
         Output::Json => common::print_json(&Json {
             findings: &findings,
             errors: &loaded.errors,
         })?,
-        Output::Table => print!("{}", table(&findings)),
+        Output::Table => common::emit(&table(&findings))?,
     }
     Ok(if findings.is_empty() && loaded.errors.is_empty() {
         ExitCode::SUCCESS

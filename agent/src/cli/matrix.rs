@@ -125,9 +125,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Output::Table => {
             let title = title(&args);
             if m.pods.len() <= MAX_POD_COLUMNS || args.full {
-                print!("{}", pod_table(&m, &title));
+                common::emit(&pod_table(&m, &title))?;
             } else {
-                print!("{}", namespace_table(&m, &title));
+                common::emit(&namespace_table(&m, &title))?;
             }
         }
     }

@@ -78,7 +78,21 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let plan = compiler::compile(&loaded.cluster, args.node.as_deref());
     let dump = args.dump.then(|| Dump {
         ipcache: plan.ipcache.iter().map(|e| ipcache_row(&plan, e)).collect(),
-        policy: plan.policy.iter().map(|e| policy_row(&plan, e)).collect(),
+        policy: {
+            // Map order is by prefix length first; people read by subject, then direction.
+            let mut entries: Vec<_> = plan.policy.iter().collect();
+            entries.sort_by_key(|(k, _)| {
+                (
+                    k.subject_class(),
+                    k.dir,
+                    k.peer_class(),
+                    k.proto,
+                    k.port_number(),
+                    k.prefixlen,
+                )
+            });
+            entries.into_iter().map(|e| policy_row(&plan, e)).collect()
+        },
         endpoints: &plan.endpoints,
         subject_classes: &plan.subject_classes,
         peer_classes: &plan.peer_classes,
@@ -89,7 +103,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             stats: plan.stats(),
             dump,
         })?,
-        Output::Table => print!("{}", table(&plan, args.node.as_deref(), dump.as_ref())),
+        Output::Table => common::emit(&table(&plan, args.node.as_deref(), dump.as_ref()))?,
     }
     Ok(ExitCode::SUCCESS)
 }
