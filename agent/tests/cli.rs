@@ -206,9 +206,20 @@ fn matrix_collapses_to_namespaces_for_many_pods_unless_full() {
     let r = netward(&["matrix", "-f", "-"], Some(&text));
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(r.stdout.contains("summarised by namespace"), "{}", r.stdout);
-    // ns0 isolates ingress with no rules: only its own pods' self traffic is allowed.
-    assert!(r.stdout.contains("1 ns0  10/100 100/100"), "{}", r.stdout);
-    assert!(r.stdout.contains("2 ns1   0/100 100/100"), "{}", r.stdout);
+    // ns0 isolates ingress with no rules: only its pods' traffic to themselves is allowed
+    // (10 of 100 pairs: mark 1), everything else reaches everything.
+    assert!(
+        r.stdout
+            .contains("1 ns0 1 \u{2713} \u{2713} \u{2713} \u{2713}  410/500"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout
+            .contains("2 ns1 \u{b7} \u{2713} \u{2713} \u{2713} \u{2713}  400/500"),
+        "{}",
+        r.stdout
+    );
     // 40 * 50 from the other namespaces, plus ns0's 10 pods to themselves.
     assert!(
         r.stdout.contains("2010 of 2500 pairs allowed"),
@@ -427,7 +438,11 @@ fn invalid_policy_fails_closed_and_is_reported() {
         "{}",
         r.stderr
     );
-    assert!(r.stderr.contains("invalid policy fails closed"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("invalid policy fails closed"),
+        "{}",
+        r.stderr
+    );
     let m = r.json();
     // The invalid policy isolates db for ingress and egress, allowing nothing.
     assert!(!cell(&m, "shop/web", "shop/db"));

@@ -216,8 +216,10 @@ pub fn pod_table(m: &Matrix, title: &str) -> String {
     out
 }
 
-/// Namespace x namespace: allowed pod pairs / pod pairs, for clusters too big for one column
-/// per pod.
+/// Namespace x namespace, for clusters too big for one column per pod: one mark per pair of
+/// namespaces (all, none, or roughly how many tenths of the pod pairs are allowed) and the
+/// allowed/total pod pairs per source namespace. Beyond [`MAX_NAMESPACE_COLUMNS`] namespaces,
+/// one line per pair of namespaces with exact counts.
 pub fn namespace_table(m: &Matrix, title: &str) -> String {
     use std::fmt::Write;
     let groups = groups(&m.pods);
@@ -232,10 +234,12 @@ pub fn namespace_table(m: &Matrix, title: &str) -> String {
     let _ = writeln!(out, "{title}");
     let _ = writeln!(
         out,
-        "{} pods: summarised by namespace as allowed pod pairs / pod pairs (--full for one column per pod)\n",
-        m.pods.len()
+        "{} pods in {} namespaces, summarised by namespace (--full for one column per pod)",
+        m.pods.len(),
+        groups.len()
     );
     if groups.len() > MAX_NAMESPACE_COLUMNS {
+        let _ = writeln!(out, "allowed pod pairs / pod pairs:\n");
         for from in &groups {
             for to in &groups {
                 let (a, t) = count(from, to);
@@ -243,33 +247,37 @@ pub fn namespace_table(m: &Matrix, title: &str) -> String {
             }
         }
     } else {
-        let cells: Vec<Vec<String>> = groups
-            .iter()
-            .map(|f| {
-                groups
-                    .iter()
-                    .map(|t| {
-                        let (a, t) = count(f, t);
-                        format!("{a}/{t}")
-                    })
-                    .collect()
-            })
-            .collect();
-        let w = cells
-            .iter()
-            .flatten()
-            .map(String::len)
-            .max()
-            .unwrap_or(1)
-            .max(groups.len().to_string().len());
+        let _ = writeln!(
+            out,
+            "rows: from, columns: to (numbered as the rows); \u{2713} all pod pairs allowed, \u{b7} none, 1-9 about that many tenths\n"
+        );
         let nw = groups.len().to_string().len();
         let label_width = groups.iter().map(|g| g.0.len()).max().unwrap_or(0) + nw + 1;
-        let header: String = (1..=groups.len()).map(|j| format!(" {j:>w$}")).collect();
-        let _ = writeln!(out, "{:label_width$}{header}", "");
-        for (i, (g, row)) in groups.iter().zip(&cells).enumerate() {
-            let label = format!("{:>nw$} {}", i + 1, g.0);
-            let row: String = row.iter().map(|c| format!(" {c:>w$}")).collect();
-            let _ = writeln!(out, "{label:label_width$}{row}");
+        let header: String = (1..=groups.len()).map(|j| format!(" {j:>nw$}")).collect();
+        let _ = writeln!(out, "{:label_width$}{header}  allowed/pairs", "");
+        for (i, from) in groups.iter().enumerate() {
+            let label = format!("{:>nw$} {}", i + 1, from.0);
+            let (mut row_allowed, mut row_total) = (0, 0);
+            let marks: String = groups
+                .iter()
+                .map(|to| {
+                    let (a, t) = count(from, to);
+                    row_allowed += a;
+                    row_total += t;
+                    let mark = if a == t {
+                        "\u{2713}".to_string()
+                    } else if a == 0 {
+                        "\u{b7}".to_string()
+                    } else {
+                        (a * 10 / t).clamp(1, 9).to_string()
+                    };
+                    format!(" {mark:>nw$}")
+                })
+                .collect();
+            let _ = writeln!(
+                out,
+                "{label:label_width$}{marks}  {row_allowed}/{row_total}"
+            );
         }
     }
     let allowed = m.allowed.iter().flatten().filter(|a| **a).count();
