@@ -16,6 +16,7 @@
 //! * [`cli`]: the `netward` command.
 pub mod cli;
 pub mod compiler;
+pub mod datapath;
 pub mod eval;
 pub mod lint;
 pub mod model;
