@@ -96,7 +96,7 @@ fn validation_errors(policy: &Policy, out: &mut Vec<Finding>) {
                 e.message, policy.origin
             ),
             fix: format!(
-                "correct {} so the API server would accept the policy",
+                "Correct {} so that the API server would accept the policy.",
                 e.field
             ),
         });
@@ -110,11 +110,11 @@ fn namespace_has_pods(ix: &Index, policy: &Policy, out: &mut Vec<Finding>) -> bo
     }
     let populated: Vec<&str> = ix.populated_namespaces().collect();
     let near = similar::near(&policy.namespace, populated.iter().copied());
-    let mut fix = String::from("deploy the policy to the namespace of the pods it is meant for");
+    let mut fix = String::from("Deploy the policy to the namespace of the pods it is meant for");
     if !near.is_empty() {
         fix.push_str(&format!(" (did you mean {}?)", similar::quote_list(&near)));
     }
-    fix.push_str(", or delete it if that namespace is gone");
+    fix.push_str(", or delete it if that namespace is gone.");
     out.push(Finding {
         severity: Severity::Warning,
         code: "namespace-without-pods",
@@ -155,7 +155,7 @@ fn ignored_sections(policy: &Policy, out: &mut Vec<Finding>) {
                     dir.as_str()
                 ),
                 fix: format!(
-                    "add {name} to spec.policyTypes, or remove spec.{}",
+                    "Add {name} to spec.policyTypes, or remove spec.{}.",
                     dir.as_str()
                 ),
             });

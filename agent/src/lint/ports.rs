@@ -64,8 +64,8 @@ pub(super) fn check<'a>(
                          ipBlocks holding no pod: a named port is resolved against the \
                          destination pod's container ports, so it matches nothing here"
                     ),
-                    fix: "use the port number (e.g. `port: 443`) for destinations outside the \
-                          cluster"
+                    fix: "Use the port number (e.g. `port: 443`) for destinations outside the \
+                          cluster."
                         .to_string(),
                 });
             }
@@ -110,22 +110,22 @@ pub(super) fn check<'a>(
                 other_proto.join("/")
             ));
             fix = format!(
-                "set protocol: {} on this port entry",
+                "Set `protocol: {}` on this port entry.",
                 other_proto.join(" or ")
             );
         } else {
             let alternatives = near(name, declared);
             if !alternatives.is_empty() {
                 fix = format!(
-                    "did you mean {} instead of `{name}`?",
+                    "Did you mean {} instead of `{name}`?",
                     quote_list(&alternatives)
                 );
             }
         }
         if fix.is_empty() {
             fix = format!(
-                "add a container port named `{name}` ({protocol}) to the {who}, or use the port \
-                 number"
+                "Add a container port named `{name}` ({protocol}) to the {who}, or use the port \
+                 number."
             );
         }
         out.push(Finding {
