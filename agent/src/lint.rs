@@ -23,6 +23,8 @@ mod ports;
 mod selectors;
 mod shadow;
 mod similar;
+#[cfg(test)]
+mod soundness;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
