@@ -17,6 +17,7 @@
 pub mod cli;
 pub mod compiler;
 pub mod eval;
+pub mod lab;
 pub mod lint;
 pub mod model;
 pub mod plan;
