@@ -2,7 +2,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
 
 use crate::lab::{self, lifecycle, probe, LabName, LabState};
@@ -82,10 +82,11 @@ pub enum LabCommand {
     },
 }
 
-/// Load manifests into the model, failing on errors the model cannot represent.
+/// Load manifests into the model. Invalid policies are kept (they fail closed) and
+/// reported; input that could not be read at all is an error, since the model would miss
+/// objects and could be more open than the manifests.
 pub fn load_cluster(files: &[PathBuf]) -> Result<Cluster> {
-    // TRANSITIONAL: source::manifest lands from the `src` branch.
-    bail!("cannot load {files:?}: manifest loading (source::manifest) is not merged yet")
+    lab::load_manifests(files, |line| eprintln!("{line}"))
 }
 
 pub fn run(args: LabArgs) -> Result<ExitCode> {

@@ -228,6 +228,26 @@ impl LabState {
     }
 }
 
+/// Load manifests for a lab. Notices and per-object errors go to `report` (invalid
+/// policies stay in the model, rewritten to fail closed); unreadable input is an error,
+/// because a model missing objects could be more open than the manifests.
+pub fn load_manifests(files: &[PathBuf], mut report: impl FnMut(String)) -> Result<Cluster> {
+    let loaded = crate::source::manifest::load(files);
+    for n in &loaded.notices {
+        report(format!("notice: {n}"));
+    }
+    for e in &loaded.errors {
+        report(format!("error: {e}"));
+    }
+    if loaded.incomplete {
+        bail!(
+            "some manifests could not be read ({} errors): refusing to build or enforce from a partial model",
+            loaded.errors.len()
+        );
+    }
+    Ok(loaded.cluster)
+}
+
 /// Names of every lab with a state directory on this machine.
 pub fn list_labs() -> Result<Vec<LabName>> {
     let mut out = Vec::new();
