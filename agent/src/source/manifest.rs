@@ -125,12 +125,13 @@ fn files(path: &Path) -> Result<Vec<PathBuf>, String> {
         for entry in entries {
             let entry = entry.map_err(|e| format!("{}: {e}", dir.display()))?;
             let p = entry.path();
-            if p.is_dir() {
+            // Symlinked directories are not followed (no cycles); symlinked files are read.
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
                 dirs.push(p);
-            } else if p
-                .extension()
-                .and_then(|e| e.to_str())
-                .is_some_and(|e| matches!(e, "yaml" | "yml" | "json"))
+            } else if p.is_file()
+                && p.extension()
+                    .and_then(|e| e.to_str())
+                    .is_some_and(|e| matches!(e, "yaml" | "yml" | "json"))
             {
                 out.push(p);
             }
