@@ -37,6 +37,10 @@ pub struct Args {
     /// Always print one row and column per pod, however many pods there are.
     #[arg(long)]
     pub full: bool,
+    /// Also evaluate every pair with the spec evaluator (reads the policies directly) and fail
+    /// with exit code 2 if it disagrees with the Plan anywhere.
+    #[arg(long)]
+    pub verify: bool,
 }
 
 /// The reachability of `pods` to each other: `allowed[from][to]`.
@@ -81,6 +85,41 @@ pub fn compute<'a>(
     Matrix { pods, allowed }
 }
 
+/// Pairs where the spec evaluator disagrees with the Plan, described.
+pub fn disagreements(
+    cluster: &Cluster,
+    node: Option<&str>,
+    protocol: ProtocolArg,
+    port: u16,
+    m: &Matrix,
+) -> Vec<String> {
+    let port = if protocol.has_ports() { port } else { 0 };
+    let mut out = Vec::new();
+    for (i, from) in m.pods.iter().enumerate() {
+        for (j, to) in m.pods.iter().enumerate() {
+            let spec = pick_family(&from.ips, &to.ips).is_some_and(|(src, dst)| {
+                let flow = Flow {
+                    src,
+                    dst,
+                    protocol: protocol.0,
+                    port,
+                };
+                eval::spec::evaluate(cluster, node, &flow).allowed()
+            });
+            if spec != m.allowed[i][j] {
+                out.push(format!(
+                    "{} -> {} {protocol}/{port}: Plan says {}, spec says {}",
+                    from.key(),
+                    to.key(),
+                    m.allowed[i][j],
+                    spec
+                ));
+            }
+        }
+    }
+    out
+}
+
 /// The JSON form: `{"port":80,"protocol":"TCP","matrix":{"ns/pod":{"ns/pod":true}}}`.
 #[derive(Serialize)]
 struct Json {
@@ -105,6 +144,22 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         );
     }
     let m = compute(cluster, args.node.as_deref(), args.protocol, args.port);
+    if args.verify {
+        let wrong = disagreements(cluster, args.node.as_deref(), args.protocol, args.port, &m);
+        if !wrong.is_empty() {
+            for w in &wrong {
+                eprintln!("INTERNAL ERROR: {w}");
+            }
+            anyhow::bail!(
+                "the compiled Plan and the NetworkPolicy spec disagree on {} pair(s): this is a netward bug, please report it with these manifests",
+                wrong.len()
+            );
+        }
+        eprintln!(
+            "verified: the spec evaluator agrees with the Plan on all {} pairs",
+            m.pods.len() * m.pods.len()
+        );
+    }
     match args.output {
         Output::Json => {
             let matrix = m
