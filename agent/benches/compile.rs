@@ -31,6 +31,12 @@ struct Args {
     /// Internal: generate and compile once, then exit (peak RSS measurement).
     #[arg(long, hide = true)]
     child: bool,
+    /// Internal, with --child: only generate (the cluster's own share of the RSS).
+    #[arg(long, hide = true)]
+    generate_only: bool,
+    /// Also print policy entries per kind of synthetic policy (name without its index).
+    #[arg(long)]
+    breakdown: bool,
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -113,15 +119,66 @@ fn stats_rows(prefix: &str, s: &PlanStats) {
     row(&format!("{prefix} policy entries"), s.policy_entries);
 }
 
+/// Policy entries attributed to each kind of policy (the synthetic names end in `-<index>`,
+/// app names and teams are folded away).
+fn breakdown(plan: &netward::plan::Plan) {
+    let mut by_kind: std::collections::BTreeMap<String, usize> = Default::default();
+    for (_, v) in &plan.policy {
+        let name = &plan.policy_ref(v).expect("attributed").name;
+        let kind = name
+            .rsplit_once('-')
+            .map_or(name.as_str(), |(k, _)| k)
+            .split('-')
+            .filter(|w| {
+                matches!(
+                    *w,
+                    "default"
+                        | "deny"
+                        | "from"
+                        | "to"
+                        | "internet"
+                        | "nodeports"
+                        | "allow"
+                        | "monitoring"
+                        | "egress"
+                        | "but"
+                        | "dns"
+                        | "web"
+                        | "tiers"
+                        | "nodes"
+                        | "pod"
+                        | "ranges"
+                        | "orders"
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("-");
+        *by_kind.entry(kind).or_default() += 1;
+    }
+    let mut rows: Vec<_> = by_kind.into_iter().collect();
+    rows.sort_by(|a, b| b.1.cmp(&a.1));
+    for (k, n) in rows {
+        row(&format!("entries from {k}"), n);
+    }
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     let params = args.params();
     if args.child {
         let c = generate(&params, args.seed);
+        if args.generate_only {
+            std::hint::black_box(&c);
+            return ExitCode::SUCCESS;
+        }
         let plan = compile(&c, None);
         std::hint::black_box(plan.stats());
         return ExitCode::SUCCESS;
     }
+
+    // First, while this process is still small: Linux keeps a child's RSS high-water mark
+    // across exec, so a fork of a large parent would inflate the figure.
+    let rss = peak_rss_of_child(&args);
 
     let t = Instant::now();
     let cluster = generate(&params, args.seed);
@@ -141,8 +198,6 @@ fn main() -> ExitCode {
     }
     let high_stats = compile(&high_card, None).stats();
     let unchanged = high_stats == stats;
-
-    let rss = peak_rss_of_child(&args);
 
     println!(
         "\nnetward compile benchmark: {} pods, {} policies, {} namespaces, seed {}, median of {} runs\n",
@@ -192,6 +247,9 @@ fn main() -> ExitCode {
     row("unselected high-cardinality label: same size", unchanged);
     println!();
 
+    if args.breakdown {
+        breakdown(&plan);
+    }
     let mut ok = deterministic && unchanged;
     if !unchanged {
         eprintln!("high-cardinality label changed the Plan: {stats:?} -> {high_stats:?}");

@@ -125,18 +125,20 @@ pub fn generate(params: &SynthParams, seed: u64) -> Cluster {
         spaces.push(NsInfo { name, team, apps });
     }
 
-    // Pods: kube-dns and prometheus first, then round-robin over the namespaces.
-    let nodes = params.nodes.max(1);
-    let mut next_ip = 0u32;
+    // Pods: kube-dns and prometheus first, then round-robin over the namespaces. Each node
+    // owns a pod CIDR (10.64.0.0/23 for node 0, ...; fd00:10::<node>:0/112), as with
+    // Kubernetes' per-node podCIDR allocation.
+    let nodes = params.nodes.max(1).max(params.pods.div_ceil(400));
+    let mut per_node = vec![0u32; nodes];
     let mut pod = |c: &mut Cluster,
                    rng: &mut fastrand::Rng,
                    ns: &str,
                    name: String,
                    labels: Labels,
                    ports: Vec<ContainerPort>| {
-        let i = next_ip;
-        next_ip += 1;
-        let node = (i as usize) % nodes;
+        let node = rng.usize(..nodes);
+        per_node[node] += 1;
+        let slot = per_node[node];
         let host = rng.u32(0..100) < params.host_network_percent;
         let ips = if host {
             vec![IpAddr::V4(Ipv4Addr::new(
@@ -146,11 +148,12 @@ pub fn generate(params: &SynthParams, seed: u64) -> Cluster {
                 (node % 250) as u8 + 1,
             ))]
         } else {
-            let v4 = IpAddr::V4(Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 64, 0, 0)) + i));
+            let base = u32::from(Ipv4Addr::new(10, 64, 0, 0));
+            let v4 = IpAddr::V4(Ipv4Addr::from(base + (node as u32) * 512 + slot));
             let mut ips = vec![v4];
             if rng.u32(0..100) < params.dual_stack_percent {
                 ips.push(IpAddr::V6(Ipv6Addr::from(
-                    (0xfd00_0010u128 << 96) | u128::from(i),
+                    (0xfd00_0010u128 << 96) | (node as u128) << 16 | u128::from(slot),
                 )));
             }
             ips
@@ -295,7 +298,7 @@ fn make_policy(
                     rule()
                         .namespaces(&[("team", team)])
                         .port_range(TCP, 30000, 32767)
-                        .port_range(UDP, 5000, 5100),
+                        .port_range(UDP, 5000, 5015),
                 )
         }
         6 => {
@@ -329,23 +332,24 @@ fn make_policy(
             .select_sel(LabelSelector::everything())
             .ingress(rule().ip_block("192.168.0.0/16", &["192.168.255.0/24"])),
         _ => {
-            // ipBlocks over pod addresses, with excepts, in both families.
-            let third = rng.u8(..40);
+            // ipBlocks over pod CIDRs of a few nodes (a legacy pool), with excepts, in both
+            // families.
+            let third = 4 * rng.u8(..2);
             let a = app(rng);
             policy(n, &format!("{a}-to-pod-ranges-{j}"))
                 .select(&[("app", a)])
                 .egress(
                     rule()
                         .ip_block(
-                            &format!("10.64.{third}.0/24"),
-                            &[&format!("10.64.{third}.128/26")],
+                            &format!("10.64.{third}.0/22"),
+                            &[&format!("10.64.{}.0/24", third + 1)],
                         )
-                        .ip_block("fd00:10::/96", &["fd00:10::/120"])
+                        .ip_block("fd00:10::/108", &["fd00:10::/112"])
                         .tcp(8080),
                 )
                 .egress(
                     rule()
-                        .ip_block(&format!("10.64.{}.0/23", third & !1), &[])
+                        .ip_block(&format!("10.64.{third}.0/23"), &[])
                         .udp(5673),
                 )
                 .ingress(rule().pods(&[("tier", "app")]).protocol(UDP))
