@@ -156,7 +156,7 @@ fn breakdown(plan: &netward::plan::Plan) {
         *by_kind.entry(kind).or_default() += 1;
     }
     let mut rows: Vec<_> = by_kind.into_iter().collect();
-    rows.sort_by(|a, b| b.1.cmp(&a.1));
+    rows.sort_by_key(|r| std::cmp::Reverse(r.1));
     for (k, n) in rows {
         row(&format!("entries from {k}"), n);
     }
