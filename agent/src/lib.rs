@@ -18,7 +18,9 @@
 //! * [`synth`]: synthetic clusters for benchmarks and property tests.
 pub mod cli;
 pub mod compiler;
+pub mod datapath;
 pub mod eval;
+pub mod lab;
 pub mod lint;
 pub mod model;
 pub mod plan;
