@@ -28,6 +28,7 @@ mod events;
 mod maps;
 mod parse;
 mod policy;
+mod time;
 
 use aya_ebpf::{
     bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC},
@@ -152,7 +153,7 @@ fn decide(ctx: &TcContext, dir: u8) -> u8 {
             let mut found = false;
             if let Some(fv) = FRAGS.get_ptr(&fk) {
                 let fv = unsafe { &*fv };
-                if unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() } <= fv.expires_ns {
+                if time::now_ns() <= fv.expires_ns {
                     t.sport = fv.sport;
                     t.dport = fv.dport;
                     found = true;
@@ -239,7 +240,7 @@ fn decide(ctx: &TcContext, dir: u8) -> u8 {
                 sport: t.sport,
                 dport: t.dport,
                 _pad: 0,
-                expires_ns: unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() } + FRAG_TIMEOUT_S * NS,
+                expires_ns: time::now_ns() + FRAG_TIMEOUT_S * NS,
             };
             let _ = FRAGS.insert(&frag_key(t, id, dir), &fv, 0);
         }
