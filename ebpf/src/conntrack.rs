@@ -17,7 +17,7 @@ use netward_common::{
 
 use crate::{
     maps::CONNTRACK,
-    parse::{has_ports, Tuple},
+    parse::{addr_bytes, has_ports, Tuple},
     policy::{self, Decision},
 };
 
@@ -28,8 +28,8 @@ const TCP_RST: u8 = 0x04;
 #[inline(always)]
 pub fn key(t: &Tuple, dir: u8) -> CtKey {
     CtKey {
-        saddr: t.saddr,
-        daddr: t.daddr,
+        saddr: addr_bytes(t.saddr),
+        daddr: addr_bytes(t.daddr),
         sport: t.sport,
         dport: t.dport,
         proto: t.proto,

@@ -10,7 +10,7 @@ use netward_common::{
 use crate::{
     counters::bump,
     maps::{EVENTS, RATELIMIT},
-    parse::Tuple,
+    parse::{addr_bytes, Tuple},
     policy::Decision,
 };
 
@@ -62,8 +62,8 @@ pub fn emit(
         return;
     };
     entry.write(Event {
-        saddr: t.saddr,
-        daddr: t.daddr,
+        saddr: addr_bytes(t.saddr),
+        daddr: addr_bytes(t.daddr),
         sport: t.sport,
         dport: t.dport,
         proto: t.proto,

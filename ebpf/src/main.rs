@@ -43,7 +43,7 @@ use netward_common::{
 use crate::{
     conntrack::Hit,
     maps::{CONFIG, FRAGS},
-    parse::{has_ports, Frag, Parsed, Tuple, L4, PARSE_MAX},
+    parse::{addr_bytes, has_ports, Frag, Parsed, Tuple, L4, PARSE_MAX},
     policy::Decision,
 };
 
@@ -85,8 +85,8 @@ const NS: u64 = 1_000_000_000;
 #[inline(always)]
 fn frag_key(t: &Tuple, id: u32, dir: u8) -> FragKey {
     FragKey {
-        saddr: t.saddr,
-        daddr: t.daddr,
+        saddr: addr_bytes(t.saddr),
+        daddr: addr_bytes(t.daddr),
         id,
         proto: t.proto,
         family: t.family,
@@ -124,17 +124,13 @@ fn decide(ctx: &TcContext, dir: u8) -> u8 {
     match pkt.l4 {
         L4::NeighborDiscovery => return reason::NEIGHBOR_DISCOVERY,
         L4::Truncated => {
-            let local = if dir == DIR_EGRESS {
-                &t.saddr
-            } else {
-                &t.daddr
-            };
+            let local = addr_bytes(if dir == DIR_EGRESS { t.saddr } else { t.daddr });
             let d = policy::check_portless_fallback(
                 slot,
                 flags,
                 dir,
                 t.family,
-                local,
+                &local,
                 reason::MALFORMED,
                 reason::NOT_ISOLATED,
             );
@@ -160,17 +156,13 @@ fn decide(ctx: &TcContext, dir: u8) -> u8 {
                 }
             }
             if !found {
-                let local = if dir == DIR_EGRESS {
-                    &t.saddr
-                } else {
-                    &t.daddr
-                };
+                let local = addr_bytes(if dir == DIR_EGRESS { t.saddr } else { t.daddr });
                 let d = policy::check_portless_fallback(
                     slot,
                     flags,
                     dir,
                     t.family,
-                    local,
+                    &local,
                     reason::FRAGMENT_UNTRACKED,
                     reason::FRAGMENT,
                 );
@@ -216,12 +208,13 @@ fn decide(ctx: &TcContext, dir: u8) -> u8 {
     if r == reason::POLICY_DENY {
         // A new flow: the policy decides.
         let (local, peer) = if dir == DIR_EGRESS {
-            (&t.saddr, &t.daddr)
+            (t.saddr, t.daddr)
         } else {
-            (&t.daddr, &t.saddr)
+            (t.daddr, t.saddr)
         };
         let port = if has_ports(t.proto) { t.dport } else { 0 };
-        let d = policy::check(slot, flags, dir, t.family, local, peer, t.proto, port);
+        let (local, peer) = (addr_bytes(local), addr_bytes(peer));
+        let d = policy::check(slot, flags, dir, t.family, &local, &peer, t.proto, port);
         if d.allows() {
             if !related_error {
                 conntrack::create(&k, &d, tcp_flags, generation);

@@ -36,6 +36,7 @@ use aya::Ebpf;
 use crate::plan::Plan;
 
 mod attach;
+pub mod bench;
 mod counters;
 mod events;
 mod loader;

@@ -261,6 +261,7 @@ impl PlanBuilder {
         self.ipcache(k, peer, 0, 0, 0)
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub fn allow(
         &mut self,
         prefix: u32,
@@ -310,7 +311,7 @@ pub const IP_OFF: usize = 14;
 
 /// Insert `n` bytes of IPv4 NOP options after the IPv4 header (adjusting IHL and length).
 pub fn with_ipv4_options(f: &[u8], n: usize) -> Vec<u8> {
-    assert!(n % 4 == 0);
+    assert!(n.is_multiple_of(4));
     let mut out = f[..IP_OFF + 20].to_vec();
     out.extend(std::iter::repeat_n(1u8, n));
     out.extend_from_slice(&f[IP_OFF + 20..]);
