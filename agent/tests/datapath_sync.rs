@@ -56,8 +56,18 @@ fn assert_live_is(dp: &mut Datapath, plan: &Plan) {
     ip.sort();
     pol.sort();
     // Exactly the Plan, in the live slot, and nothing in the other slot.
+    let mut hosts = dp.host_entries().unwrap();
+    hosts.sort();
+    let want_hosts: Vec<_> = want_ip
+        .iter()
+        .filter(|(k, _)| k.addr_prefix() == if k.family == FAMILY_V4 { 32 } else { 128 })
+        .copied()
+        .collect();
     assert_eq!(ip, want_ip);
     assert_eq!(pol, want_pol);
+    // HOSTS mirrors the single-address entries.
+    assert!(!want_hosts.is_empty());
+    assert_eq!(hosts, want_hosts);
 }
 
 #[test]
