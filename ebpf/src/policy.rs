@@ -1,6 +1,7 @@
 //! The policy decision for one side of a flow: ipcache (local endpoint, then peer class) and
-//! the policy LPM trie. At most four map lookups whatever the number of pods, policies or
-//! rules: cost independent of rule count.
+//! the policy LPM trie. Addresses resolve through `HOSTS` (hash of the single-address entries,
+//! i.e. pods) and fall back to the `IPCACHE` trie for other addresses; then at most two policy
+//! trie lookups. A bounded number of lookups whatever the number of pods, policies or rules.
 //!
 //! Semantics (mirrors `netward::eval::plan`):
 //! * the local address (source on egress, destination on ingress) must have an ipcache entry
