@@ -19,6 +19,7 @@ pub mod cli;
 pub mod compiler;
 pub mod datapath;
 pub mod eval;
+pub mod lab;
 pub mod lint;
 pub mod model;
 pub mod plan;

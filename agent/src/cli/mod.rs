@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 pub mod common;
 pub mod describe;
 pub mod explain;
+pub mod lab;
 pub mod lint;
 pub mod matrix;
 pub mod plan;
@@ -44,6 +45,8 @@ pub enum Command {
     Lint(lint::Args),
     /// Compile the policies and show the Plan's size (and, with --dump, its entries).
     Plan(plan::Args),
+    /// A manifest directory as a real node on this machine: pods, servers, enforcement, probes.
+    Lab(lab::LabArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -53,6 +56,7 @@ pub fn main() -> ExitCode {
         Command::Explain(args) => explain::run(args),
         Command::Lint(args) => lint::run(args),
         Command::Plan(args) => plan::run(args),
+        Command::Lab(args) => lab::run(args),
     };
     match result {
         Ok(code) => code,
