@@ -36,8 +36,9 @@ struct Veth {
 }
 
 impl Veth {
-    fn new() -> Veth {
-        let id = std::process::id() % 100_000;
+    /// `n` tells apart several pairs of one test process.
+    fn new(n: u32) -> Veth {
+        let id = (std::process::id() % 10_000) * 10 + n;
         let (ns, host, pod) = (format!("nwdp-{id}"), format!("nwh{id}"), format!("nwp{id}"));
         let net = format!("198.18.{}.{}", (id / 64) % 256, (id % 64) * 4);
         let base: Vec<u8> = net.split('.').map(|x| x.parse().unwrap()).collect();
@@ -134,7 +135,7 @@ fn tcx_programs(ifname: &str, hook: TcAttachType) -> Vec<u32> {
 
 #[test]
 fn real_packets_on_a_veth_restart_and_detach() {
-    let veth = Veth::new();
+    let veth = Veth::new(0);
     let server = veth.server();
     let cfg = test_config("attach");
     let mut dp = open(cfg.clone());
@@ -192,5 +193,34 @@ fn real_packets_on_a_veth_restart_and_detach() {
 
     dp2.detach(&veth.host).unwrap();
     assert!(tcx_programs(&veth.host, TcAttachType::Egress).is_empty());
+    assert!(veth.round_trip(&server), "detached: no enforcement");
+}
+
+#[test]
+fn netlink_clsact_fallback() {
+    let veth = Veth::new(1);
+    let server = veth.server();
+    let mut cfg = test_config("netlink");
+    cfg.attach_mode = Some(AttachMode::Netlink);
+    let mut dp = open(cfg.clone());
+    dp.apply(&plan(&veth.pod_ip, false)).unwrap();
+    dp.attach(&veth.host).unwrap();
+    assert!(!veth.round_trip(&server), "isolated, no rule: dropped");
+    dp.apply(&plan(&veth.pod_ip, true)).unwrap();
+    assert!(veth.round_trip(&server));
+    // Restart: the filters stay in the kernel; attaching again replaces their programs.
+    drop(dp.dp.take());
+    assert!(
+        veth.round_trip(&server),
+        "still allowed with no agent running"
+    );
+    let mut dp2 = open(cfg);
+    dp2.attach(&veth.host).unwrap();
+    dp2.apply(&plan(&veth.pod_ip, false)).unwrap();
+    assert!(
+        !veth.round_trip(&server),
+        "the new agent's Plan is enforced"
+    );
+    dp2.detach(&veth.host).unwrap();
     assert!(veth.round_trip(&server), "detached: no enforcement");
 }

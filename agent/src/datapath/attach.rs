@@ -138,22 +138,30 @@ impl Datapath {
                         handle: NL_HANDLE,
                         classid: None,
                     };
-                    // A filter with our priority/handle may exist (agent restart): replace it.
-                    let id = match SchedClassifierLink::attached(
+                    // Create; when our priority/handle already holds a filter (agent restart,
+                    // repeated attach), replace its program instead.
+                    let id = match classifier.attach_with_options(
                         ifname,
                         hook,
-                        NL_PRIORITY,
-                        NL_HANDLE,
-                        None,
+                        TcAttachOptions::Netlink(opts),
                     ) {
-                        Ok(existing) => classifier.attach_to_link(existing),
-                        Err(_) => classifier.attach_with_options(
-                            ifname,
-                            hook,
-                            TcAttachOptions::Netlink(opts),
-                        ),
-                    }
-                    .with_context(|| format!("attach {prog} to {ifname} tc {hook_name}"))?;
+                        Ok(id) => id,
+                        Err(create_err) => {
+                            let existing = SchedClassifierLink::attached(
+                                ifname,
+                                hook,
+                                NL_PRIORITY,
+                                NL_HANDLE,
+                                None,
+                            )?;
+                            classifier
+                                .attach_to_link(existing)
+                                .map_err(|_| create_err)
+                                .with_context(|| {
+                                    format!("attach {prog} to {ifname} tc {hook_name}")
+                                })?
+                        }
+                    };
                     // Leave the filter in the kernel when we go away.
                     let link = classifier.take_link(id)?;
                     std::mem::forget(link);

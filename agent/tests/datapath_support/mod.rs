@@ -55,6 +55,7 @@ pub fn test_config(tag: &str) -> DatapathConfig {
         events_per_sec: 1_000_000,
         events_burst: 1000,
         events_allow: true,
+        attach_mode: None,
     }
 }
 
