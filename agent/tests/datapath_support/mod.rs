@@ -61,7 +61,13 @@ pub fn test_config(tag: &str) -> DatapathConfig {
 
 pub fn open(cfg: DatapathConfig) -> TestDp {
     let dir = cfg.bpffs_dir.clone();
-    let dp = Datapath::open_or_create(cfg).expect("open datapath");
+    let dp = match Datapath::open_or_create(cfg) {
+        Ok(dp) => dp,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&dir);
+            panic!("open datapath: {e:?}");
+        }
+    };
     TestDp { dp: Some(dp), dir }
 }
 
