@@ -15,6 +15,7 @@
 //! * [`lint`]: pitfalls users hit when writing policies.
 //! * [`cli`]: the `netward` command.
 //! * [`testkit`]: concise construction of clusters for tests.
+//! * [`synth`]: synthetic clusters for benchmarks and property tests.
 pub mod cli;
 pub mod compiler;
 pub mod datapath;
@@ -24,4 +25,5 @@ pub mod lint;
 pub mod model;
 pub mod plan;
 pub mod source;
+pub mod synth;
 pub mod testkit;
