@@ -14,6 +14,9 @@ pub enum Bench {
     /// Compile a synthetic cluster: compile time, peak RSS, Plan sizes, recompile after one
     /// label change, and a check that unselected high-cardinality labels do not grow the Plan.
     Compile(CompileArgs),
+    /// Per-packet cost of the tc programs (BPF_PROG_TEST_RUN) for the new-flow and established
+    /// paths with 1, 1k, 10k, 100k policy entries. Needs root.
+    Datapath(DatapathArgs),
 }
 
 #[derive(Args)]
@@ -32,6 +35,19 @@ pub struct CompileArgs {
     seed: u64,
 }
 
+#[derive(Args)]
+pub struct DatapathArgs {
+    /// Runs per measurement (the kernel reports the average).
+    #[arg(long, default_value_t = 1_000_000)]
+    repeat: u32,
+    /// Policy entries of the measured Plans, comma-separated.
+    #[arg(long, default_value = "1,1000,10000,100000")]
+    sizes: String,
+    /// Distinct packets measured for the allowed-new-flow path.
+    #[arg(long, default_value_t = 20_000)]
+    new_flows: u32,
+}
+
 pub fn run(which: Bench) -> Result<()> {
     match which {
         Bench::Compile(a) => run_cmd(
@@ -42,6 +58,13 @@ pub fn run(which: Bench) -> Result<()> {
                 .args(["--namespaces", &a.namespaces.to_string()])
                 .args(["--runs", &a.runs.to_string()])
                 .args(["--seed", &a.seed.to_string()]),
+        ),
+        Bench::Datapath(a) => run_cmd(
+            Command::new("cargo")
+                .args(["bench", "--package", "netward", "--bench", "datapath", "--"])
+                .args(["--repeat", &a.repeat.to_string()])
+                .args(["--sizes", &a.sizes])
+                .args(["--new-flows", &a.new_flows.to_string()]),
         ),
     }
 }
