@@ -17,6 +17,7 @@
 //! * [`testkit`]: concise construction of clusters for tests.
 pub mod cli;
 pub mod compiler;
+pub mod datapath;
 pub mod eval;
 pub mod lab;
 pub mod lint;

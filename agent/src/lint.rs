@@ -14,9 +14,11 @@
 //! its errors, namespace, sections, podSelector, ingress rules, egress rules, then DNS.
 use serde::Serialize;
 
-use crate::model::{Cluster, Direction, Pod, Policy};
+use crate::model::{Cluster, Direction, Policy};
+use index::Index;
 
 mod dns;
+mod index;
 mod ports;
 mod selectors;
 mod shadow;
@@ -45,21 +47,22 @@ pub struct Finding {
 
 /// Every finding for `cluster`, in a deterministic order.
 pub fn lint(cluster: &Cluster) -> Vec<Finding> {
-    let mut dns = dns::check(cluster);
+    let ix = Index::new(cluster);
+    let mut dns = dns::check(&ix);
     let mut out = Vec::new();
     for (index, policy) in cluster.policies.iter().enumerate() {
         validation_errors(policy, &mut out);
-        let has_pods = namespace_has_pods(cluster, policy, &mut out);
+        let has_pods = namespace_has_pods(&ix, policy, &mut out);
         ignored_sections(policy, &mut out);
         if has_pods {
-            selectors::check_pod_selector(cluster, policy, &mut out);
+            selectors::check_pod_selector(&ix, policy, &mut out);
         }
         for dir in Direction::BOTH {
             for (ri, rule) in policy.rules(dir).iter().enumerate() {
                 let field = rule_field(dir, ri);
-                selectors::check_peers(cluster, policy, dir, rule, &field, &mut out);
-                ports::check(cluster, policy, dir, rule, &field, &mut out);
-                shadow::check(cluster, index, dir, ri, &field, &mut out);
+                selectors::check_peers(&ix, policy, dir, rule, &field, &mut out);
+                ports::check(&ix, policy, dir, rule, &field, &mut out);
+                shadow::check(&ix, index, dir, ri, &field, &mut out);
             }
         }
         out.extend(dns.remove(&index).unwrap_or_default());
@@ -78,11 +81,6 @@ fn peers_field(dir: Direction) -> &'static str {
         Direction::Ingress => "from",
         Direction::Egress => "to",
     }
-}
-
-/// Pods that policies can select and that are endpoints (hostNetwork pods are neither).
-fn pods(cluster: &Cluster) -> impl Iterator<Item = &Pod> {
-    cluster.pods.iter().filter(|p| !p.host_network)
 }
 
 fn validation_errors(policy: &Policy, out: &mut Vec<Finding>) {
@@ -106,16 +104,11 @@ fn validation_errors(policy: &Policy, out: &mut Vec<Finding>) {
 }
 
 /// Reports a policy whose namespace has no pods; returns whether it has some.
-fn namespace_has_pods(cluster: &Cluster, policy: &Policy, out: &mut Vec<Finding>) -> bool {
-    if pods(cluster).any(|p| p.namespace == policy.namespace) {
+fn namespace_has_pods(ix: &Index, policy: &Policy, out: &mut Vec<Finding>) -> bool {
+    if ix.populated_namespaces().any(|ns| ns == policy.namespace) {
         return true;
     }
-    let populated: Vec<&str> = cluster
-        .namespaces
-        .keys()
-        .filter(|ns| pods(cluster).any(|p| &p.namespace == *ns))
-        .map(String::as_str)
-        .collect();
+    let populated: Vec<&str> = ix.populated_namespaces().collect();
     let near = similar::near(&policy.namespace, populated.iter().copied());
     let mut fix = String::from("deploy the policy to the namespace of the pods it is meant for");
     if !near.is_empty() {
@@ -264,5 +257,137 @@ mod tests {
             )],
             "{f:#?}"
         );
+    }
+
+    /// End to end from manifests: field paths are those of the YAML the user wrote.
+    #[test]
+    fn pitfalls_manifest() {
+        let yaml = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: prod, labels: {team: a}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: kube-system}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web, namespace: prod, labels: {app: web}}
+spec:
+  containers: [{name: c, image: x, ports: [{name: http, containerPort: 8080}]}]
+status: {podIP: 10.0.0.1}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: db, namespace: prod, labels: {app: db}}
+spec:
+  containers: [{name: c, image: x, ports: [{name: pg, containerPort: 5432}]}]
+status: {podIP: 10.0.0.2}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: coredns, namespace: kube-system, labels: {k8s-app: kube-dns}}
+spec:
+  containers: [{name: c, image: x, ports: [{name: dns, containerPort: 53, protocol: UDP}]}]
+status: {podIP: 10.0.1.1}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: default-deny, namespace: prod}
+spec:
+  podSelector: {}
+  policyTypes: [Ingress, Egress]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: allow-dns, namespace: prod}
+spec:
+  podSelector: {}
+  policyTypes: [Egress]
+  egress:
+  - to: [{namespaceSelector: {matchLabels: {name: kube-system}}}]
+    ports: [{protocol: UDP, port: 53}]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: web-in, namespace: prod}
+spec:
+  podSelector: {matchLabels: {app: Web}}
+  ingress: [{}]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: db-in, namespace: prod}
+spec:
+  podSelector: {matchLabels: {app: db}}
+  ingress:
+  - from: [{podSelector: {matchLabels: {app: web}}}]
+    ports: [{port: postgres}]
+  - from: [{podSelector: {matchLabels: {app: web}}}]
+    ports: [{port: postgres}]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: deny, namespace: staging}
+spec:
+  podSelector: {}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: bad, namespace: prod}
+spec:
+  podSelector: {matchLabels: {app: db}}
+  ingress:
+  - from: [{ipBlock: {cidr: 10.0.0/8}}]
+"#;
+        let loaded = crate::source::manifest::load_str("pitfalls.yaml", yaml);
+        let f = lint(&loaded.cluster);
+        let got: Vec<(&str, &str, &str)> = f
+            .iter()
+            .map(|f| (f.code, f.object.as_str(), f.field.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (
+                    "selector-matches-nothing",
+                    "prod/allow-dns",
+                    "spec.egress[0].to[0].namespaceSelector"
+                ),
+                // Attributed to the first policy (in cluster order) isolating the pods.
+                ("egress-without-dns", "prod/allow-dns", "spec.egress"),
+                (
+                    "invalid-policy",
+                    "prod/bad",
+                    "spec.ingress[0].from[0].ipBlock.cidr"
+                ),
+                (
+                    "named-port-undeclared",
+                    "prod/db-in",
+                    "spec.ingress[0].ports[0].port"
+                ),
+                (
+                    "named-port-undeclared",
+                    "prod/db-in",
+                    "spec.ingress[1].ports[0].port"
+                ),
+                ("duplicate-rule", "prod/db-in", "spec.ingress[1]"),
+                (
+                    "selector-matches-nothing",
+                    "prod/web-in",
+                    "spec.podSelector"
+                ),
+                (
+                    "namespace-without-pods",
+                    "staging/deny",
+                    "metadata.namespace"
+                ),
+            ],
+            "{f:#?}"
+        );
+        for finding in &f {
+            assert!(!finding.fix.is_empty() && !finding.message.is_empty());
+        }
     }
 }

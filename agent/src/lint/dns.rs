@@ -4,41 +4,54 @@
 //! protocols), listing the affected pods.
 use std::collections::BTreeMap;
 
-use super::{pods, Finding, Severity};
+use super::{Finding, Index, Severity};
 use crate::eval::spec::port_matches;
-use crate::model::{Cluster, Direction, Peer, Pod, Protocol, Rule};
+use crate::model::{Direction, Peer, Pod, PortRef, Protocol, Rule};
 
 const CODE: &str = "egress-without-dns";
 const DNS_PORT: u16 = 53;
 
 /// Findings keyed by the index of the policy they are attributed to.
-pub(super) fn check(cluster: &Cluster) -> BTreeMap<usize, Vec<Finding>> {
+pub(super) fn check(ix: &Index) -> BTreeMap<usize, Vec<Finding>> {
+    let cluster = ix.cluster;
+    // Whether each policy has an egress rule reaching UDP 53 / TCP 53 somewhere. This does
+    // not depend on the source pod, so it is computed once per policy.
+    let reaches: Vec<[bool; 2]> = cluster
+        .policies
+        .iter()
+        .map(|p| {
+            [Protocol::Udp, Protocol::Tcp].map(|proto| {
+                p.rules(Direction::Egress)
+                    .iter()
+                    .any(|r| rule_reaches(ix, r, proto, DNS_PORT))
+            })
+        })
+        .collect();
+    // Valid egress-isolating policies of each pod, in cluster order. Invalid policies are
+    // reported as errors; their fail-closed isolation is not blamed on DNS as well.
+    let mut isolating: BTreeMap<(&str, &str), Vec<usize>> = BTreeMap::new();
+    for (i, p) in cluster.policies.iter().enumerate() {
+        if p.errors.is_empty() && p.isolates(Direction::Egress) {
+            for pod in ix.selected(p) {
+                isolating
+                    .entry((pod.namespace.as_str(), pod.name.as_str()))
+                    .or_default()
+                    .push(i);
+            }
+        }
+    }
     // (first isolating policy, missing protocols) -> affected pods, in pod order.
     let mut groups: BTreeMap<(usize, Vec<Protocol>), Vec<&Pod>> = BTreeMap::new();
-    for pod in pods(cluster) {
-        let isolating: Vec<usize> = cluster
-            .policies
-            .iter()
-            .enumerate()
-            // Invalid policies are reported as errors; their fail-closed isolation is not
-            // blamed on DNS as well.
-            .filter(|(_, p)| p.errors.is_empty())
-            .filter(|(_, p)| p.isolates(Direction::Egress) && p.selects(pod))
-            .map(|(i, _)| i)
-            .collect();
-        let Some(&first) = isolating.first() else {
+    for pod in ix.pods() {
+        let Some(isolating) = isolating.get(&(pod.namespace.as_str(), pod.name.as_str())) else {
             continue;
         };
+        let first = isolating[0];
         let missing: Vec<Protocol> = [Protocol::Udp, Protocol::Tcp]
             .into_iter()
-            .filter(|proto| {
-                !isolating.iter().any(|&i| {
-                    cluster.policies[i]
-                        .rules(Direction::Egress)
-                        .iter()
-                        .any(|r| rule_reaches(cluster, r, *proto, DNS_PORT))
-                })
-            })
+            .enumerate()
+            .filter(|(k, _)| !isolating.iter().any(|&i| reaches[i][*k]))
+            .map(|(_, proto)| proto)
             .collect();
         if !missing.is_empty() {
             groups.entry((first, missing)).or_default().push(pod);
@@ -66,8 +79,8 @@ pub(super) fn check(cluster: &Cluster) -> BTreeMap<usize, Vec<Finding>> {
                 "spec.egress".to_string()
             },
             message: format!(
-                "this policy isolates {} pod(s) for egress ({}) and no egress rule selecting \
-                 them allows {} to any peer: DNS lookups will fail",
+                "this policy isolates {} pod(s) for egress ({}) and no egress rule of the \
+                 policies selecting them allows {} to any peer: DNS lookups will fail",
                 affected.len(),
                 names.join(", "),
                 missing_s.join(" or ")
@@ -84,30 +97,38 @@ pub(super) fn check(cluster: &Cluster) -> BTreeMap<usize, Vec<Finding>> {
 }
 
 /// Whether `rule` allows `protocol`/`port` to at least one destination: some address of an
-/// ipBlock (or anything, without peers) for numeric or port-less entries, and for named ports
-/// a destination pod that declares the name with that number.
-fn rule_reaches(cluster: &Cluster, rule: &Rule, protocol: Protocol, port: u16) -> bool {
-    let ports_ok = |receiver: Option<&Pod>| {
-        rule.ports.is_empty()
-            || rule
-                .ports
-                .iter()
-                .any(|p| port_matches(p, receiver, protocol.number(), port))
+/// ipBlock (or anything, without peers) or some matched pod for numeric or port-less entries,
+/// and for named ports a destination pod that declares the name with that number.
+fn rule_reaches<'a>(ix: &Index<'a>, rule: &'a Rule, protocol: Protocol, port: u16) -> bool {
+    // Without a receiving pod, named ports match nothing: these are the numeric matches.
+    let numeric = rule.ports.is_empty()
+        || rule
+            .ports
+            .iter()
+            .any(|p| port_matches(p, None, protocol.number(), port));
+    let named: Vec<&str> = rule
+        .ports
+        .iter()
+        .filter(|p| p.protocol == protocol)
+        .filter_map(|p| match &p.port {
+            Some(PortRef::Name(n)) => Some(n.as_str()),
+            _ => None,
+        })
+        .collect();
+    let via_named = |peer: Option<&'a Peer>| {
+        named
+            .iter()
+            .any(|n| ix.resolutions(peer, n, protocol).contains(&port))
     };
-    let pod_reaches = |p: &&Pod| ports_ok(Some(p));
     if rule.peers.is_empty() {
-        return ports_ok(None) || pods(cluster).any(|p| pod_reaches(&p));
+        return numeric || via_named(None);
     }
-    rule.peers.iter().any(|peer| match peer {
-        Peer::IpBlock { .. } => {
-            ports_ok(None)
-                || pods(cluster)
-                    .filter(|p| p.ips.iter().any(|ip| peer.ip_block_contains(*ip)))
-                    .any(|p| pod_reaches(&p))
-        }
-        Peer::Pods { .. } => pods(cluster)
-            .filter(|p| cluster.peer_selects_pod(peer, p))
-            .any(|p| pod_reaches(&p)),
+    rule.peers.iter().any(|peer| {
+        let has_destination = match peer {
+            Peer::IpBlock { .. } => true,
+            Peer::Pods { .. } => ix.peer_has_pods(peer),
+        };
+        (numeric && has_destination) || via_named(Some(peer))
     })
 }
 

@@ -2,16 +2,16 @@
 //! container ports of the receiver: the selected pods on ingress, the peer pods on egress; if
 //! none of them declares the name for the protocol, the port entry matches nothing.
 use super::similar::{near, quote_list};
-use super::{pods, Finding, Severity};
-use crate::model::{Cluster, Direction, Peer, Pod, Policy, PortRef, Rule};
+use super::{Finding, Index, Severity};
+use crate::model::{Direction, Pod, Policy, PortRef, Rule};
 
 const CODE: &str = "named-port-undeclared";
 
-pub(super) fn check(
-    cluster: &Cluster,
+pub(super) fn check<'a>(
+    ix: &Index<'a>,
     policy: &Policy,
     dir: Direction,
-    rule: &Rule,
+    rule: &'a Rule,
     field: &str,
     out: &mut Vec<Finding>,
 ) {
@@ -27,7 +27,25 @@ pub(super) fn check(
     if named.is_empty() {
         return;
     }
-    let receivers = receivers(cluster, policy, dir, rule);
+    // Egress: decide from the memoised resolutions; list the receivers only for a message.
+    if dir == Direction::Egress {
+        let declared = |name: &'a str, protocol| {
+            if rule.peers.is_empty() {
+                !ix.resolutions(None, name, protocol).is_empty()
+            } else {
+                rule.peers
+                    .iter()
+                    .any(|p| !ix.resolutions(Some(p), name, protocol).is_empty())
+            }
+        };
+        if named
+            .iter()
+            .all(|&(_, name, protocol)| declared(name, protocol))
+        {
+            return;
+        }
+    }
+    let receivers = receivers(ix, policy, dir, rule);
     // No receiver at all is a selector problem, reported by the selector check.
     if receivers.is_empty() {
         return;
@@ -84,7 +102,8 @@ pub(super) fn check(
         }
         if fix.is_empty() {
             fix = format!(
-                "name the container port `{name}` in the {who}' specs, or use the port number"
+                "add a container port named `{name}` ({protocol}) to the {who}, or use the port \
+                 number"
             );
         }
         out.push(Finding {
@@ -98,25 +117,12 @@ pub(super) fn check(
     }
 }
 
-/// The pods a named port of `rule` is resolved against.
-fn receivers<'a>(
-    cluster: &'a Cluster,
-    policy: &Policy,
-    dir: Direction,
-    rule: &Rule,
-) -> Vec<&'a Pod> {
+/// The pods a named port of `rule` is resolved against, in cluster order.
+fn receivers<'a>(ix: &Index<'a>, policy: &Policy, dir: Direction, rule: &'a Rule) -> Vec<&'a Pod> {
     match dir {
-        Direction::Ingress => pods(cluster).filter(|p| policy.selects(p)).collect(),
-        Direction::Egress => pods(cluster)
-            .filter(|p| {
-                rule.peers.is_empty()
-                    || rule.peers.iter().any(|peer| match peer {
-                        // ipBlocks reach pods by address; selectors by labels.
-                        Peer::IpBlock { .. } => p.ips.iter().any(|ip| peer.ip_block_contains(*ip)),
-                        Peer::Pods { .. } => cluster.peer_selects_pod(peer, p),
-                    })
-            })
-            .collect(),
+        Direction::Ingress => ix.selected(policy),
+        Direction::Egress if rule.peers.is_empty() => ix.pods().collect(),
+        Direction::Egress => ix.peers_pods(&rule.peers),
     }
 }
 

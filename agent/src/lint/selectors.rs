@@ -4,20 +4,17 @@
 use std::collections::BTreeSet;
 
 use super::similar::{near, quote_list};
-use super::{peers_field, pods, Finding, Severity};
+use super::{peers_field, Finding, Index, Severity};
 use crate::model::{
-    Cluster, Direction, LabelSelector, Labels, NamespaceScope, Peer, Policy, Rule,
-    NAMESPACE_NAME_LABEL,
+    Direction, LabelSelector, Labels, NamespaceScope, Peer, Policy, Rule, NAMESPACE_NAME_LABEL,
 };
 
 const CODE: &str = "selector-matches-nothing";
 
 /// spec.podSelector selects no pod of the policy's namespace (which has pods).
-pub(super) fn check_pod_selector(cluster: &Cluster, policy: &Policy, out: &mut Vec<Finding>) {
-    let candidates: Vec<&Labels> = pods(cluster)
-        .filter(|p| p.namespace == policy.namespace)
-        .map(|p| &p.labels)
-        .collect();
+pub(super) fn check_pod_selector(ix: &Index, policy: &Policy, out: &mut Vec<Finding>) {
+    let in_ns = ix.pods_in(&policy.namespace);
+    let candidates: Vec<&Labels> = in_ns.iter().map(|p| &p.labels).collect();
     if candidates.iter().any(|l| policy.pod_selector.matches(l)) {
         return;
     }
@@ -39,11 +36,11 @@ pub(super) fn check_pod_selector(cluster: &Cluster, policy: &Policy, out: &mut V
 }
 
 /// Every podSelector/namespaceSelector peer of `rule` that matches no pod.
-pub(super) fn check_peers(
-    cluster: &Cluster,
+pub(super) fn check_peers<'a>(
+    ix: &Index<'a>,
     policy: &Policy,
     dir: Direction,
-    rule: &Rule,
+    rule: &'a Rule,
     field: &str,
     out: &mut Vec<Finding>,
 ) {
@@ -56,26 +53,19 @@ pub(super) fn check_peers(
             continue;
         };
         let peer_field = format!("{field}.{}[{j}]", peers_field(dir));
-        let (scope, in_scope): (String, Vec<&str>) = match namespaces {
-            NamespaceScope::Own(ns) => (format!("namespace `{ns}`"), vec![ns.as_str()]),
+        let in_scope = ix.scope_namespaces(namespaces);
+        let scope = match namespaces {
+            NamespaceScope::Own(ns) => format!("namespace `{ns}`"),
             NamespaceScope::Selector(ns_sel) => {
-                let matched: Vec<&str> = cluster
-                    .namespaces
-                    .values()
-                    .filter(|n| ns_sel.matches(&n.labels))
-                    .map(|n| n.name.as_str())
-                    .collect();
-                if matched.is_empty() {
-                    out.push(namespace_finding(cluster, policy, ns_sel, &peer_field));
+                if in_scope.is_empty() {
+                    out.push(namespace_finding(ix, policy, ns_sel, &peer_field));
                     continue;
                 }
-                (format!("namespaces {}", short_list(&matched)), matched)
+                format!("namespaces {}", short_list(&in_scope))
             }
         };
-        let candidates: Vec<&Labels> = pods(cluster)
-            .filter(|p| in_scope.contains(&p.namespace.as_str()))
-            .map(|p| &p.labels)
-            .collect();
+        let in_scope_pods: Vec<_> = in_scope.iter().flat_map(|ns| ix.pods_in(ns)).collect();
+        let candidates: Vec<&Labels> = in_scope_pods.iter().map(|p| &p.labels).collect();
         if candidates.iter().any(|l| pod_sel.matches(l)) {
             continue;
         }
@@ -112,11 +102,12 @@ pub(super) fn check_peers(
 }
 
 fn namespace_finding(
-    cluster: &Cluster,
+    ix: &Index,
     policy: &Policy,
     ns_sel: &LabelSelector,
     peer_field: &str,
 ) -> Finding {
+    let cluster = ix.cluster;
     let candidates: Vec<&Labels> = cluster.namespaces.values().map(|n| &n.labels).collect();
     let mut why = explain(ns_sel, &candidates, "namespace");
     let unlabelled: Vec<&str> = cluster
@@ -135,13 +126,13 @@ fn namespace_finding(
     for (k, v) in &ns_sel.match_labels {
         if k != NAMESPACE_NAME_LABEL && cluster.namespaces.contains_key(v) {
             why.suggestions.push(format!(
-                "select namespace `{v}` by name with `{NAMESPACE_NAME_LABEL}: {v}` instead of `{k}: {v}`"
+                "Select namespace `{v}` by name with `{NAMESPACE_NAME_LABEL}: {v}` instead of `{k}: {v}`."
             ));
         }
     }
     let mut fix = why.fix("the intended namespaces");
     if !unlabelled.is_empty() {
-        fix.push_str(" (e.g. `kubectl label namespace NAME KEY=VALUE`)");
+        fix.push_str(" Unlabelled namespaces: `kubectl label namespace NAME KEY=VALUE`.");
     }
     Finding {
         severity: Severity::Warning,
@@ -166,11 +157,11 @@ struct Why {
 impl Why {
     fn fix(&self, intended: &str) -> String {
         if self.suggestions.is_empty() {
-            format!("correct the selector, or add the missing labels to {intended}")
+            format!("Correct the selector, or add the missing labels to {intended}.")
         } else {
             format!(
-                "{}; otherwise add the missing labels to {intended}",
-                self.suggestions.join("; ")
+                "{} Otherwise, correct the selector or add the missing labels to {intended}.",
+                self.suggestions.join(" ")
             )
         }
     }
@@ -191,7 +182,7 @@ fn explain(sel: &LabelSelector, candidates: &[&Labels], kind: &str) -> Why {
         let alternatives = near(key, keys.iter().copied());
         if !alternatives.is_empty() {
             why.suggestions.push(format!(
-                "did you mean label key {} instead of `{key}`?",
+                "Did you mean label key {} instead of `{key}`?",
                 quote_list(&alternatives)
             ));
         }
@@ -219,7 +210,7 @@ fn explain(sel: &LabelSelector, candidates: &[&Labels], kind: &str) -> Why {
             if !alternatives.is_empty() {
                 let alts: Vec<String> = alternatives.iter().map(|a| format!("{k}={a}")).collect();
                 why.suggestions.push(format!(
-                    "did you mean {} instead of `{k}={v}`?",
+                    "Did you mean {} instead of `{k}={v}`?",
                     quote_list(&alts)
                 ));
             }

@@ -15,24 +15,26 @@
 //! duplicates; only the later one is reported.
 use ipnet::IpNet;
 
-use super::{Finding, Severity};
+use super::{Finding, Index, Severity};
 use crate::model::{
-    Cluster, Direction, LabelSelector, NamespaceScope, Operator, Peer, Policy, PortRef, PortSpec,
+    Direction, LabelSelector, NamespaceScope, Operator, Peer, Policy, PortRef, PortSpec,
     Requirement, Rule, NAMESPACE_NAME_LABEL,
 };
 
 /// Report rule `ri` of policy `pi` (direction `dir`) if another rule covers it.
 pub(super) fn check(
-    cluster: &Cluster,
+    ix: &Index,
     pi: usize,
     dir: Direction,
     ri: usize,
     field: &str,
     out: &mut Vec<Finding>,
 ) {
-    let policy = &cluster.policies[pi];
+    let policy = &ix.cluster.policies[pi];
     let rule = &policy.rules(dir)[ri];
-    for (pj, other_policy) in cluster.policies.iter().enumerate() {
+    // Only policies of the same namespace can apply to the same pods.
+    for &pj in ix.policies_in(&policy.namespace) {
+        let other_policy = &ix.cluster.policies[pj];
         if !policy_covers(other_policy, policy) {
             continue;
         }

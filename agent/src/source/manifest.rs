@@ -26,6 +26,16 @@ use serde_json::Value;
 use super::convert::{convert, Objects, SourceError, Sourced};
 use crate::model::Cluster;
 
+/// `("examples/NAME", contents)`.
+macro_rules! example {
+    ($name:literal) => {
+        (
+            concat!("examples/", $name),
+            include_str!(concat!("../../../examples/", $name)),
+        )
+    };
+}
+
 /// Addresses given to pods that have none (the usual kind/kubeadm pod CIDR).
 pub const LAB_RANGE_V4: &str = "10.244.0.0/16";
 
@@ -69,9 +79,35 @@ pub fn load<P: AsRef<Path>>(paths: &[P]) -> Loaded {
 
 /// Load manifests from a string (tests, embedded examples). `origin` names it in messages.
 pub fn load_str(origin: &str, text: &str) -> Loaded {
+    load_texts(&[(origin, text)])
+}
+
+/// Load several in-memory manifests as if they were files, in the given order.
+pub fn load_texts(texts: &[(&str, &str)]) -> Loaded {
     let mut reader = Reader::default();
-    reader.text(origin, text, origin.ends_with(".json"));
+    for (origin, text) in texts {
+        reader.text(origin, text, origin.ends_with(".json"));
+    }
     reader.finish()
+}
+
+/// The bundled `examples/` directory, compiled into the binary so that `netward matrix` and
+/// the lab work without any file (a test keeps this list equal to the directory).
+pub const EXAMPLES: &[(&str, &str)] = &[
+    example!("00-cluster.yaml"),
+    example!("10-default-deny.yaml"),
+    example!("20-allow-dns.yaml"),
+    example!("30-three-tier.yaml"),
+    example!("40-monitoring.yaml"),
+    example!("50-external-egress.yaml"),
+    example!("60-metadata-block.yaml"),
+    example!("70-tenant-isolation.yaml"),
+    example!("80-orders-postgres.yaml"),
+];
+
+/// The bundled examples, loaded.
+pub fn load_examples() -> Loaded {
+    load_texts(EXAMPLES)
 }
 
 /// The manifest files a path stands for: itself if a file, else the matching files below it,
@@ -423,6 +459,43 @@ mod tests {
         assert!(l.notices.iter().any(|n| n.contains("defined again")));
         assert!(l.cluster.namespaces.contains_key("other"));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn embedded_examples_are_the_examples_directory() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples");
+        let on_disk: Vec<(String, String)> = files(Path::new(dir))
+            .unwrap()
+            .iter()
+            .map(|p| {
+                let name = p.file_name().unwrap().to_string_lossy();
+                (
+                    format!("examples/{name}"),
+                    std::fs::read_to_string(p).unwrap(),
+                )
+            })
+            .collect();
+        let embedded: Vec<(String, String)> = EXAMPLES
+            .iter()
+            .map(|(n, t)| (n.to_string(), t.to_string()))
+            .collect();
+        assert_eq!(embedded, on_disk, "update EXAMPLES in manifest.rs");
+        let a = load_examples();
+        let b = load(&[dir]);
+        assert_eq!(a.cluster.pods, b.cluster.pods);
+        assert_eq!(a.cluster.namespaces, b.cluster.namespaces);
+        assert_eq!(a.cluster.policies.len(), b.cluster.policies.len());
+    }
+
+    #[test]
+    fn bundled_examples_load_cleanly() {
+        let l = load(&[concat!(env!("CARGO_MANIFEST_DIR"), "/../examples")]);
+        assert!(l.errors.is_empty(), "{:?}", l.errors);
+        assert!(l.notices.is_empty(), "{:?}", l.notices);
+        assert_eq!(l.cluster.pods.len(), 11);
+        assert_eq!(l.cluster.namespaces.len(), 7);
+        assert!(l.cluster.pods.iter().all(|p| p.ips.len() == 1));
+        assert!(l.cluster.policies.iter().all(|p| p.errors.is_empty()));
     }
 
     #[test]
