@@ -213,6 +213,19 @@ impl TestLab {
         }
     }
 
+    /// Stop the daemon (SIGKILL when `hard`, else SIGTERM) and start a new one; returns once
+    /// the new one is enforcing.
+    pub fn restart_daemon(&self, hard: bool) -> Result<()> {
+        use netward::lab::process::{self, Role};
+        if hard {
+            process::kill_hard(Role::Daemon, &self.name)?;
+        } else {
+            process::stop(Role::Daemon, &self.name, Duration::from_secs(5))?;
+        }
+        process::spawn(&netward_bin(), Role::Daemon, &self.name, &[])?;
+        Ok(())
+    }
+
     pub fn applied(&self) -> u64 {
         netward::lab::daemon::applied(&self.name)
     }

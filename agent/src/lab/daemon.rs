@@ -74,7 +74,13 @@ pub fn run(name: &LabName) -> Result<()> {
         plan.ipcache.len(),
         plan.policy.len()
     );
+    // A restarted daemon finds its links pinned and already switched to the programs it
+    // just loaded (open_or_create); attaching those again would be refused.
+    let attached = dp.attached().context("listing pinned links")?;
     for pod in &state.pods {
+        if attached.contains(&super::topology::ifindex(&pod.host_veth)?) {
+            continue;
+        }
         dp.attach(&pod.host_veth)
             .with_context(|| format!("attaching to {} (pod {})", pod.host_veth, pod.key))?;
     }
