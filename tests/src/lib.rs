@@ -1,1 +1,2 @@
 //! Shared helpers for netward integration tests (network namespaces, test API server).
+pub mod apiserver;
