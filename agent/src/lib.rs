@@ -14,6 +14,7 @@
 //!   lookups the eBPF program does on the Plan); differential tests keep them equal.
 //! * [`lint`]: pitfalls users hit when writing policies.
 //! * [`cli`]: the `netward` command.
+//! * [`testkit`]: concise construction of clusters for tests.
 pub mod cli;
 pub mod compiler;
 pub mod eval;
@@ -21,3 +22,4 @@ pub mod lint;
 pub mod model;
 pub mod plan;
 pub mod source;
+pub mod testkit;

@@ -11,6 +11,8 @@ use serde::Serialize;
 
 use crate::plan::PolicyRef;
 
+#[cfg(test)]
+mod cases;
 pub mod plan;
 pub mod spec;
 
