@@ -3,6 +3,10 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+pub mod agent;
+pub mod monitor;
+pub mod status;
+
 #[derive(Parser)]
 #[command(
     name = "netward",
@@ -15,10 +19,19 @@ pub struct Cli {
 }
 
 #[derive(Subcommand)]
-pub enum Command {}
+pub enum Command {
+    /// Run the per-node agent (the DaemonSet's process).
+    Agent(agent::AgentArgs),
+    /// What the agent on this node enforces.
+    Status(status::StatusArgs),
+    /// Stream verdict events live from the agent on this node.
+    Monitor(monitor::MonitorArgs),
+}
 
-// Until the first subcommand lands, `Command` has no variants.
-#[allow(unreachable_code)]
 pub fn main() -> ExitCode {
-    match Cli::parse().command {}
+    match Cli::parse().command {
+        Command::Agent(a) => agent::run(a),
+        Command::Status(a) => status::run(a),
+        Command::Monitor(a) => monitor::run(a),
+    }
 }
