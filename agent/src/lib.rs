@@ -20,6 +20,7 @@
 pub mod agent;
 pub mod cli;
 pub mod compiler;
+pub mod datapath;
 pub mod eval;
 pub mod k8s;
 pub mod lint;

@@ -287,14 +287,16 @@ impl PolicyBuilder {
         self
     }
 
-    /// `egress: []` (present, no rules): with defaulted policyTypes this isolates for egress.
+    /// `egress: []` (present, no rules). With defaulted policyTypes this does NOT isolate
+    /// for egress: upstream `SetDefaults_NetworkPolicy` adds Egress only when
+    /// `len(spec.egress) != 0`.
     pub fn egress_section(mut self) -> Self {
         self.egress.get_or_insert_with(Vec::new);
         self
     }
 
     /// Explicit spec.policyTypes (otherwise defaulted: Ingress, plus Egress when the policy
-    /// has an egress section).
+    /// has at least one egress rule).
     pub fn types(mut self, types: &[Direction]) -> Self {
         self.types = Some(types.to_vec());
         self
@@ -316,7 +318,7 @@ impl PolicyBuilder {
                 t.contains(&Direction::Ingress),
                 t.contains(&Direction::Egress),
             ),
-            None => (true, self.egress.is_some()),
+            None => (true, self.egress.as_ref().is_some_and(|e| !e.is_empty())),
         };
         let failed = !self.errors.is_empty();
         Policy {
@@ -492,6 +494,7 @@ mod tests {
             .port("http", 80, TCP)
             .node("n1")
             .policy(policy("p", "deny").egress_section())
+            .policy(policy("p", "out").egress(rule().tcp(53)))
             .policy(policy("a", "allow").ingress(rule().pods(&[("app", "x")]).tcp(80)))
             .build();
         // Implied namespaces exist and carry their name label.
@@ -506,7 +509,9 @@ mod tests {
         assert_eq!(c.pods[0].node.as_deref(), Some("n1"));
         assert_eq!(c.policies[0].key(), "a/allow");
         assert!(c.policies[0].ingress_isolation && !c.policies[0].egress_isolation);
-        assert!(c.policies[1].ingress_isolation && c.policies[1].egress_isolation);
+        // `egress: []` alone does not isolate egress; one egress rule does.
+        assert!(c.policies[1].ingress_isolation && !c.policies[1].egress_isolation);
+        assert!(c.policies[2].ingress_isolation && c.policies[2].egress_isolation);
         assert_eq!(
             c.policies[0].ingress[0].peers[0],
             Peer::Pods {

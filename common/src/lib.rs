@@ -176,22 +176,314 @@ pub struct PolicyValue {
 }
 
 /// `CONFIG[0]`: global datapath settings written by map sync.
+///
+/// Map sync writes the whole value with one `bpf_map_update_elem`. The program derives the
+/// live slot from `generation & 1` (one aligned 8-byte word, never torn), so it can never pair
+/// the slot of one Plan with the generation of another; `slot` mirrors it for humans/tools.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Config {
-    /// Slot (0 or 1) whose ipcache and policy entries are live.
+    /// Slot (0 or 1) whose ipcache and policy entries are live; always `generation & 1`.
     pub slot: u8,
     pub _pad: [u8; 3],
     /// `CFG_*` flags.
     pub flags: u32,
     /// Monotonic Plan generation; conntrack entries remember the one they were checked under.
     pub generation: u64,
+    /// Verdict events each CPU may emit per second (token bucket refill rate); 0: no events.
+    pub events_per_sec: u32,
+    /// Token bucket depth (burst) per CPU.
+    pub events_burst: u32,
+}
+
+impl Config {
+    /// The slot a generation lives in.
+    pub const fn slot_of(generation: u64) -> u8 {
+        (generation & 1) as u8
+    }
 }
 
 /// [`Config::flags`]: drop traffic of a local address that has no endpoint entry.
 pub const CFG_FAIL_CLOSED_UNKNOWN: u32 = 1 << 0;
 /// [`Config::flags`]: the maps hold a complete Plan (set after the first sync).
 pub const CFG_READY: u32 = 1 << 1;
+/// [`Config::flags`]: also emit events for allowed new flows (denies always emit).
+pub const CFG_EVENTS_ALLOW: u32 = 1 << 2;
+
+impl IpcacheKey {
+    /// Bytes after `prefixlen` (the LPM trie's data part).
+    pub const DATA_LEN: usize = 20;
+
+    /// The LPM data part, as laid out in memory after `prefixlen`.
+    pub const fn lpm_data(&self) -> [u8; Self::DATA_LEN] {
+        let mut d = [0u8; Self::DATA_LEN];
+        d[0] = self.slot;
+        d[1] = self.family;
+        let mut i = 0;
+        while i < 16 {
+            d[2 + i] = self.addr[i];
+            i += 1;
+        }
+        d
+    }
+
+    /// Inverse of [`IpcacheKey::lpm_data`].
+    pub const fn from_lpm(prefixlen: u32, d: [u8; Self::DATA_LEN]) -> Self {
+        let mut addr = [0u8; 16];
+        let mut i = 0;
+        while i < 16 {
+            addr[i] = d[2 + i];
+            i += 1;
+        }
+        IpcacheKey {
+            prefixlen,
+            slot: d[0],
+            family: d[1],
+            addr,
+            _pad: [0; 2],
+        }
+    }
+}
+
+impl PolicyKey {
+    /// Bytes after `prefixlen` (the LPM trie's data part).
+    pub const DATA_LEN: usize = 16;
+
+    pub const fn lpm_data(&self) -> [u8; Self::DATA_LEN] {
+        [
+            self.slot,
+            self.dir,
+            self.subject[0],
+            self.subject[1],
+            self.subject[2],
+            self.subject[3],
+            self.peer[0],
+            self.peer[1],
+            self.peer[2],
+            self.peer[3],
+            self.proto,
+            self.port[0],
+            self.port[1],
+            0,
+            0,
+            0,
+        ]
+    }
+
+    pub const fn from_lpm(prefixlen: u32, d: [u8; Self::DATA_LEN]) -> Self {
+        PolicyKey {
+            prefixlen,
+            slot: d[0],
+            dir: d[1],
+            subject: [d[2], d[3], d[4], d[5]],
+            peer: [d[6], d[7], d[8], d[9]],
+            proto: d[10],
+            port: [d[11], d[12]],
+            _pad: [0; 3],
+        }
+    }
+}
+
+/// Conntrack key: the tuple of a flow as first seen by the hook that admitted it, plus that
+/// hook's enforcement direction, so a same-node pod pair gets one entry per veth (both sides
+/// are checked). Replies are found by looking up the reversed tuple with the opposite
+/// direction. Ports are host byte order; for ICMP echo both ports hold the echo identifier;
+/// other port-less protocols use 0.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct CtKey {
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub family: u8,
+    /// `DIR_*` of the hook that admitted the flow (the local pod's point of view).
+    pub dir: u8,
+    pub _pad: u8,
+}
+
+impl CtKey {
+    /// The key a reply packet of this flow is seen under: reversed tuple, other direction.
+    pub const fn reply(&self) -> CtKey {
+        CtKey {
+            saddr: self.daddr,
+            daddr: self.saddr,
+            sport: self.dport,
+            dport: self.sport,
+            proto: self.proto,
+            family: self.family,
+            dir: self.dir ^ 1,
+            _pad: 0,
+        }
+    }
+}
+
+/// Conntrack value.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct CtValue {
+    /// `Config::generation` the flow was last verified under.
+    pub generation: u64,
+    /// `bpf_ktime_get_ns()` after which the entry is stale (treated as absent).
+    pub expires_ns: u64,
+    /// Policy attribution of the admitting decision (0: not isolated / not enforced).
+    pub policy: u32,
+    pub rule: u16,
+    /// `CT_*` flags.
+    pub flags: u16,
+}
+
+/// [`CtValue::flags`]: a reply was seen.
+pub const CT_SEEN_REPLY: u16 = 1 << 0;
+/// [`CtValue::flags`]: a TCP FIN or RST was seen; the entry lives [`CT_TIMEOUT_CLOSING_S`].
+pub const CT_CLOSING: u16 = 1 << 1;
+
+/// Conntrack lifetimes, refreshed on every packet (the LRU evicts earlier under pressure).
+pub const CT_TIMEOUT_TCP_S: u64 = 6 * 3600;
+pub const CT_TIMEOUT_OTHER_S: u64 = 60;
+pub const CT_TIMEOUT_CLOSING_S: u64 = 10;
+
+/// Fragment tracking key: a datagram's identity. The first fragment (which carries the
+/// ports) records them; later fragments reuse them to find their flow.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct FragKey {
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    pub id: u32,
+    pub proto: u8,
+    pub family: u8,
+    pub dir: u8,
+    pub _pad: u8,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct FragValue {
+    pub sport: u16,
+    pub dport: u16,
+    pub _pad: u32,
+    pub expires_ns: u64,
+}
+
+/// Lifetime of a fragment entry.
+pub const FRAG_TIMEOUT_S: u64 = 30;
+
+/// Verdicts in [`Event::verdict`].
+pub const VERDICT_ALLOW: u8 = 1;
+pub const VERDICT_DROP: u8 = 2;
+
+/// Why a packet got its verdict ([`Event::reason`]); also counter indices
+/// `COUNTER_REASON_BASE + reason`.
+pub mod reason {
+    /// Allowed by a policy rule (new flow).
+    pub const POLICY_ALLOW: u8 = 0;
+    /// The local pod is not isolated in this direction.
+    pub const NOT_ISOLATED: u8 = 1;
+    /// The local address has no endpoint entry and the config fails open.
+    pub const UNKNOWN_ENDPOINT_OPEN: u8 = 2;
+    /// A packet of an established flow (forward direction).
+    pub const ESTABLISHED: u8 = 3;
+    /// A reply of a tracked flow.
+    pub const REPLY: u8 = 4;
+    /// An ICMP error about a tracked flow.
+    pub const RELATED: u8 = 5;
+    /// Not IPv4/IPv6 (ARP, LLDP, ...): NetworkPolicy does not cover it.
+    pub const NON_IP: u8 = 6;
+    /// A non-first fragment of an admitted datagram, or of a pod not isolated.
+    pub const FRAGMENT: u8 = 7;
+    /// ICMPv6 neighbour/router discovery and MLD: IPv6's ARP, passed like ARP.
+    pub const NEIGHBOR_DISCOVERY: u8 = 8;
+    /// First reason that drops.
+    pub const FIRST_DROP: u8 = 16;
+    /// Isolated and no rule allows the flow.
+    pub const POLICY_DENY: u8 = 16;
+    /// The local address has no endpoint entry and the config fails closed.
+    pub const UNKNOWN_ENDPOINT: u8 = 17;
+    /// Headers truncated or inconsistent.
+    pub const MALFORMED: u8 = 18;
+    /// A non-first fragment whose first fragment was not seen (isolated pod).
+    pub const FRAGMENT_UNTRACKED: u8 = 19;
+    /// An established flow the current Plan no longer allows (re-checked after a change).
+    pub const REVOKED: u8 = 20;
+    /// No Plan installed yet (`CFG_READY` unset): IP traffic is dropped.
+    pub const NOT_READY: u8 = 21;
+    /// One past the largest reason.
+    pub const COUNT: u8 = 22;
+
+    /// Short name for metrics and logs.
+    pub const fn name(reason: u8) -> &'static str {
+        match reason {
+            POLICY_ALLOW => "policy_allow",
+            NOT_ISOLATED => "not_isolated",
+            UNKNOWN_ENDPOINT_OPEN => "unknown_endpoint_open",
+            ESTABLISHED => "established",
+            REPLY => "reply",
+            RELATED => "related",
+            NON_IP => "non_ip",
+            FRAGMENT => "fragment",
+            NEIGHBOR_DISCOVERY => "neighbor_discovery",
+            POLICY_DENY => "policy_deny",
+            UNKNOWN_ENDPOINT => "unknown_endpoint",
+            MALFORMED => "malformed",
+            FRAGMENT_UNTRACKED => "fragment_untracked",
+            REVOKED => "revoked",
+            NOT_READY => "not_ready",
+            _ => "unknown",
+        }
+    }
+}
+
+/// Per-CPU counter indices (`COUNTERS` array of u64).
+pub const COUNTER_ALLOWED: u32 = 0;
+pub const COUNTER_DENIED: u32 = 1;
+/// Events not emitted because the CPU's token bucket was empty.
+pub const COUNTER_EVENTS_RATE_LIMITED: u32 = 2;
+/// Events not emitted because the ring buffer was full.
+pub const COUNTER_EVENTS_LOST: u32 = 3;
+/// Events emitted.
+pub const COUNTER_EVENTS_SENT: u32 = 4;
+/// `COUNTER_REASON_BASE + reason`: packets per reason.
+pub const COUNTER_REASON_BASE: u32 = 8;
+/// Size of the `COUNTERS` array.
+pub const COUNTER_COUNT: u32 = COUNTER_REASON_BASE + reason::COUNT as u32;
+
+/// A verdict event in the `EVENTS` ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Event {
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub family: u8,
+    /// `DIR_*` from the local pod's point of view.
+    pub dir: u8,
+    /// `VERDICT_*`.
+    pub verdict: u8,
+    pub reason: u8,
+    pub _pad: [u8; 1],
+    /// Attribution of an allow ([`PolicyValue`]); 0 otherwise.
+    pub rule: u16,
+    pub policy: u32,
+    /// [`IpcacheValue::endpoint`] of the local pod (0: unknown).
+    pub endpoint: u32,
+    /// Interface the program ran on.
+    pub ifindex: u32,
+    pub generation: u64,
+    pub ktime_ns: u64,
+}
+
+/// Per-CPU token bucket state limiting events.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct RateState {
+    /// Tokens, scaled by 1e9 (token-nanoseconds) to refill with integer arithmetic.
+    pub tokens: u64,
+    pub last_ns: u64,
+}
 
 #[cfg(feature = "user")]
 mod pod_impls {
@@ -203,6 +495,12 @@ mod pod_impls {
     unsafe impl aya::Pod for PolicyKey {}
     unsafe impl aya::Pod for PolicyValue {}
     unsafe impl aya::Pod for Config {}
+    unsafe impl aya::Pod for CtKey {}
+    unsafe impl aya::Pod for CtValue {}
+    unsafe impl aya::Pod for FragKey {}
+    unsafe impl aya::Pod for FragValue {}
+    unsafe impl aya::Pod for Event {}
+    unsafe impl aya::Pod for RateState {}
 }
 
 #[cfg(test)]
@@ -216,7 +514,15 @@ mod tests {
         assert_eq!(size_of::<IpcacheValue>(), 16);
         assert_eq!(size_of::<PolicyKey>(), 4 + 1 + 1 + 4 + 4 + 1 + 2 + 3);
         assert_eq!(size_of::<PolicyValue>(), 8);
-        assert_eq!(size_of::<Config>(), 16);
+        assert_eq!(size_of::<Config>(), 24);
+        assert_eq!(size_of::<CtKey>(), 16 + 16 + 2 + 2 + 4);
+        assert_eq!(size_of::<CtValue>(), 8 + 8 + 4 + 2 + 2);
+        assert_eq!(size_of::<FragKey>(), 16 + 16 + 4 + 4);
+        assert_eq!(size_of::<FragValue>(), 16);
+        assert_eq!(size_of::<Event>(), 16 + 16 + 4 + 4 + 4 + 4 + 4 + 4 + 8 + 8);
+        assert_eq!(size_of::<RateState>(), 16);
+        assert_eq!(size_of::<IpcacheKey>(), 4 + IpcacheKey::DATA_LEN);
+        assert_eq!(size_of::<PolicyKey>(), 4 + PolicyKey::DATA_LEN);
     }
 
     #[test]
@@ -229,5 +535,42 @@ mod tests {
         assert_eq!(k.subject_class(), 7);
         assert_eq!(k.peer_class(), 9);
         assert_eq!(k.port_number(), 8080);
+    }
+
+    #[test]
+    fn lpm_data_round_trips() {
+        let k = PolicyKey::new(
+            POLICY_PREFIX_ANY_PORT,
+            1,
+            DIR_INGRESS,
+            0x01020304,
+            5,
+            17,
+            53,
+        );
+        assert_eq!(PolicyKey::from_lpm(k.prefixlen, k.lpm_data()), k);
+        let i = IpcacheKey::v4(1, [10, 1, 2, 3], 24);
+        assert_eq!(IpcacheKey::from_lpm(i.prefixlen, i.lpm_data()), i);
+        assert_eq!(i.lpm_data()[..6], [1, FAMILY_V4, 10, 1, 2, 3]);
+    }
+
+    #[test]
+    fn reply_key_reverses_tuple_and_direction() {
+        let k = CtKey {
+            saddr: [1; 16],
+            daddr: [2; 16],
+            sport: 1000,
+            dport: 80,
+            proto: PROTO_TCP,
+            family: FAMILY_V4,
+            dir: DIR_EGRESS,
+            _pad: 0,
+        };
+        let r = k.reply();
+        assert_eq!(
+            (r.saddr, r.daddr, r.sport, r.dport, r.dir),
+            ([2; 16], [1; 16], 80, 1000, DIR_INGRESS)
+        );
+        assert_eq!(r.reply(), k);
     }
 }

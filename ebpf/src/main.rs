@@ -1,20 +1,275 @@
 //! netward's tc programs. Attached to the host side of each local pod's veth:
 //! tc ingress carries what the pod sends (its egress), tc egress what it receives (its ingress).
+//!
+//! Per packet (one module per concern, like Cilium's bpf/lib):
+//! [`parse`] -> `CONFIG` (live slot, generation) -> [`conntrack`] (established, reply,
+//! related) -> [`policy`] (ipcache + policy LPM, constant number of lookups) -> [`counters`],
+//! [`events`].
+//!
+//! Verdicts for traffic NetworkPolicy leaves undefined (also in DATAPATH.md of the report):
+//! * non-IP (ARP, LLDP, ...) passes: policies are about IP traffic, and pods need ARP;
+//! * ICMPv6 neighbour/router discovery and MLD (types 130-137, 143) pass like ARP;
+//! * ICMP/ICMPv6 echo and every other IP protocol are policy-checked like any protocol, with
+//!   port 0: only rules without ports (or with protocol only, no port) allow them. Echo replies
+//!   and ICMP errors about a tracked flow pass through conntrack;
+//! * non-first fragments use the ports the first fragment recorded (`FRAGS`), and then get the
+//!   verdict of their flow; a fragment whose first fragment was not seen passes only when the
+//!   local pod is not isolated in that direction;
+//! * an IP header that is truncated or inconsistent is dropped; a valid IP header with a
+//!   truncated TCP/UDP/SCTP/ICMP header is dropped when the local pod is isolated in that
+//!   direction (or unknown while failing closed), since its ports cannot be checked;
+//! * before the first Plan is installed (`CFG_READY` unset) IP traffic is dropped.
 #![no_std]
 #![no_main]
 
-use aya_ebpf::{bindings::TC_ACT_PIPE, macros::classifier, programs::TcContext};
+mod conntrack;
+mod counters;
+mod events;
+mod maps;
+mod parse;
+mod policy;
+
+use aya_ebpf::{
+    bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC},
+    macros::classifier,
+    programs::TcContext,
+};
+use netward_common::{
+    reason, FragKey, FragValue, CFG_EVENTS_ALLOW, CFG_READY, DIR_EGRESS, DIR_INGRESS,
+    FRAG_TIMEOUT_S,
+};
+
+use crate::{
+    conntrack::Hit,
+    maps::{CONFIG, FRAGS},
+    parse::{has_ports, Frag, Parsed, Tuple, L4, PARSE_MAX},
+    policy::Decision,
+};
 
 /// Packets leaving the pod (host-side tc ingress): the pod's egress.
 #[classifier]
-pub fn netward_egress(_ctx: TcContext) -> i32 {
-    TC_ACT_PIPE
+pub fn netward_egress(ctx: TcContext) -> i32 {
+    enforce(&ctx, DIR_EGRESS)
 }
 
 /// Packets entering the pod (host-side tc egress): the pod's ingress.
 #[classifier]
-pub fn netward_ingress(_ctx: TcContext) -> i32 {
-    TC_ACT_PIPE
+pub fn netward_ingress(ctx: TcContext) -> i32 {
+    enforce(&ctx, DIR_INGRESS)
+}
+
+#[inline(always)]
+fn enforce(ctx: &TcContext, dir: u8) -> i32 {
+    // Make the headers directly accessible when the skb is non-linear.
+    let want = if ctx.len() < PARSE_MAX {
+        ctx.len()
+    } else {
+        PARSE_MAX
+    };
+    if ((ctx.data_end() - ctx.data()) as u32) < want {
+        let _ = ctx.pull_data(want);
+    }
+    let r = decide(ctx, dir);
+    counters::verdict(r);
+    if r < reason::FIRST_DROP {
+        // Pass on to the next program / the stack: we only ever drop.
+        TC_ACT_UNSPEC
+    } else {
+        TC_ACT_SHOT as i32
+    }
+}
+
+const NS: u64 = 1_000_000_000;
+
+#[inline(always)]
+fn frag_key(t: &Tuple, id: u32, dir: u8) -> FragKey {
+    FragKey {
+        saddr: t.saddr,
+        daddr: t.daddr,
+        id,
+        proto: t.proto,
+        family: t.family,
+        dir,
+        _pad: 0,
+    }
+}
+
+#[inline(always)]
+fn decide(ctx: &TcContext, dir: u8) -> u8 {
+    let mut pkt = match parse::parse(ctx) {
+        Parsed::NonIp => return reason::NON_IP,
+        Parsed::Malformed => {
+            let d = plain(reason::MALFORMED, 0);
+            emit_with_config(ctx, &Tuple::empty(), dir, &d);
+            return reason::MALFORMED;
+        }
+        Parsed::Ip(p) => p,
+    };
+    let Some(cfg) = CONFIG.get(0) else {
+        return reason::NOT_READY;
+    };
+    let generation = cfg.generation;
+    let slot = (generation & 1) as u8;
+    let flags = cfg.flags;
+    let (rate, burst) = (cfg.events_per_sec, cfg.events_burst);
+    let t = &mut pkt.t;
+    if flags & CFG_READY == 0 {
+        let d = plain(reason::NOT_READY, 0);
+        events::emit(ctx, t, dir, &d, generation, rate, burst);
+        return reason::NOT_READY;
+    }
+    let mut tcp_flags = 0;
+    let mut related_error = false;
+    match pkt.l4 {
+        L4::NeighborDiscovery => return reason::NEIGHBOR_DISCOVERY,
+        L4::Truncated => {
+            let local = if dir == DIR_EGRESS {
+                &t.saddr
+            } else {
+                &t.daddr
+            };
+            let d = policy::check_portless_fallback(
+                slot,
+                flags,
+                dir,
+                t.family,
+                local,
+                reason::MALFORMED,
+                reason::NOT_ISOLATED,
+            );
+            if !d.allows() {
+                events::emit(ctx, t, dir, &d, generation, rate, burst);
+            }
+            return d.reason;
+        }
+        L4::Unknown => {
+            // A later fragment: find the ports its first fragment carried.
+            let id = match pkt.frag {
+                Frag::Later(id) => id,
+                _ => 0,
+            };
+            let fk = frag_key(t, id, dir);
+            let mut found = false;
+            if let Some(fv) = FRAGS.get_ptr(&fk) {
+                let fv = unsafe { &*fv };
+                if unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() } <= fv.expires_ns {
+                    t.sport = fv.sport;
+                    t.dport = fv.dport;
+                    found = true;
+                }
+            }
+            if !found {
+                let local = if dir == DIR_EGRESS {
+                    &t.saddr
+                } else {
+                    &t.daddr
+                };
+                let d = policy::check_portless_fallback(
+                    slot,
+                    flags,
+                    dir,
+                    t.family,
+                    local,
+                    reason::FRAGMENT_UNTRACKED,
+                    reason::FRAGMENT,
+                );
+                if !d.allows() {
+                    events::emit(ctx, t, dir, &d, generation, rate, burst);
+                }
+                return d.reason;
+            }
+        }
+        L4::Error(inner) => {
+            if conntrack::related(&inner, dir) {
+                return reason::RELATED;
+            }
+            related_error = true;
+        }
+        L4::Ports(f) => tcp_flags = f,
+        L4::Echo | L4::PortLess => {}
+    }
+
+    // Conntrack: established (forward) or reply.
+    let k = conntrack::key(t, dir);
+    let mut r = match conntrack::lookup(&k, false, tcp_flags, slot, flags, generation) {
+        Hit::Pass => reason::ESTABLISHED,
+        Hit::Revoked(d) => {
+            let d = plain(reason::REVOKED, d.endpoint);
+            events::emit(ctx, t, dir, &d, generation, rate, burst);
+            return reason::REVOKED;
+        }
+        Hit::Miss => reason::POLICY_DENY,
+    };
+    if r == reason::POLICY_DENY {
+        let rk = k.reply();
+        r = match conntrack::lookup(&rk, true, tcp_flags, slot, flags, generation) {
+            Hit::Pass => reason::REPLY,
+            Hit::Revoked(d) => {
+                let d = plain(reason::REVOKED, d.endpoint);
+                events::emit(ctx, t, dir, &d, generation, rate, burst);
+                return reason::REVOKED;
+            }
+            Hit::Miss => reason::POLICY_DENY,
+        };
+    }
+    if r == reason::POLICY_DENY {
+        // A new flow: the policy decides.
+        let (local, peer) = if dir == DIR_EGRESS {
+            (&t.saddr, &t.daddr)
+        } else {
+            (&t.daddr, &t.saddr)
+        };
+        let port = if has_ports(t.proto) { t.dport } else { 0 };
+        let d = policy::check(slot, flags, dir, t.family, local, peer, t.proto, port);
+        if d.allows() {
+            if !related_error {
+                conntrack::create(&k, &d, tcp_flags, generation);
+            }
+            if flags & CFG_EVENTS_ALLOW != 0 {
+                events::emit(ctx, t, dir, &d, generation, rate, burst);
+            }
+        } else {
+            events::emit(ctx, t, dir, &d, generation, rate, burst);
+        }
+        r = d.reason;
+    }
+    if r < reason::FIRST_DROP {
+        if let Frag::First(id) = pkt.frag {
+            let fv = FragValue {
+                sport: t.sport,
+                dport: t.dport,
+                _pad: 0,
+                expires_ns: unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() } + FRAG_TIMEOUT_S * NS,
+            };
+            let _ = FRAGS.insert(&frag_key(t, id, dir), &fv, 0);
+        }
+    }
+    r
+}
+
+#[inline(always)]
+fn plain(reason: u8, endpoint: u32) -> Decision {
+    Decision {
+        reason,
+        policy: 0,
+        rule: 0,
+        endpoint,
+    }
+}
+
+#[inline(always)]
+fn emit_with_config(ctx: &TcContext, t: &Tuple, dir: u8, d: &Decision) {
+    if let Some(cfg) = CONFIG.get(0) {
+        events::emit(
+            ctx,
+            t,
+            dir,
+            d,
+            cfg.generation,
+            cfg.events_per_sec,
+            cfg.events_burst,
+        );
+    }
 }
 
 #[cfg(not(test))]

@@ -24,7 +24,7 @@ pub trait Enforcer: Send + 'static {
     /// Interfaces with programs attached (by index), also those left by a previous agent.
     fn attached(&self) -> Result<Vec<u32>>;
     fn counters(&self) -> Result<Counters>;
-    fn map_fill(&self) -> Result<Vec<MapFill>>;
+    fn map_fill(&mut self) -> Result<Vec<MapFill>>;
     /// Verdict events produced since the last call (non-blocking).
     fn poll_events(&mut self) -> Result<Vec<FlowEvent>>;
 }
@@ -60,7 +60,7 @@ impl Enforcer for PlanOnly {
     fn counters(&self) -> Result<Counters> {
         Ok(Counters::default())
     }
-    fn map_fill(&self) -> Result<Vec<MapFill>> {
+    fn map_fill(&mut self) -> Result<Vec<MapFill>> {
         let Some(plan) = &self.plan else {
             return Ok(Vec::new());
         };

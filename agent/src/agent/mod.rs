@@ -5,6 +5,7 @@
 //! `netward status` / `netward monitor` ([`api`]).
 pub mod api;
 pub mod control;
+pub mod ebpf;
 pub mod enforce;
 pub mod http;
 pub mod metrics;
@@ -105,9 +106,12 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
     let running = if cfg.plan_only {
         start(&cfg, client, PlanOnly::default()).await?
     } else {
-        anyhow::bail!(
-            "the eBPF datapath is not available in this build; run with --plan-only to compute Plans without enforcing"
-        )
+        let dp = crate::datapath::DatapathConfig {
+            bpffs_dir: cfg.bpffs.clone(),
+            ..Default::default()
+        };
+        let enforcer = ebpf::EbpfEnforcer::open(dp).context("loading the eBPF datapath")?;
+        start(&cfg, client, enforcer).await?
     };
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {

@@ -137,18 +137,29 @@ fn c02_ingress_deny_all_isolates_only_selected_pods_for_ingress() {
 
 /// API policyTypes: "policies that contain an egress section are assumed to affect egress, and
 /// all policies (whether or not they contain an ingress section) are assumed to affect
-/// ingress". `egress: []` therefore isolates both directions.
+/// ingress". Upstream `SetDefaults_NetworkPolicy` adds Egress only when `len(spec.egress) != 0`:
+/// `egress: []` without policyTypes isolates ingress only; one egress rule isolates both.
 #[test]
-fn c03_default_policy_types_with_egress_section_isolate_both() {
-    let c = base()
+fn c03_default_policy_types_from_egress_rules() {
+    let empty_section = base()
         .policy(
             policy("prod", "lock-db")
                 .select(&[("app", "db")])
                 .egress_section(),
         )
         .build();
-    check(&c, tcp(DB, EXT, 443), DenyEgress);
-    check(&c, tcp(CLIENT, DB, 5432), DenyIngress);
+    check(&empty_section, tcp(DB, EXT, 443), Allow);
+    check(&empty_section, tcp(CLIENT, DB, 5432), DenyIngress);
+    let with_rule = base()
+        .policy(
+            policy("prod", "lock-db")
+                .select(&[("app", "db")])
+                .egress(rule().ip_block("198.51.100.0/24", &[])),
+        )
+        .build();
+    check(&with_rule, tcp(DB, EXT, 443), DenyEgress);
+    check(&with_rule, tcp(DB, "198.51.100.1", 443), Allow);
+    check(&with_rule, tcp(CLIENT, DB, 5432), DenyIngress);
 }
 
 /// API policyTypes defaulting: a policy with only an ingress section does not affect egress.
@@ -1096,4 +1107,95 @@ fn c50_pod_to_itself_is_never_blocked() {
         .build();
     check(&c, tcp(WEB, WEB, 8080), Allow);
     check(&c, tcp(WEB6, WEB6, 8080), Allow);
+}
+
+/// DESIGN: named ports resolve on "the peer pod on egress" - also when that pod runs on
+/// another node than the one enforcing (its container ports are still known cluster-wide).
+#[test]
+fn c51_egress_named_port_to_pod_on_another_node() {
+    let c = base()
+        .policy(
+            policy("prod", "client-out")
+                .select(&[("app", "client")])
+                .types(&[Direction::Egress])
+                .egress(rule().namespaces(&[("team", "b")]).named_port(TCP, "http")),
+        )
+        .build();
+    // prod/client on n1 -> dev/web on n2, whose `http` is 8081.
+    check_on(&c, Some("n1"), tcp(CLIENT, DEV_WEB, 8081), Allow);
+    check_on(&c, Some("n1"), tcp(CLIENT, DEV_WEB, 8080), DenyEgress);
+    // dev/client declares no `http`.
+    check_on(&c, Some("n1"), tcp(CLIENT, DEV_CLIENT, 8081), DenyEgress);
+}
+
+/// API from: "Items in this list are combined using a logical OR operation" - an address
+/// excluded by one peer's `except` is still admitted by another peer that selects its pod.
+#[test]
+fn c52_except_does_not_subtract_from_other_peers() {
+    let c = base()
+        .policy(
+            policy("prod", "db-in").select(&[("app", "db")]).ingress(
+                rule()
+                    .ip_block("10.0.0.0/8", &["10.0.1.0/24"])
+                    .pods(&[("app", "web")]),
+            ),
+        )
+        .build();
+    check(&c, tcp(WEB, DB, 5432), Allow);
+    check(&c, tcp(CLIENT, DB, 5432), DenyIngress);
+    check(&c, tcp(DEV_CLIENT, DB, 5432), Allow);
+}
+
+/// Model (Pod::resolve_named_port): a name is looked up for the port entry's protocol, so the
+/// same name may stand for different numbers under TCP and UDP.
+#[test]
+fn c53_same_port_name_per_protocol() {
+    let c = base()
+        .pod("prod", "resolver", &[("app", "resolver")], "10.0.1.9")
+        .port("dns", 53, UDP)
+        .port("dns", 1053, TCP)
+        .policy(
+            policy("prod", "resolver-in")
+                .select(&[("app", "resolver")])
+                .ingress(rule().named_port(TCP, "dns")),
+        )
+        .build();
+    check(&c, tcp(WEB, "10.0.1.9", 1053), Allow);
+    check(&c, tcp(WEB, "10.0.1.9", 53), DenyIngress);
+    check(&c, udp(WEB, "10.0.1.9", 53), DenyIngress);
+}
+
+/// DESIGN: ICMP choice (eval::spec module docs) for IPv6 too: ICMPv6 to an isolated pod is
+/// admitted by a port-less ipBlock rule covering the source, not by a ported one.
+#[test]
+fn c54_icmpv6_and_ip_block() {
+    let c = base()
+        .policy(
+            policy("prod", "web-in")
+                .select(&[("app", "web")])
+                .ingress(rule().ip_block("2001:db8::/32", &[]))
+                .ingress(rule().ip_block("::/0", &[]).tcp(443)),
+        )
+        .build();
+    check(&c, icmp(EXT6, WEB6), Allow);
+    check(&c, icmp("2001:db9::1", WEB6), DenyIngress);
+    check(&c, tcp("2001:db9::1", WEB6, 443), Allow);
+}
+
+/// API NetworkPolicyPort.endPort with SCTP and on egress: the range applies to the destination
+/// port of the given protocol only.
+#[test]
+fn c55_egress_sctp_range() {
+    let c = base()
+        .policy(
+            policy("prod", "web-out")
+                .select(&[("app", "web")])
+                .types(&[Direction::Egress])
+                .egress(rule().port_range(SCTP, 3868, 3870)),
+        )
+        .build();
+    check(&c, sctp(WEB, EXT, 3868), Allow);
+    check(&c, sctp(WEB, EXT, 3870), Allow);
+    check(&c, sctp(WEB, EXT, 3871), DenyEgress);
+    check(&c, tcp(WEB, EXT, 3868), DenyEgress);
 }

@@ -5,3 +5,6 @@
 pub mod convert;
 
 pub use convert::{convert, Converted, Objects, SourceError, Sourced};
+pub mod manifest;
+
+pub use manifest::{load, Loaded};

@@ -1,0 +1,228 @@
+//! Attaching the programs to an interface: TCX links (kernel >= 6.6), pinned per interface
+//! under `<bpffs_dir>/links/<ifindex>_<hook>` so they survive the agent; netlink clsact filters
+//! on older kernels (they live in the kernel's tc state, no pin needed).
+//!
+//! The program for the pod's egress (`netward_egress`) goes on the host veth's tc *ingress*
+//! hook and vice versa.
+use std::ffi::CString;
+use std::fs;
+use std::io;
+use std::path::PathBuf;
+
+use anyhow::{anyhow, Context, Result};
+use aya::programs::links::{FdLink, PinnedLink};
+use aya::programs::tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions, TcHandle};
+use aya::programs::{LinkOrder, SchedClassifier, TcAttachType};
+use aya::util::KernelVersion;
+
+use super::loader::{PROG_EGRESS, PROG_INGRESS};
+use super::Datapath;
+
+/// How programs are attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttachMode {
+    /// TCX links, pinned (kernel >= 6.6).
+    Tcx,
+    /// Netlink clsact direct-action filters (older kernels).
+    Netlink,
+}
+
+impl AttachMode {
+    pub fn detect() -> AttachMode {
+        match KernelVersion::current() {
+            Ok(v) if v >= KernelVersion::new(6, 6, 0) => AttachMode::Tcx,
+            _ => AttachMode::Netlink,
+        }
+    }
+}
+
+/// tc filter priority and handle used in netlink mode (fixed so a new agent replaces ours).
+const NL_PRIORITY: u16 = 1;
+const NL_HANDLE: TcHandle = TcHandle::new(0x4e57, 1);
+
+/// The two hooks of an interface and the program for each.
+const HOOKS: [(TcAttachType, &str, &str); 2] = [
+    (TcAttachType::Ingress, "ingress", PROG_EGRESS),
+    (TcAttachType::Egress, "egress", PROG_INGRESS),
+];
+
+fn ifindex(ifname: &str) -> Result<u32> {
+    let c = CString::new(ifname)?;
+    // SAFETY: valid NUL-terminated string.
+    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    if i == 0 {
+        return Err(io::Error::last_os_error()).with_context(|| format!("interface {ifname}"));
+    }
+    Ok(i)
+}
+
+fn ifname(ifindex: u32) -> Option<String> {
+    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: buf has IF_NAMESIZE bytes as required.
+    let p = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr()) };
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: if_indextoname wrote a NUL-terminated name into buf.
+    Some(
+        unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) }
+            .to_string_lossy()
+            .into_owned(),
+    )
+}
+
+impl Datapath {
+    fn link_pin(&self, ifindex: u32, hook: &str) -> PathBuf {
+        self.cfg
+            .bpffs_dir
+            .join("links")
+            .join(format!("{ifindex}_{hook}"))
+    }
+
+    fn classifier(&mut self, name: &str) -> Result<&mut SchedClassifier> {
+        Ok(self
+            .bpf
+            .program_mut(name)
+            .ok_or_else(|| anyhow!("program {name} missing"))?
+            .try_into()?)
+    }
+
+    /// Enforce on `ifname` (a pod's host-side veth). Idempotent: attaching again replaces the
+    /// programs without a gap (the new link is attached before the old one goes).
+    pub fn attach(&mut self, ifname: &str) -> Result<()> {
+        let idx = ifindex(ifname)?;
+        match self.mode {
+            AttachMode::Tcx => {
+                for (hook, hook_name, prog) in HOOKS {
+                    let pin = self.link_pin(idx, hook_name);
+                    let old = PinnedLink::from_pin(&pin).ok();
+                    let classifier = self.classifier(prog)?;
+                    // First in the chain: policy runs before anything that might redirect.
+                    let id = classifier
+                        .attach_with_options(
+                            ifname,
+                            hook,
+                            TcAttachOptions::TcxOrder(LinkOrder::first()),
+                        )
+                        .with_context(|| format!("attach {prog} to {ifname} tc {hook_name}"))?;
+                    let link: FdLink = classifier.take_link(id)?.try_into()?;
+                    if let Some(old) = old {
+                        // Both links enforce the same maps for an instant; then the old one goes.
+                        old.unpin()
+                            .with_context(|| format!("unpin {}", pin.display()))?;
+                    }
+                    link.pin(&pin)
+                        .with_context(|| format!("pin {}", pin.display()))?;
+                }
+            }
+            AttachMode::Netlink => {
+                if let Err(e) = tc::qdisc_add_clsact(ifname) {
+                    if !matches!(&e, tc::TcError::NetlinkError(n) if n.raw_os_error() == Some(libc::EEXIST))
+                    {
+                        return Err(e).with_context(|| format!("add clsact qdisc to {ifname}"));
+                    }
+                }
+                for (hook, hook_name, prog) in HOOKS {
+                    let classifier = self.classifier(prog)?;
+                    let opts = NlOptions {
+                        priority: NL_PRIORITY,
+                        handle: NL_HANDLE,
+                        classid: None,
+                    };
+                    // A filter with our priority/handle may exist (agent restart): replace it.
+                    let id = match SchedClassifierLink::attached(
+                        ifname,
+                        hook,
+                        NL_PRIORITY,
+                        NL_HANDLE,
+                        None,
+                    ) {
+                        Ok(existing) => classifier.attach_to_link(existing),
+                        Err(_) => classifier.attach_with_options(
+                            ifname,
+                            hook,
+                            TcAttachOptions::Netlink(opts),
+                        ),
+                    }
+                    .with_context(|| format!("attach {prog} to {ifname} tc {hook_name}"))?;
+                    // Leave the filter in the kernel when we go away.
+                    let link = classifier.take_link(id)?;
+                    std::mem::forget(link);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Stop enforcing on `ifname`.
+    pub fn detach(&mut self, ifname: &str) -> Result<()> {
+        let idx = ifindex(ifname)?;
+        self.detach_index(idx)
+    }
+
+    pub(crate) fn detach_index(&mut self, idx: u32) -> Result<()> {
+        for (hook, hook_name, prog) in HOOKS {
+            let pin = self.link_pin(idx, hook_name);
+            match PinnedLink::from_pin(&pin) {
+                Ok(link) => drop(link.unpin()?), // last reference: the link detaches
+                Err(_) if self.mode == AttachMode::Netlink => {
+                    if let Some(name) = ifname(idx) {
+                        let _ = tc::qdisc_detach_program(&name, hook, prog);
+                    }
+                }
+                Err(_) => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Interfaces with pinned links (TCX mode).
+    pub fn attached(&self) -> Result<Vec<u32>> {
+        let mut out = Vec::new();
+        let dir = self.cfg.bpffs_dir.join("links");
+        let Ok(rd) = fs::read_dir(&dir) else {
+            return Ok(out);
+        };
+        for e in rd {
+            let name = e?.file_name().to_string_lossy().into_owned();
+            if let Some(idx) = name.split('_').next().and_then(|s| s.parse::<u32>().ok()) {
+                if !out.contains(&idx) {
+                    out.push(idx);
+                }
+            }
+        }
+        out.sort_unstable();
+        Ok(out)
+    }
+
+    /// After (re)loading: move every pinned link to the freshly loaded programs atomically;
+    /// drop links whose interface has disappeared.
+    pub(crate) fn adopt_pinned_links(&mut self) -> Result<()> {
+        for idx in self.attached()? {
+            if ifname(idx).is_none() {
+                for (_, hook_name, _) in HOOKS {
+                    let pin = self.link_pin(idx, hook_name);
+                    if let Ok(link) = PinnedLink::from_pin(&pin) {
+                        drop(link.unpin()?);
+                    }
+                }
+                continue;
+            }
+            for (_, hook_name, prog) in HOOKS {
+                let pin = self.link_pin(idx, hook_name);
+                let Ok(pinned) = PinnedLink::from_pin(&pin) else {
+                    continue;
+                };
+                let link: SchedClassifierLink = FdLink::from(pinned).try_into()?;
+                let classifier = self.classifier(prog)?;
+                let id = classifier
+                    .attach_to_link(link)
+                    .with_context(|| format!("replace program in {}", pin.display()))?;
+                // The pin keeps the (same) link alive; our fd can go.
+                let link: FdLink = classifier.take_link(id)?.try_into()?;
+                drop(link);
+            }
+        }
+        Ok(())
+    }
+}

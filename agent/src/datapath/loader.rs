@@ -1,0 +1,151 @@
+//! Loading the embedded eBPF object with pinned, size-configured maps.
+use std::fs;
+use std::mem::size_of;
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use aya::maps::MapInfo;
+use aya::programs::SchedClassifier;
+use aya::{Ebpf, EbpfLoader};
+use netward_common::{
+    Config, CtKey, CtValue, FragKey, FragValue, IpcacheKey, IpcacheValue, PolicyKey, PolicyValue,
+    RateState,
+};
+
+use super::DatapathConfig;
+
+/// The eBPF object built by agent/build.rs.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netward"));
+
+/// Program names in the object.
+pub(crate) const PROG_EGRESS: &str = "netward_egress";
+pub(crate) const PROG_INGRESS: &str = "netward_ingress";
+
+/// Map names and their (key size, value size), checked against pinned maps left by an
+/// earlier agent: a layout change must not silently reuse an incompatible map.
+const MAP_LAYOUTS: &[(&str, usize, usize)] = &[
+    ("CONFIG", 4, size_of::<Config>()),
+    (
+        "IPCACHE",
+        size_of::<IpcacheKey>(),
+        size_of::<IpcacheValue>(),
+    ),
+    ("POLICY", size_of::<PolicyKey>(), size_of::<PolicyValue>()),
+    ("CONNTRACK", size_of::<CtKey>(), size_of::<CtValue>()),
+    ("FRAGS", size_of::<FragKey>(), size_of::<FragValue>()),
+    ("COUNTERS", 4, 8),
+    ("RATELIMIT", 4, size_of::<RateState>()),
+];
+
+const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+
+fn is_bpffs(path: &Path) -> Result<bool> {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: c is a valid NUL-terminated path, st a properly sized out buffer.
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("statfs {}", path.display()));
+    }
+    Ok(st.f_type as i64 == BPF_FS_MAGIC)
+}
+
+/// Make sure `dir` exists on a bpffs, mounting one at /sys/fs/bpf when that is where it goes
+/// and nothing is mounted there yet (serialised by a lock so parallel tests mount once).
+pub(crate) fn ensure_bpffs(dir: &Path) -> Result<()> {
+    let root = Path::new("/sys/fs/bpf");
+    if dir.starts_with(root) && !is_bpffs(root)? {
+        let lock = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open("/run/netward-bpffs.lock")
+            .context("open /run/netward-bpffs.lock")?;
+        use std::os::fd::AsRawFd;
+        // SAFETY: flock on an open fd; released when `lock` is closed.
+        unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) };
+        if !is_bpffs(root)? {
+            let src = c"bpf";
+            let target = c"/sys/fs/bpf";
+            // SAFETY: constant NUL-terminated strings, no data argument.
+            let rc = unsafe {
+                libc::mount(
+                    src.as_ptr(),
+                    target.as_ptr(),
+                    src.as_ptr(),
+                    0,
+                    std::ptr::null(),
+                )
+            };
+            if rc != 0 {
+                return Err(std::io::Error::last_os_error()).context("mount bpffs on /sys/fs/bpf");
+            }
+        }
+    }
+    fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    if !is_bpffs(dir)? {
+        bail!(
+            "{} is not on a bpf filesystem (mount -t bpf bpf DIR)",
+            dir.display()
+        );
+    }
+    fs::create_dir_all(dir.join("links"))
+        .with_context(|| format!("create {}/links", dir.display()))?;
+    Ok(())
+}
+
+/// Load the object: maps pinned under `cfg.bpffs_dir` (reused when present), programs loaded.
+pub(crate) fn load(cfg: &DatapathConfig) -> Result<Ebpf> {
+    if OBJECT.is_empty() {
+        bail!("the eBPF object is empty: the agent was built with AYA_BUILD_SKIP");
+    }
+    ensure_bpffs(&cfg.bpffs_dir)?;
+    check_pinned_layouts(&cfg.bpffs_dir)?;
+    let mut bpf = EbpfLoader::new()
+        .default_map_pin_directory(&cfg.bpffs_dir)
+        .map_max_entries("IPCACHE", cfg.ipcache_max)
+        .map_max_entries("POLICY", cfg.policy_max)
+        .map_max_entries("CONNTRACK", cfg.conntrack_max)
+        .map_max_entries("FRAGS", cfg.frags_max)
+        .map_max_entries("EVENTS", cfg.events_ring_bytes)
+        .load(OBJECT)
+        .context("load the eBPF object")?;
+    for name in [PROG_EGRESS, PROG_INGRESS] {
+        let prog: &mut SchedClassifier = bpf
+            .program_mut(name)
+            .with_context(|| format!("program {name} missing from the object"))?
+            .try_into()?;
+        prog.load()
+            .with_context(|| format!("load program {name} (verifier)"))?;
+    }
+    Ok(bpf)
+}
+
+fn check_pinned_layouts(dir: &Path) -> Result<()> {
+    for (name, key, value) in MAP_LAYOUTS {
+        let path = dir.join(name);
+        if !path.exists() {
+            continue;
+        }
+        let info = MapInfo::from_pin(&path)
+            .with_context(|| format!("open pinned map {}", path.display()))?;
+        if info.key_size() as usize != *key || info.value_size() as usize != *value {
+            bail!(
+                "pinned map {} has key/value sizes {}/{}, this agent expects {key}/{value}: \
+                 remove the pins (netward datapath reset) to recreate it",
+                path.display(),
+                info.key_size(),
+                info.value_size()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Remove the pin directory (after links were detached).
+pub(crate) fn remove_pins(dir: &Path) -> Result<()> {
+    if dir.exists() {
+        fs::remove_dir_all(dir).with_context(|| format!("remove {}", dir.display()))?;
+    }
+    Ok(())
+}

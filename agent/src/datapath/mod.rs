@@ -1,0 +1,165 @@
+//! The datapath: netward's eBPF programs and maps, as seen from the agent.
+//!
+//! [`Datapath`] loads the embedded eBPF object, pins its maps and links under a bpffs directory
+//! (default `/sys/fs/bpf/netward`), attaches the two tc programs to pod veths, and is the only
+//! writer of the maps ([`Datapath::apply`], map sync). It also reads verdict events and
+//! counters.
+//!
+//! Lifecycle, and why nothing ever opens a window:
+//! * maps are pinned by name: a new agent process (restart or upgrade) reuses them, so the Plan
+//!   in force, conntrack and counters survive;
+//! * TCX links are pinned per interface: they stay attached while no agent runs; a new agent
+//!   replaces the program inside each pinned link atomically (`bpf_link_update`), old and new
+//!   program never both miss a packet;
+//! * a Plan is written beside the live one (other slot) and activated by one write to
+//!   `CONFIG`; a full map fails closed (the old Plan stays in force).
+//!
+//! ```no_run
+//! use netward::datapath::{Datapath, DatapathConfig};
+//! # fn f(plan: &netward::plan::Plan) -> anyhow::Result<()> {
+//! let mut dp = Datapath::open_or_create(DatapathConfig::default())?;
+//! dp.apply(plan)?;            // install the Plan (first apply marks the maps ready)
+//! dp.attach("veth1234")?;      // enforce on a pod's host-side veth
+//! let mut events = dp.events()?;
+//! for e in events.poll(std::time::Duration::from_millis(100))? {
+//!     println!("{e:?}");
+//! }
+//! println!("{:?}", dp.counters()?);
+//! # Ok(()) }
+//! ```
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use aya::Ebpf;
+
+use crate::plan::Plan;
+
+mod attach;
+mod counters;
+mod events;
+mod loader;
+mod sync;
+pub mod testrun;
+
+pub use attach::AttachMode;
+pub use counters::Counters;
+pub use events::{EventReader, Verdict, VerdictEvent};
+pub use sync::{SyncError, SyncReport};
+pub use testrun::TestRunOutcome;
+
+/// Default bpffs directory for pins.
+pub const DEFAULT_BPFFS_DIR: &str = "/sys/fs/bpf/netward";
+
+/// How the datapath is set up. Map sizes apply when the maps are created; pinned maps from a
+/// previous agent keep their size (resizing needs `Datapath::destroy` first).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DatapathConfig {
+    /// Where maps and links are pinned (must be on a bpffs; `/sys/fs/bpf` is mounted if needed).
+    pub bpffs_dir: PathBuf,
+    /// ipcache capacity (entries). Both slots coexist during a sync: size for 2x the Plan.
+    pub ipcache_max: u32,
+    /// Policy map capacity (entries), same 2x rule.
+    pub policy_max: u32,
+    pub conntrack_max: u32,
+    pub frags_max: u32,
+    /// Ring buffer size in bytes (power of two, multiple of the page size).
+    pub events_ring_bytes: u32,
+    /// Drop traffic of local addresses without an endpoint entry (a pod whose veth exists
+    /// before its policy is programmed is then never left open).
+    pub fail_closed_unknown: bool,
+    /// Per-CPU event budget (token bucket rate per second and burst).
+    pub events_per_sec: u32,
+    pub events_burst: u32,
+    /// Also emit events for allowed new flows (denies always emit).
+    pub events_allow: bool,
+}
+
+impl Default for DatapathConfig {
+    fn default() -> Self {
+        DatapathConfig {
+            bpffs_dir: PathBuf::from(DEFAULT_BPFFS_DIR),
+            ipcache_max: 65536,
+            policy_max: 262144,
+            conntrack_max: 262144,
+            frags_max: 8192,
+            events_ring_bytes: 256 * 1024,
+            fail_closed_unknown: true,
+            events_per_sec: 1000,
+            events_burst: 100,
+            events_allow: false,
+        }
+    }
+}
+
+/// Plans recently installed, by generation, to attribute events to policies.
+#[derive(Default)]
+pub(crate) struct PlanHistory {
+    plans: VecDeque<(u64, Arc<Plan>)>,
+}
+
+impl PlanHistory {
+    const KEEP: usize = 2;
+
+    fn push(&mut self, generation: u64, plan: Arc<Plan>) {
+        self.plans.push_front((generation, plan));
+        self.plans.truncate(Self::KEEP);
+    }
+
+    /// The Plan that was live at `generation` (or the newest known).
+    pub(crate) fn get(&self, generation: u64) -> Option<Arc<Plan>> {
+        self.plans
+            .iter()
+            .find(|(g, _)| *g == generation)
+            .or_else(|| self.plans.front())
+            .map(|(_, p)| p.clone())
+    }
+}
+
+/// The loaded datapath. Dropping it leaves everything pinned and enforcing.
+pub struct Datapath {
+    cfg: DatapathConfig,
+    bpf: Ebpf,
+    mode: AttachMode,
+    history: Arc<Mutex<PlanHistory>>,
+    sync_failures: u64,
+}
+
+impl Datapath {
+    /// Load the programs, reusing pinned maps if a previous agent left them, and atomically
+    /// switch every pinned link to the newly loaded programs.
+    pub fn open_or_create(cfg: DatapathConfig) -> anyhow::Result<Datapath> {
+        let bpf = loader::load(&cfg)?;
+        let mut dp = Datapath {
+            mode: AttachMode::detect(),
+            bpf,
+            cfg,
+            history: Arc::default(),
+            sync_failures: 0,
+        };
+        dp.adopt_pinned_links()?;
+        dp.write_options()?;
+        Ok(dp)
+    }
+
+    pub fn config(&self) -> &DatapathConfig {
+        &self.cfg
+    }
+
+    /// TCX or netlink (clsact), chosen from the running kernel.
+    pub fn attach_mode(&self) -> AttachMode {
+        self.mode
+    }
+
+    /// Remove every pin (links detach, maps are freed once unused). For tests and `lab down`.
+    pub fn destroy(self) -> anyhow::Result<()> {
+        let dir = self.cfg.bpffs_dir.clone();
+        let ifaces = self.attached()?;
+        let mut me = self;
+        for ifindex in ifaces {
+            me.detach_index(ifindex)?;
+        }
+        drop(me);
+        loader::remove_pins(&dir)
+    }
+}

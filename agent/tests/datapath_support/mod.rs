@@ -1,0 +1,292 @@
+//! Helpers shared by the datapath tests: unique pin directories, crafted frames, small Plans
+//! written directly as map entries.
+#![allow(dead_code)]
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use etherparse::{IpNumber, PacketBuilder};
+use netward::datapath::{Datapath, DatapathConfig};
+use netward::plan::Plan;
+use netward_common::*;
+
+/// A fresh datapath with its own bpffs directory and small maps; removed on drop.
+pub struct TestDp {
+    pub dp: Option<Datapath>,
+    pub dir: PathBuf,
+}
+
+impl std::ops::Deref for TestDp {
+    type Target = Datapath;
+    fn deref(&self) -> &Datapath {
+        self.dp.as_ref().unwrap()
+    }
+}
+impl std::ops::DerefMut for TestDp {
+    fn deref_mut(&mut self) -> &mut Datapath {
+        self.dp.as_mut().unwrap()
+    }
+}
+impl Drop for TestDp {
+    fn drop(&mut self) {
+        if let Some(dp) = self.dp.take() {
+            let _ = dp.destroy();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+static N: AtomicU32 = AtomicU32::new(0);
+
+pub fn test_config(tag: &str) -> DatapathConfig {
+    let n = N.fetch_add(1, Ordering::SeqCst);
+    DatapathConfig {
+        bpffs_dir: PathBuf::from(format!(
+            "/sys/fs/bpf/netward-test-{tag}-{}-{n}",
+            std::process::id()
+        )),
+        ipcache_max: 1024,
+        policy_max: 4096,
+        conntrack_max: 4096,
+        frags_max: 256,
+        events_ring_bytes: 64 * 1024,
+        fail_closed_unknown: false,
+        events_per_sec: 1_000_000,
+        events_burst: 1000,
+        events_allow: true,
+    }
+}
+
+pub fn open(cfg: DatapathConfig) -> TestDp {
+    let dir = cfg.bpffs_dir.clone();
+    let dp = Datapath::open_or_create(cfg).expect("open datapath");
+    TestDp { dp: Some(dp), dir }
+}
+
+pub fn v4(s: &str) -> [u8; 4] {
+    match s.parse::<IpAddr>().unwrap() {
+        IpAddr::V4(a) => a.octets(),
+        _ => panic!("not v4"),
+    }
+}
+
+pub fn v6(s: &str) -> [u8; 16] {
+    match s.parse::<IpAddr>().unwrap() {
+        IpAddr::V6(a) => a.octets(),
+        _ => panic!("not v6"),
+    }
+}
+
+const SMAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
+const DMAC: [u8; 6] = [2, 0, 0, 0, 0, 2];
+
+/// L4 of a crafted packet.
+#[derive(Clone, Copy, Debug)]
+pub enum L4 {
+    Tcp {
+        sport: u16,
+        dport: u16,
+        syn: bool,
+        ack: bool,
+    },
+    Udp {
+        sport: u16,
+        dport: u16,
+    },
+    Sctp {
+        sport: u16,
+        dport: u16,
+    },
+    EchoRequest {
+        id: u16,
+    },
+    EchoReply {
+        id: u16,
+    },
+    /// Raw IP payload with this protocol number.
+    Raw {
+        proto: u8,
+    },
+}
+
+pub fn tcp(sport: u16, dport: u16) -> L4 {
+    L4::Tcp {
+        sport,
+        dport,
+        syn: true,
+        ack: false,
+    }
+}
+
+pub fn tcp_ack(sport: u16, dport: u16) -> L4 {
+    L4::Tcp {
+        sport,
+        dport,
+        syn: false,
+        ack: true,
+    }
+}
+
+fn sctp_header(sport: u16, dport: u16) -> Vec<u8> {
+    // Common header (ports, verification tag, checksum) + an INIT chunk header.
+    let mut h = Vec::new();
+    h.extend_from_slice(&sport.to_be_bytes());
+    h.extend_from_slice(&dport.to_be_bytes());
+    h.extend_from_slice(&[0; 8]);
+    h.extend_from_slice(&[1, 0, 0, 4]);
+    h
+}
+
+/// An Ethernet frame from `src` to `dst` (both v4 or both v6) carrying `l4`.
+pub fn frame(src: &str, dst: &str, l4: L4) -> Vec<u8> {
+    let s: IpAddr = src.parse().unwrap();
+    let d: IpAddr = dst.parse().unwrap();
+    let b = PacketBuilder::ethernet2(SMAC, DMAC);
+    let b = match (s, d) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => b.ipv4(s.octets(), d.octets(), 64),
+        (IpAddr::V6(s), IpAddr::V6(d)) => b.ipv6(s.octets(), d.octets(), 64),
+        _ => panic!("mixed families"),
+    };
+    let v6 = s.is_ipv6();
+    let payload = [0xabu8; 8];
+    let mut out = Vec::new();
+    match l4 {
+        L4::Tcp {
+            sport,
+            dport,
+            syn,
+            ack,
+        } => {
+            let mut b = b.tcp(sport, dport, 1, 1000);
+            if syn {
+                b = b.syn();
+            }
+            if ack {
+                b = b.ack(1);
+            }
+            b.write(&mut out, &payload).unwrap();
+        }
+        L4::Udp { sport, dport } => b.udp(sport, dport).write(&mut out, &payload).unwrap(),
+        L4::Sctp { sport, dport } => b
+            .write(&mut out, IpNumber(PROTO_SCTP), &sctp_header(sport, dport))
+            .unwrap(),
+        L4::EchoRequest { id } => {
+            if v6 {
+                b.icmpv6_echo_request(id, 1)
+                    .write(&mut out, &payload)
+                    .unwrap()
+            } else {
+                b.icmpv4_echo_request(id, 1)
+                    .write(&mut out, &payload)
+                    .unwrap()
+            }
+        }
+        L4::EchoReply { id } => {
+            if v6 {
+                b.icmpv6_echo_reply(id, 1)
+                    .write(&mut out, &payload)
+                    .unwrap()
+            } else {
+                b.icmpv4_echo_reply(id, 1)
+                    .write(&mut out, &payload)
+                    .unwrap()
+            }
+        }
+        L4::Raw { proto } => b.write(&mut out, IpNumber(proto), &payload).unwrap(),
+    }
+    out
+}
+
+/// A Plan written directly as map entries (slot 0), as the compiler would produce it.
+#[derive(Default)]
+pub struct PlanBuilder {
+    pub plan: Plan,
+}
+
+impl PlanBuilder {
+    pub fn new() -> Self {
+        let mut p = PlanBuilder::default();
+        // Default routes: every address has a peer class ("world" = class 1).
+        p.ipcache(IpcacheKey::v4(0, [0; 4], 0), 1, 0, 0, 0);
+        p.ipcache(IpcacheKey::v6(0, [0; 16], 0), 1, 0, 0, 0);
+        p
+    }
+
+    pub fn ipcache(
+        &mut self,
+        k: IpcacheKey,
+        peer: u32,
+        subject: u32,
+        flags: u32,
+        endpoint: u32,
+    ) -> &mut Self {
+        self.plan.ipcache.retain(|(e, _)| *e != k);
+        self.plan.ipcache.push((
+            k,
+            IpcacheValue {
+                peer_class: peer,
+                subject_class: subject,
+                flags,
+                endpoint,
+            },
+        ));
+        self.plan.ipcache.sort();
+        self
+    }
+
+    /// A local pod at `addr` (v4 or v6 string).
+    pub fn pod(
+        &mut self,
+        addr: &str,
+        peer: u32,
+        subject: u32,
+        flags: u32,
+        endpoint: u32,
+    ) -> &mut Self {
+        let k = match addr.parse::<IpAddr>().unwrap() {
+            IpAddr::V4(a) => IpcacheKey::v4(0, a.octets(), 32),
+            IpAddr::V6(a) => IpcacheKey::v6(0, a.octets(), 128),
+        };
+        self.ipcache(k, peer, subject, flags | EP_LOCAL, endpoint)
+    }
+
+    /// A remote address or CIDR with a peer class.
+    pub fn peer(&mut self, cidr: &str, peer: u32) -> &mut Self {
+        let net: ipnet::IpNet = cidr.parse().unwrap();
+        let k = match net {
+            ipnet::IpNet::V4(n) => IpcacheKey::v4(0, n.network().octets(), n.prefix_len()),
+            ipnet::IpNet::V6(n) => IpcacheKey::v6(0, n.network().octets(), n.prefix_len()),
+        };
+        self.ipcache(k, peer, 0, 0, 0)
+    }
+
+    pub fn allow(
+        &mut self,
+        prefix: u32,
+        dir: u8,
+        subject: u32,
+        peer: u32,
+        proto: u8,
+        port: u16,
+        policy: u32,
+        rule: u16,
+    ) -> &mut Self {
+        let k = PolicyKey::new(prefix, 0, dir, subject, peer, proto, port);
+        self.plan.policy.retain(|(e, _)| *e != k);
+        self.plan.policy.push((
+            k,
+            PolicyValue {
+                policy,
+                rule,
+                flags: 0,
+            },
+        ));
+        self.plan.policy.sort();
+        self
+    }
+
+    pub fn build(&self) -> Plan {
+        self.plan.clone()
+    }
+}

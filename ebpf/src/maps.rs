@@ -1,0 +1,40 @@
+//! Every map of the datapath. All are pinned by name under the agent's bpffs directory
+//! (`EbpfLoader::default_map_pin_directory`), so a restarted or upgraded agent reuses them:
+//! Plans, conntrack, counters survive and enforcement never has an open window.
+//! Sizes here are defaults; the agent overrides them at load time (configurable).
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+};
+use netward_common::{
+    Config, CtKey, CtValue, FragKey, FragValue, IpcacheKey, IpcacheValue, PolicyKey, PolicyValue,
+    RateState, COUNTER_COUNT,
+};
+
+/// LPM data parts (everything after `prefixlen`), see `IpcacheKey::lpm_data`.
+pub type IpcacheData = [u8; IpcacheKey::DATA_LEN];
+pub type PolicyData = [u8; PolicyKey::DATA_LEN];
+
+#[map(name = "CONFIG")]
+pub static CONFIG: Array<Config> = Array::pinned(1, 0);
+
+#[map(name = "IPCACHE")]
+pub static IPCACHE: LpmTrie<IpcacheData, IpcacheValue> = LpmTrie::pinned(65536, 0);
+
+#[map(name = "POLICY")]
+pub static POLICY: LpmTrie<PolicyData, PolicyValue> = LpmTrie::pinned(262144, 0);
+
+#[map(name = "CONNTRACK")]
+pub static CONNTRACK: LruHashMap<CtKey, CtValue> = LruHashMap::pinned(262144, 0);
+
+#[map(name = "FRAGS")]
+pub static FRAGS: LruHashMap<FragKey, FragValue> = LruHashMap::pinned(8192, 0);
+
+#[map(name = "EVENTS")]
+pub static EVENTS: RingBuf = RingBuf::pinned(256 * 1024, 0);
+
+#[map(name = "COUNTERS")]
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(COUNTER_COUNT, 0);
+
+#[map(name = "RATELIMIT")]
+pub static RATELIMIT: PerCpuArray<RateState> = PerCpuArray::pinned(1, 0);

@@ -1,0 +1,348 @@
+//! Packet parsing: Ethernet (+ up to two 802.1Q/802.1ad tags), IPv4 (IHL, options,
+//! fragments), IPv6 (bounded walk of extension headers, fragment header), TCP/UDP/SCTP ports,
+//! ICMP/ICMPv6 (echo identifier, and the embedded tuple of error messages).
+//!
+//! Direct packet access with explicit bounds checks (the verifier proves them); the caller
+//! pulls enough of a non-linear skb first. Outcomes never let a packet pass as something it
+//! is not:
+//! * not IP -> [`Parsed::NonIp`];
+//! * an IP header that is truncated or inconsistent -> [`Parsed::Malformed`] (addresses are
+//!   not trustworthy, the packet is dropped);
+//! * a valid IP header but truncated L4 header -> [`L4::Truncated`] (addresses known, the
+//!   local pod's isolation decides);
+//! * a non-first fragment -> [`Frag::Later`] (no L4 header; ports come from the fragment
+//!   table).
+use core::mem::size_of;
+
+use aya_ebpf::programs::TcContext;
+use netward_common::{
+    FAMILY_V4, FAMILY_V6, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP,
+};
+
+const ETH_HLEN: usize = 14;
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86DD;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88A8;
+/// Extension headers walked before giving up (the packet is then malformed).
+const IPV6_MAX_EXT: usize = 8;
+
+/// Bytes the parser may need in the linear area (eth + 2 tags + IPv6 + ext headers + L4 + an
+/// ICMP error's embedded IPv6 header and ports).
+pub const PARSE_MAX: u32 = 256;
+
+/// A flow's addresses, ports and protocol (ports in host byte order).
+#[derive(Clone, Copy)]
+pub struct Tuple {
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub family: u8,
+}
+
+impl Tuple {
+    pub const fn empty() -> Self {
+        Tuple {
+            saddr: [0; 16],
+            daddr: [0; 16],
+            sport: 0,
+            dport: 0,
+            proto: 0,
+            family: 0,
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Frag {
+    /// Not a fragment.
+    None,
+    /// First fragment of a datagram (carries the L4 header).
+    First(u32),
+    /// A later fragment: no L4 header.
+    Later(u32),
+}
+
+#[derive(Clone, Copy)]
+pub enum L4 {
+    /// TCP/UDP/SCTP with ports in the tuple (TCP flags byte for TCP, else 0).
+    Ports(u8),
+    /// ICMP/ICMPv6 echo request/reply: both tuple ports hold the identifier.
+    Echo,
+    /// ICMP error carrying the tuple of the packet it is about (as that packet was sent).
+    Error(Tuple),
+    /// ICMPv6 neighbour discovery / router discovery / MLD: IPv6's ARP.
+    NeighborDiscovery,
+    /// Any other protocol or ICMP type: no ports.
+    PortLess,
+    /// The L4 header is cut short.
+    Truncated,
+    /// A later fragment: the L4 header is in the first fragment.
+    Unknown,
+}
+
+pub enum Parsed {
+    NonIp,
+    Malformed,
+    Ip(Packet),
+}
+
+pub struct Packet {
+    pub t: Tuple,
+    pub l4: L4,
+    pub frag: Frag,
+}
+
+#[inline(always)]
+fn ptr_at<T>(ctx: &TcContext, off: usize) -> Option<*const T> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    if start + off + size_of::<T>() > end {
+        return None;
+    }
+    Some((start + off) as *const T)
+}
+
+#[inline(always)]
+fn u8_at(ctx: &TcContext, off: usize) -> Option<u8> {
+    ptr_at::<u8>(ctx, off).map(|p| unsafe { *p })
+}
+
+#[inline(always)]
+fn be16_at(ctx: &TcContext, off: usize) -> Option<u16> {
+    ptr_at::<[u8; 2]>(ctx, off).map(|p| u16::from_be_bytes(unsafe { *p }))
+}
+
+/// Parse the packet in `ctx`.
+#[inline(always)]
+pub fn parse(ctx: &TcContext) -> Parsed {
+    let Some(mut ethertype) = be16_at(ctx, 12) else {
+        return Parsed::NonIp; // shorter than an Ethernet header: not IP either
+    };
+    let mut off = ETH_HLEN;
+    // Up to two VLAN tags (802.1ad outer + 802.1Q inner). On a real veth the kernel has
+    // usually moved the tag to skb metadata already; tagged frames still reach tc egress.
+    for _ in 0..2 {
+        if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
+            match be16_at(ctx, off + 2) {
+                Some(t) => ethertype = t,
+                None => return Parsed::Malformed,
+            }
+            off += 4;
+        }
+    }
+    match ethertype {
+        ETH_P_IP => parse_v4(ctx, off),
+        ETH_P_IPV6 => parse_v6(ctx, off),
+        ETH_P_8021Q | ETH_P_8021AD => Parsed::Malformed, // more than two tags
+        _ => Parsed::NonIp,
+    }
+}
+
+#[inline(always)]
+fn parse_v4(ctx: &TcContext, off: usize) -> Parsed {
+    let mut t = Tuple::empty();
+    t.family = FAMILY_V4;
+    let Some(hdr) = ptr_at::<[u8; 20]>(ctx, off) else {
+        return Parsed::Malformed;
+    };
+    let hdr = unsafe { *hdr };
+    let ihl = ((hdr[0] & 0x0f) as usize) * 4;
+    let total_len = u16::from_be_bytes([hdr[2], hdr[3]]) as usize;
+    if hdr[0] >> 4 != 4 || ihl < 20 || total_len < ihl {
+        return Parsed::Malformed;
+    }
+    // Options must be present in full.
+    if ptr_at::<u8>(ctx, off + ihl - 1).is_none() {
+        return Parsed::Malformed;
+    }
+    t.proto = hdr[9];
+    t.saddr[..4].copy_from_slice(&hdr[12..16]);
+    t.daddr[..4].copy_from_slice(&hdr[16..20]);
+    let frag_field = u16::from_be_bytes([hdr[6], hdr[7]]);
+    let id = u16::from_be_bytes([hdr[4], hdr[5]]) as u32;
+    let frag = if frag_field & 0x1fff != 0 {
+        Frag::Later(id)
+    } else if frag_field & 0x2000 != 0 {
+        Frag::First(id)
+    } else {
+        Frag::None
+    };
+    let l4 = if let Frag::Later(_) = frag {
+        L4::Unknown
+    } else {
+        parse_l4(ctx, off + ihl, &mut t)
+    };
+    Parsed::Ip(Packet { t, l4, frag })
+}
+
+#[inline(always)]
+fn parse_v6(ctx: &TcContext, off: usize) -> Parsed {
+    let mut t = Tuple::empty();
+    t.family = FAMILY_V6;
+    let Some(hdr) = ptr_at::<[u8; 40]>(ctx, off) else {
+        return Parsed::Malformed;
+    };
+    let hdr = unsafe { &*hdr };
+    if hdr[0] >> 4 != 6 {
+        return Parsed::Malformed;
+    }
+    t.saddr.copy_from_slice(&hdr[8..24]);
+    t.daddr.copy_from_slice(&hdr[24..40]);
+    let mut nh = hdr[6];
+    let mut off = off + 40;
+    let mut frag = Frag::None;
+    let mut done = false;
+    for _ in 0..IPV6_MAX_EXT {
+        if !matches!(nh, 0 | 43 | 60 | 51 | 44) {
+            done = true;
+            break;
+        }
+        // Every extension header is at least 8 bytes: read them at once.
+        let Some(h) = ptr_at::<[u8; 8]>(ctx, off) else {
+            return Parsed::Malformed;
+        };
+        let h = unsafe { *h };
+        let cur = nh;
+        nh = h[0];
+        match cur {
+            // Authentication header: (len + 2) * 4 bytes.
+            51 => off += (h[1] as usize + 2) * 4,
+            // Fragment header: 8 bytes; offset (13 bits) and M flag.
+            44 => {
+                off += 8;
+                let fo = u16::from_be_bytes([h[2], h[3]]);
+                let id = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
+                if fo & 0xfff8 != 0 {
+                    frag = Frag::Later(id);
+                    done = true;
+                    break;
+                } else if fo & 1 != 0 {
+                    frag = Frag::First(id);
+                }
+            }
+            // Hop-by-hop, routing, destination options: (len + 1) * 8 bytes.
+            _ => off += (h[1] as usize + 1) * 8,
+        }
+    }
+    if !done {
+        return Parsed::Malformed; // extension header chain too long
+    }
+    t.proto = nh;
+    let l4 = if let Frag::Later(_) = frag {
+        L4::Unknown
+    } else {
+        parse_l4(ctx, off, &mut t)
+    };
+    Parsed::Ip(Packet { t, l4, frag })
+}
+
+/// Fill the tuple's ports from the L4 header at `off`.
+#[inline(always)]
+fn parse_l4(ctx: &TcContext, off: usize, t: &mut Tuple) -> L4 {
+    match t.proto {
+        PROTO_TCP | PROTO_UDP | PROTO_SCTP => {
+            let min = match t.proto {
+                PROTO_TCP => 20,
+                PROTO_UDP => 8,
+                _ => 12,
+            };
+            if ptr_at::<u8>(ctx, off + min - 1).is_none() {
+                return L4::Truncated;
+            }
+            let (Some(sport), Some(dport)) = (be16_at(ctx, off), be16_at(ctx, off + 2)) else {
+                return L4::Truncated;
+            };
+            t.sport = sport;
+            t.dport = dport;
+            let flags = if t.proto == PROTO_TCP {
+                u8_at(ctx, off + 13).unwrap_or(0)
+            } else {
+                0
+            };
+            L4::Ports(flags)
+        }
+        PROTO_ICMP | PROTO_ICMPV6 => {
+            let Some(h) = ptr_at::<[u8; 8]>(ctx, off) else {
+                return L4::Truncated;
+            };
+            let h = unsafe { *h };
+            let ty = h[0];
+            let v6 = t.proto == PROTO_ICMPV6;
+            let echo = if v6 {
+                ty == 128 || ty == 129
+            } else {
+                ty == 8 || ty == 0
+            };
+            let error = if v6 {
+                (1..=4).contains(&ty)
+            } else {
+                matches!(ty, 3 | 4 | 5 | 11 | 12)
+            };
+            if echo {
+                let id = u16::from_be_bytes([h[4], h[5]]);
+                t.sport = id;
+                t.dport = id;
+                L4::Echo
+            } else if error {
+                match parse_inner(ctx, off + 8, v6) {
+                    Some(inner) => L4::Error(inner),
+                    None => L4::PortLess, // cannot relate it: treated as plain ICMP
+                }
+            } else if v6 && matches!(ty, 130..=137 | 143) {
+                L4::NeighborDiscovery
+            } else {
+                L4::PortLess
+            }
+        }
+        _ => L4::PortLess,
+    }
+}
+
+/// The header of the packet an ICMP error is about (no extension-header walk, no options
+/// beyond IHL; ports when present).
+#[inline(always)]
+fn parse_inner(ctx: &TcContext, off: usize, v6: bool) -> Option<Tuple> {
+    let mut t = Tuple::empty();
+    let l4off;
+    if v6 {
+        let hdr = unsafe { &*ptr_at::<[u8; 40]>(ctx, off)? };
+        t.family = FAMILY_V6;
+        t.proto = hdr[6];
+        t.saddr.copy_from_slice(&hdr[8..24]);
+        t.daddr.copy_from_slice(&hdr[24..40]);
+        l4off = off + 40;
+    } else {
+        let hdr = unsafe { *ptr_at::<[u8; 20]>(ctx, off)? };
+        let ihl = ((hdr[0] & 0x0f) as usize) * 4;
+        if hdr[0] >> 4 != 4 || ihl < 20 {
+            return None;
+        }
+        t.family = FAMILY_V4;
+        t.proto = hdr[9];
+        t.saddr[..4].copy_from_slice(&hdr[12..16]);
+        t.daddr[..4].copy_from_slice(&hdr[16..20]);
+        l4off = off + ihl;
+    }
+    match t.proto {
+        PROTO_TCP | PROTO_UDP | PROTO_SCTP => {
+            t.sport = be16_at(ctx, l4off)?;
+            t.dport = be16_at(ctx, l4off + 2)?;
+        }
+        PROTO_ICMP | PROTO_ICMPV6 => {
+            let id = be16_at(ctx, l4off + 4)?;
+            t.sport = id;
+            t.dport = id;
+        }
+        _ => {}
+    }
+    Some(t)
+}
+
+/// Whether a protocol's policy entries are keyed by destination port.
+#[inline(always)]
+pub fn has_ports(proto: u8) -> bool {
+    matches!(proto, PROTO_TCP | PROTO_UDP | PROTO_SCTP)
+}
