@@ -23,6 +23,7 @@ pub mod compiler;
 pub mod datapath;
 pub mod eval;
 pub mod k8s;
+pub mod lab;
 pub mod lint;
 pub mod model;
 pub mod plan;

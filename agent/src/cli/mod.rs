@@ -12,6 +12,7 @@ pub mod agent;
 pub mod common;
 pub mod describe;
 pub mod explain;
+pub mod lab;
 pub mod lint;
 pub mod matrix;
 pub mod monitor;
@@ -53,6 +54,8 @@ pub enum Command {
     Status(status::StatusArgs),
     /// Stream verdict events live from the agent on this node.
     Monitor(monitor::MonitorArgs),
+    /// A manifest directory as a real node on this machine: pods, servers, enforcement, probes.
+    Lab(lab::LabArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -65,6 +68,7 @@ pub fn main() -> ExitCode {
         Command::Agent(args) => Ok(agent::run(args)),
         Command::Status(args) => Ok(status::run(args)),
         Command::Monitor(args) => Ok(monitor::run(args)),
+        Command::Lab(args) => lab::run(args),
     };
     match result {
         Ok(code) => code,

@@ -1,0 +1,241 @@
+//! `netward lab ...`: a manifest directory as a real node on this machine (see [`crate::lab`]).
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Args, Subcommand, ValueEnum};
+
+use crate::lab::{self, lifecycle, probe, LabName, LabState};
+use crate::model::{Cluster, Protocol};
+
+#[derive(Args)]
+pub struct LabArgs {
+    #[command(subcommand)]
+    pub command: LabCommand,
+}
+
+#[derive(Clone, Copy, Debug, Default, ValueEnum)]
+pub enum Output {
+    #[default]
+    Table,
+    Json,
+}
+
+#[derive(Subcommand)]
+pub enum LabCommand {
+    /// Turn the manifests into pods (network namespaces) on this machine, with servers on
+    /// their declared ports, enforced by a background daemon that follows edits.
+    Up {
+        /// Manifest files or directories.
+        #[arg(short = 'f', long = "filename", required = true)]
+        files: Vec<PathBuf>,
+        #[arg(long, default_value = lab::DEFAULT_NAME)]
+        name: String,
+        /// Build topology and servers only; enforce nothing.
+        #[arg(long)]
+        no_enforce: bool,
+    },
+    /// Remove everything the lab made (also after a crash); idempotent.
+    Down {
+        #[arg(long, default_value = lab::DEFAULT_NAME)]
+        name: String,
+    },
+    /// Pods, addresses, veths and whether the daemon enforces; every lab without --name.
+    Status {
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Connect every pod to every pod with real packets; compare with the prediction.
+    /// Exits 1 when observation and prediction differ.
+    Probe {
+        #[arg(long, default_value = lab::DEFAULT_NAME)]
+        name: String,
+        #[arg(long, default_value_t = 80)]
+        port: u16,
+        #[arg(long, default_value = "TCP")]
+        protocol: Protocol,
+        /// Probe each pod on each of its declared ports instead of --port/--protocol.
+        #[arg(long)]
+        all_ports: bool,
+        /// How long one probe waits, in milliseconds.
+        #[arg(long, default_value_t = 800)]
+        timeout_ms: u64,
+        #[arg(long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Run a command inside a pod's network namespace; its exit code passes through.
+    Exec {
+        #[arg(long, default_value = lab::DEFAULT_NAME)]
+        name: String,
+        /// `namespace/name` of the pod.
+        pod: String,
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// (internal) The servers of a lab, started by `lab up`.
+    #[command(hide = true)]
+    Serve {
+        #[arg(long)]
+        name: String,
+    },
+}
+
+/// Load manifests into the model. Invalid policies are kept (they fail closed) and
+/// reported; input that could not be read at all is an error, since the model would miss
+/// objects and could be more open than the manifests.
+pub fn load_cluster(files: &[PathBuf]) -> Result<Cluster> {
+    lab::load_manifests(files, |line| eprintln!("{line}"))
+}
+
+pub fn run(args: LabArgs) -> Result<ExitCode> {
+    match args.command {
+        LabCommand::Up {
+            files,
+            name,
+            no_enforce,
+        } => {
+            let name = LabName::new(&name)?;
+            let cluster = load_cluster(&files)?;
+            let opts = lifecycle::UpOptions {
+                exe: std::env::current_exe().context("locating the netward executable")?,
+                enforce: !no_enforce,
+            };
+            let state = lifecycle::up(&name, &files, &cluster, &opts)?;
+            println!(
+                "lab {name} up: {} pods{}",
+                state.pods.len(),
+                if no_enforce {
+                    ", not enforced"
+                } else {
+                    ", enforced"
+                }
+            );
+            for p in &state.pods {
+                let ips: Vec<String> = p.ips.iter().map(|i| i.to_string()).collect();
+                println!("  {:30} {:30} {}", p.key, ips.join(","), p.host_veth);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        LabCommand::Down { name } => {
+            let name = LabName::new(&name)?;
+            lifecycle::down(&name)?;
+            println!("lab {name} down");
+            Ok(ExitCode::SUCCESS)
+        }
+        LabCommand::Status { name, output } => {
+            let names = match name {
+                Some(n) => vec![LabName::new(&n)?],
+                None => lab::list_labs()?,
+            };
+            let statuses = names
+                .iter()
+                .map(lifecycle::status)
+                .collect::<Result<Vec<_>>>()?;
+            match output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&statuses)?),
+                Output::Table => {
+                    if statuses.is_empty() {
+                        println!("no lab is up");
+                    }
+                    for s in &statuses {
+                        println!(
+                            "lab {}: servers {}, daemon {}",
+                            s.name,
+                            s.serve.map_or("down".into(), |p| format!("pid {p}")),
+                            match (s.daemon, s.enforcing) {
+                                (Some(p), true) => format!("pid {p}, enforcing"),
+                                (Some(p), false) => format!("pid {p}, starting"),
+                                (None, _) => "not running (nothing enforced)".into(),
+                            }
+                        );
+                        for p in &s.pods {
+                            let ips: Vec<String> = p.ips.iter().map(|i| i.to_string()).collect();
+                            println!(
+                                "  {:30} {:30} {:8} {}{}",
+                                p.pod,
+                                ips.join(","),
+                                p.host_veth,
+                                p.netns,
+                                if p.present { "" } else { "  MISSING" }
+                            );
+                        }
+                    }
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        LabCommand::Probe {
+            name,
+            port,
+            protocol,
+            all_ports,
+            timeout_ms,
+            output,
+        } => {
+            let name = LabName::new(&name)?;
+            let state = LabState::require(&name)?;
+            let cluster = load_cluster(&state.manifests)?;
+            let opts = probe::Options {
+                timeout: std::time::Duration::from_millis(timeout_ms),
+                ..Default::default()
+            };
+            let reports = if all_ports {
+                probe::declared_targets(&state)
+                    .into_iter()
+                    .map(|(t, dests)| probe::probe(&state, &cluster, t, Some(&dests), opts))
+                    .collect::<Result<Vec<_>>>()?
+            } else {
+                vec![probe::probe(
+                    &state,
+                    &cluster,
+                    probe::Target { port, protocol },
+                    None,
+                    opts,
+                )?]
+            };
+            match output {
+                Output::Json if all_ports => {
+                    println!("{}", serde_json::to_string_pretty(&reports)?)
+                }
+                Output::Json => println!("{}", serde_json::to_string_pretty(&reports[0])?),
+                Output::Table => {
+                    for r in &reports {
+                        println!("{}", probe::table(r));
+                    }
+                }
+            }
+            let differ = reports.iter().any(|r| !r.differences.is_empty());
+            Ok(if differ {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+        LabCommand::Exec { name, pod, command } => {
+            let name = LabName::new(&name)?;
+            let status = lifecycle::exec(&name, &pod, &command)?;
+            Ok(match status.code() {
+                Some(c) => ExitCode::from(c.clamp(0, 255) as u8),
+                None => ExitCode::from(2),
+            })
+        }
+        LabCommand::Serve { name } => {
+            init_background_logging();
+            lab::serve::run(&LabName::new(&name)?)?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Background processes log to stderr, which `lab up` points at their log file.
+fn init_background_logging() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_ansi(false)
+        .try_init();
+}
