@@ -743,3 +743,79 @@ fn stream_response(backlog: Vec<Bytes>, rx: Option<mpsc::Receiver<Bytes>>) -> Re
         ))))
         .expect("valid response")
 }
+
+/// Concise k8s-openapi objects for tests.
+pub mod objects {
+    use k8s_openapi::api::core::v1::{
+        Container, ContainerPort, Namespace, Pod, PodIP, PodSpec, PodStatus,
+    };
+    use k8s_openapi::api::networking::v1::NetworkPolicy;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    fn labels(l: &[(&str, &str)]) -> Option<std::collections::BTreeMap<String, String>> {
+        Some(
+            l.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
+    }
+
+    /// A namespace with the API server's `kubernetes.io/metadata.name` label plus `l`.
+    pub fn namespace(name: &str, l: &[(&str, &str)]) -> Namespace {
+        let mut all = labels(l).unwrap_or_default();
+        all.insert("kubernetes.io/metadata.name".into(), name.into());
+        Namespace {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                labels: Some(all),
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    /// A running pod `ns/name` on `node` with address `ip` and TCP container ports
+    /// `(name, port)` (empty name: unnamed).
+    pub fn pod(key: &str, node: &str, ip: &str, l: &[(&str, &str)], ports: &[(&str, u16)]) -> Pod {
+        let (ns, name) = key.split_once('/').expect("ns/name");
+        Pod {
+            metadata: ObjectMeta {
+                namespace: Some(ns.into()),
+                name: Some(name.into()),
+                labels: labels(l),
+                ..Default::default()
+            },
+            spec: Some(PodSpec {
+                node_name: Some(node.into()),
+                containers: vec![Container {
+                    name: "main".into(),
+                    image: Some("registry.k8s.io/e2e-test-images/agnhost:2.47".into()),
+                    ports: Some(
+                        ports
+                            .iter()
+                            .map(|(n, p)| ContainerPort {
+                                name: (!n.is_empty()).then(|| n.to_string()),
+                                container_port: i32::from(*p),
+                                protocol: Some("TCP".into()),
+                                ..Default::default()
+                            })
+                            .collect(),
+                    ),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            status: Some(PodStatus {
+                phase: Some("Running".into()),
+                pod_ip: Some(ip.into()),
+                pod_ips: Some(vec![PodIP { ip: ip.into() }]),
+                ..Default::default()
+            }),
+        }
+    }
+
+    /// A NetworkPolicy from YAML (apiVersion/kind may be left out).
+    pub fn policy(yaml: &str) -> NetworkPolicy {
+        serde_yaml::from_str(yaml).unwrap_or_else(|e| panic!("policy YAML: {e}\n{yaml}"))
+    }
+}

@@ -109,7 +109,7 @@ fn host_route(route: &RouteMessage) -> Option<(IpAddr, u32)> {
 mod tests {
     use super::*;
 
-    /// Needs root: a dummy device with a host route in a fresh network namespace.
+    /// Needs root: a veth with host routes in a fresh network namespace.
     #[test]
     fn finds_the_device_of_a_host_route_and_ignores_wider_routes() {
         if !nix_is_root() {
@@ -128,7 +128,7 @@ mod tests {
         sh(&format!("ip netns add {ns}"));
         let result = std::panic::catch_unwind(|| {
             sh(&format!(
-                "ip -n {ns} link add dummy7 type dummy && ip -n {ns} link set dummy7 up && \
+                "ip -n {ns} link add dummy7 type veth peer name peer7 && ip -n {ns} link set dummy7 up && ip -n {ns} link set peer7 up && \
                  ip -n {ns} route add 10.9.0.7/32 dev dummy7 && \
                  ip -n {ns} route add 10.8.0.0/24 dev dummy7 && \
                  ip -n {ns} -6 route add fd00::7/128 dev dummy7"
