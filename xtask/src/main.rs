@@ -4,7 +4,7 @@
 //!   nightly toolchain's LLVM, Debian packages the tests use). Idempotent and quick when all
 //!   is present.
 //! * `test`: setup, then every test of the workspace (needs root: BPF, network namespaces).
-//! * `demo`: setup, then the main job on the bundled examples.
+//! * `demo`: setup, then the lab demo on the bundled examples (predicted vs observed).
 //! * `bench compile|datapath|agent`: benchmarks (see `bench.rs`).
 use std::process::Command;
 
@@ -71,23 +71,32 @@ fn test(extra: &[String]) -> Result<()> {
     run(&mut cmd)
 }
 
+/// The lab demo: the bundled examples become pods (network namespaces) on this machine,
+/// enforced by netward; the predicted and observed reachability matrices are printed side by
+/// side, then everything is torn down (also when a step fails).
 fn demo() -> Result<()> {
     run(Command::new("cargo").args(["build", "--release", "--package", "netward"]))?;
     let netward = workspace_root().join("target/release/netward");
     let examples = workspace_root().join("examples");
-    run(Command::new(&netward)
-        .arg("matrix")
-        .arg("-f")
-        .arg(&examples)
-        .args(["--port", "80", "--protocol", "TCP"]))
-    .or_else(|e| {
-        // `matrix` exits 1 when some pair is denied: that is the expected outcome here.
-        if e.to_string().contains("exit status: 1") {
-            Ok(())
-        } else {
-            Err(e)
+    let lab = |args: &[&str]| {
+        let mut cmd = Command::new(&netward);
+        cmd.arg("lab").args(args);
+        cmd
+    };
+    // A leftover demo from an interrupted run would hold the same addresses.
+    run(&mut lab(&["down", "--name", "demo"]))?;
+    let result = (|| {
+        run(lab(&["up", "--name", "demo", "-f"]).arg(&examples))?;
+        run(&mut lab(&["status", "--name", "demo"]))?;
+        for (port, proto) in [("8080", "TCP"), ("5432", "TCP"), ("53", "UDP")] {
+            println!();
+            run(&mut lab(&["probe", "--name", "demo", "--port", port, "--protocol", proto]))?;
         }
-    })
+        println!();
+        run(&mut lab(&["probe", "--name", "demo", "--all-ports"]))
+    })();
+    let down = run(&mut lab(&["down", "--name", "demo"]));
+    result.and(down)
 }
 
 pub(crate) fn workspace_root() -> std::path::PathBuf {
