@@ -162,11 +162,7 @@ fn write_slot<K: LpmEntry>(
     Ok(())
 }
 
-fn remove<K: LpmEntry>(
-    map: &mut Lpm<'_, K>,
-    name: &'static str,
-    k: K,
-) -> Result<(), SyncError> {
+fn remove<K: LpmEntry>(map: &mut Lpm<'_, K>, name: &'static str, k: K) -> Result<(), SyncError> {
     match map.remove(&k.to_key()) {
         Ok(()) => Ok(()),
         Err(MapError::KeyNotFound) => Ok(()),
@@ -194,20 +190,16 @@ fn clear_slot<K: LpmEntry>(
 }
 
 impl Datapath {
-    fn lpm<K: LpmEntry>(
-        &mut self,
-        name: &'static str,
-    ) -> Result<(Lpm<'_, K>, u32), SyncError> {
+    fn lpm<K: LpmEntry>(&mut self, name: &'static str) -> Result<(Lpm<'_, K>, u32), SyncError> {
         let capacity = max_entries(self, name)?;
         let map = self.bpf.map_mut(name).ok_or_else(|| SyncError::Map {
             map: name,
             source: anyhow::anyhow!("missing from the object"),
         })?;
-        let lpm: Lpm<'_, K> =
-            LpmTrie::try_from(map).map_err(|e| SyncError::Map {
-                map: name,
-                source: e.into(),
-            })?;
+        let lpm: Lpm<'_, K> = LpmTrie::try_from(map).map_err(|e| SyncError::Map {
+            map: name,
+            source: e.into(),
+        })?;
         Ok((lpm, capacity))
     }
 
