@@ -119,40 +119,12 @@ fn stats_rows(prefix: &str, s: &PlanStats) {
     row(&format!("{prefix} policy entries"), s.policy_entries);
 }
 
-/// Policy entries attributed to each kind of policy (the synthetic names end in `-<index>`,
-/// app names and teams are folded away).
+/// Policy entries attributed to each kind of synthetic policy (the first word of its name).
 fn breakdown(plan: &netward::plan::Plan) {
     let mut by_kind: std::collections::BTreeMap<String, usize> = Default::default();
     for (_, v) in &plan.policy {
         let name = &plan.policy_ref(v).expect("attributed").name;
-        let kind = name
-            .rsplit_once('-')
-            .map_or(name.as_str(), |(k, _)| k)
-            .split('-')
-            .filter(|w| {
-                matches!(
-                    *w,
-                    "default"
-                        | "deny"
-                        | "from"
-                        | "to"
-                        | "internet"
-                        | "nodeports"
-                        | "allow"
-                        | "monitoring"
-                        | "egress"
-                        | "but"
-                        | "dns"
-                        | "web"
-                        | "tiers"
-                        | "nodes"
-                        | "pod"
-                        | "ranges"
-                        | "orders"
-                )
-            })
-            .collect::<Vec<_>>()
-            .join("-");
+        let kind = name.split('-').next().unwrap_or(name).to_string();
         *by_kind.entry(kind).or_default() += 1;
     }
     let mut rows: Vec<_> = by_kind.into_iter().collect();

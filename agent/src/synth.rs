@@ -15,7 +15,9 @@
 //!   ranges from a team's namespaces, cross-namespace access by team label, matchExpressions,
 //!   ipBlocks overlapping pod addresses (v4 and v6), node CIDRs.
 //!
-//! The same `(params, seed)` always gives the same cluster.
+//! Policy names start with their kind (`deny`, `app2app`, `monitoring`, `dns`, `internet`,
+//! `nodeports`, `crossns`, `tiers`, `nodes`, `podranges`) and end with their index. The same
+//! `(params, seed)` always gives the same cluster.
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::model::{
@@ -248,10 +250,10 @@ fn make_policy(
     let app = |rng: &mut fastrand::Rng| APPS[ns.apps[rng.usize(..ns.apps.len())]].0;
     let n = &ns.name;
     let mut p = match kind {
-        0 => policy(n, &format!("default-deny-{j}")).types(&[Direction::Ingress]),
+        0 => policy(n, &format!("deny-ingress-{j}")).types(&[Direction::Ingress]),
         1 => {
             let (to, from) = (app(rng), app(rng));
-            policy(n, &format!("{to}-from-{from}-{j}"))
+            policy(n, &format!("app2app-{to}-from-{from}-{j}"))
                 .select(&[("app", to)])
                 .ingress(
                     rule()
@@ -260,12 +262,12 @@ fn make_policy(
                         .named_port(TCP, "grpc"),
                 )
         }
-        2 => policy(n, &format!("allow-monitoring-{j}")).ingress(
+        2 => policy(n, &format!("monitoring-scrape-{j}")).ingress(
             rule()
                 .pods_in(&[("purpose", "monitoring")], &[("app", "prometheus")])
                 .named_port(TCP, "metrics"),
         ),
-        3 => policy(n, &format!("egress-deny-but-dns-{j}"))
+        3 => policy(n, &format!("dns-only-egress-{j}"))
             .types(&[Direction::Egress])
             .egress(
                 rule()
@@ -284,7 +286,7 @@ fn make_policy(
                 except.push("10.0.0.0/8");
             }
             let a = app(rng);
-            policy(n, &format!("{a}-internet-{j}"))
+            policy(n, &format!("internet-{a}-{j}"))
                 .select(&[("app", a)])
                 .egress(rule().ip_block("0.0.0.0/0", &except).tcp(443))
                 .egress(rule().ip_block("203.0.113.0/24", &[]).tcp(443).tcp(80))
@@ -292,7 +294,7 @@ fn make_policy(
         5 => {
             let team = all[rng.usize(..all.len())].team;
             let a = app(rng);
-            policy(n, &format!("{a}-nodeports-from-{team}-{j}"))
+            policy(n, &format!("nodeports-{a}-from-{team}-{j}"))
                 .select(&[("app", a)])
                 .ingress(
                     rule()
@@ -303,7 +305,7 @@ fn make_policy(
         }
         6 => {
             let a = if rng.bool() { "db" } else { "postgres" };
-            policy(n, &format!("{a}-from-{}-orders-{j}", ns.team))
+            policy(n, &format!("crossns-{a}-from-{}-orders-api-{j}", ns.team))
                 .select(&[("app", a)])
                 .ingress(
                     rule()
@@ -311,7 +313,7 @@ fn make_policy(
                         .tcp(5432),
                 )
         }
-        7 => policy(n, &format!("web-tiers-{j}"))
+        7 => policy(n, &format!("tiers-web-app-{j}"))
             .select_sel(sel_exprs(
                 &[],
                 vec![req("tier", Operator::In, &["app", "web"])],
@@ -328,7 +330,7 @@ fn make_policy(
                     .port_range(TCP, 80, 90)
                     .port(SCTP, 3868),
             ),
-        8 => policy(n, &format!("from-nodes-{j}"))
+        8 => policy(n, &format!("nodes-cidr-{j}"))
             .select_sel(LabelSelector::everything())
             .ingress(rule().ip_block("192.168.0.0/16", &["192.168.255.0/24"])),
         _ => {
@@ -336,7 +338,7 @@ fn make_policy(
             // families.
             let third = 4 * rng.u8(..2);
             let a = app(rng);
-            policy(n, &format!("{a}-to-pod-ranges-{j}"))
+            policy(n, &format!("podranges-{a}-{j}"))
                 .select(&[("app", a)])
                 .egress(
                     rule()

@@ -1,5 +1,6 @@
 //! Map entries: the ipcache (partition pieces and pod addresses) and the policy LPM entries
 //! of every (subject class, direction, peer class).
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
@@ -129,17 +130,21 @@ pub(crate) fn policy(
                     let attr = (pi + 1, ri as u16);
                     // Ports known without the peer: numeric ones and, on ingress, named ones
                     // resolved by the local pod.
-                    let mut fixed = rule.fixed.clone();
-                    if d == Direction::Ingress {
-                        for &(name, proto) in &rule.named {
-                            if let Some(p) = key.resolve(name) {
-                                fixed.push(Piece::Range(proto, p, p));
+                    let fixed: Cow<'_, [Piece]> =
+                        if d == Direction::Ingress && !rule.named.is_empty() {
+                            let mut v = rule.fixed.clone();
+                            for &(name, proto) in &rule.named {
+                                if let Some(p) = key.resolve(name) {
+                                    v.push(Piece::Range(proto, p, p));
+                                }
                             }
-                        }
-                    }
+                            Cow::Owned(v)
+                        } else {
+                            Cow::Borrowed(&rule.fixed)
+                        };
                     let peer_named = d == Direction::Egress && !rule.named.is_empty();
                     if rule.peers.is_empty() {
-                        for &piece in &fixed {
+                        for &piece in fixed.iter() {
                             b.get(ANY_PEER).add(piece, attr);
                         }
                         // Egress named ports: every class resolving the name, with its port.
@@ -163,7 +168,7 @@ pub(crate) fn policy(
                                 continue;
                             }
                             b.stamp[c as usize] = seq;
-                            for &piece in &fixed {
+                            for &piece in fixed.iter() {
                                 b.get(c).add(piece, attr);
                             }
                             if peer_named {
@@ -182,7 +187,7 @@ pub(crate) fn policy(
             for &c in &touched {
                 b.live[c as usize] = false;
                 let set = &mut b.sets[c as usize];
-                for e in set.entries() {
+                set.for_each_entry(|e| {
                     buckets[e.prefix as usize].push((
                         PolicyKey::new(
                             POLICY_PREFIX_ANY_PROTO + e.prefix as u32,
@@ -198,8 +203,8 @@ pub(crate) fn policy(
                             rule: e.attr.1,
                             flags: 0,
                         },
-                    ));
-                }
+                    ))
+                });
                 set.clear();
             }
             touched.clear();

@@ -45,7 +45,22 @@
 //! partition, pods); hash maps are only used for lookups; every map is sorted by key. Selectors
 //! are evaluated through per-namespace and per-label indexes ([`index`]), classes are interned
 //! by their sorted feature list, and policy entries are built per subject class only for the
-//! peer classes that its rules' atoms reach (inverted index feature -> classes).
+//! peer classes that its rules' atoms reach (inverted index feature -> classes). Entries are
+//! generated in key order per prefix length, so the map needs no global sort.
+//!
+//! # Size, and where it could shrink further
+//!
+//! Policy entries grow as the sum, over subject classes and their rules, of the peer classes
+//! a rule's peers reach times the port blocks of the rule. Labels no policy selects on add
+//! nothing. A node's Plan only has that node's subject classes (the agent compiles per node),
+//! so it stays small; `node = None` (every pod local, used by the CLI) is the worst case.
+//! The expensive rules are broad peers with ports: a `namespaceSelector` alone over many
+//! namespaces, or an ipBlock covering pod ranges, gives one entry per reached peer class
+//! (see `cargo xtask bench compile -- --breakdown`). A possible next step of the contract: a
+//! second, coarse class per address in the ipcache (the atoms that depend only on the
+//! namespace or the address: namespace-only selectors, ipBlocks, "any peer") looked up in
+//! place of `ANY_PEER`, which keeps two policy lookups per packet and turns those entries
+//! into one per coarse class.
 mod cidr;
 mod classes;
 mod emit;

@@ -85,10 +85,17 @@ impl PortSet {
     }
 
     /// The LPM entries encoding this set, in a deterministic order.
+    #[cfg(test)]
     pub fn entries(&self) -> Vec<PortEntry> {
         let mut out = Vec::new();
+        self.for_each_entry(|e| out.push(e));
+        out
+    }
+
+    /// Call `f` with each LPM entry, ordered by protocol then port within each prefix length.
+    pub fn for_each_entry(&self, mut f: impl FnMut(PortEntry)) {
         if let Some(a) = self.any {
-            out.push(PortEntry {
+            f(PortEntry {
                 prefix: 0,
                 proto: 0,
                 port: 0,
@@ -99,7 +106,7 @@ impl PortSet {
             let mut base = self.any;
             if let Some(a) = set.all {
                 if base.is_none_or(|b| a < b) {
-                    out.push(PortEntry {
+                    f(PortEntry {
                         prefix: 8,
                         proto: proto.number(),
                         port: 0,
@@ -108,21 +115,36 @@ impl PortSet {
                     base = Some(a);
                 }
             }
-            for (lo, hi, a) in min_pieces(&set.ranges) {
-                if base.is_some_and(|b| b <= a) {
-                    continue;
-                }
-                for (start, bits) in prefix_blocks(lo, hi) {
-                    out.push(PortEntry {
-                        prefix: 8 + bits,
-                        proto: proto.number(),
-                        port: start,
-                        attr: a,
-                    });
-                }
+            match set.ranges.as_slice() {
+                [] => {}
+                // The common case needs no interval arithmetic.
+                [one] => emit_pieces(*proto, std::slice::from_ref(one), base, &mut f),
+                many => emit_pieces(*proto, &min_pieces(many), base, &mut f),
             }
         }
-        out
+    }
+}
+
+/// Port-block entries of `pieces`, skipping those a covering layer (`base`) already allows
+/// with an earlier rule.
+fn emit_pieces(
+    proto: Protocol,
+    pieces: &[(u16, u16, Attr)],
+    base: Option<Attr>,
+    f: &mut impl FnMut(PortEntry),
+) {
+    for &(lo, hi, a) in pieces {
+        if base.is_some_and(|b| b <= a) {
+            continue;
+        }
+        for_each_block(lo, hi, |start, bits| {
+            f(PortEntry {
+                prefix: 8 + bits,
+                proto: proto.number(),
+                port: start,
+                attr: a,
+            })
+        });
     }
 }
 
@@ -158,8 +180,16 @@ pub(crate) fn min_pieces(ranges: &[(u16, u16, Attr)]) -> Vec<(u16, u16, Attr)> {
 
 /// The minimal list of prefix-aligned blocks covering exactly `lo..=hi`, as
 /// (first port, significant bits of the 16-bit port).
+#[cfg(test)]
 pub(crate) fn prefix_blocks(lo: u16, hi: u16) -> Vec<(u16, u8)> {
     let mut out = Vec::new();
+    for_each_block(lo, hi, |s, b| out.push((s, b)));
+    out
+}
+
+/// Call `f(first port, significant bits)` for each block of the minimal prefix-aligned cover
+/// of `lo..=hi`, in ascending order.
+pub(crate) fn for_each_block(lo: u16, hi: u16, mut f: impl FnMut(u16, u8)) {
     let (mut lo, hi) = (lo as u32, hi as u32);
     while lo <= hi {
         // Largest aligned block starting at `lo` ...
@@ -172,10 +202,9 @@ pub(crate) fn prefix_blocks(lo: u16, hi: u16) -> Vec<(u16, u8)> {
         while lo + (1u32 << size_log) - 1 > hi {
             size_log -= 1;
         }
-        out.push((lo as u16, 16 - size_log as u8));
+        f(lo as u16, 16 - size_log as u8);
         lo += 1u32 << size_log;
     }
-    out
 }
 
 #[cfg(test)]
