@@ -17,6 +17,7 @@
 //! * [`k8s`]: kube-rs watchers of the API server feeding the agent.
 //! * [`agent`]: the per-node daemon (control loop, metrics, status/monitor socket).
 //! * [`testkit`]: concise construction of clusters for tests.
+//! * [`synth`]: synthetic clusters for benchmarks and property tests.
 pub mod agent;
 pub mod cli;
 pub mod compiler;
@@ -28,4 +29,5 @@ pub mod lint;
 pub mod model;
 pub mod plan;
 pub mod source;
+pub mod synth;
 pub mod testkit;

@@ -1,38 +1,86 @@
 //! `cargo xtask bench ...`: benchmarks. Figures are ratios measured side by side in one run
 //! wherever a comparison is made (this machine is noisy).
+//!
+//! Each benchmark is a bench binary of the crate it measures (run through `cargo bench`, i.e.
+//! an optimised build), so xtask itself stays free of netward's dependencies and builds fast.
+use anyhow::Result;
+use clap::{Args, Subcommand};
 use std::process::Command;
 
-use anyhow::Result;
-use clap::Subcommand;
+use crate::run as run_cmd;
 
 #[derive(Subcommand)]
 pub enum Bench {
+    /// Compile a synthetic cluster: compile time, peak RSS, Plan sizes, recompile after one
+    /// label change, and a check that unselected high-cardinality labels do not grow the Plan.
+    Compile(CompileArgs),
+    /// Per-packet cost of the tc programs (BPF_PROG_TEST_RUN) for the new-flow and established
+    /// paths with 1, 1k, 10k, 100k policy entries. Needs root.
+    Datapath(DatapathArgs),
     /// Agent event-to-enforced latency for one pod label change with 10k pods in the stores
     /// (test API server + real agent; eBPF maps when root). BENCH_PODS / BENCH_ROUNDS override.
     Agent,
 }
 
-pub fn run(which: Bench) -> Result<()> {
-    match which {
-        Bench::Agent => agent(),
-    }
+#[derive(Args)]
+pub struct CompileArgs {
+    #[arg(long, default_value_t = 10_000)]
+    pods: usize,
+    #[arg(long, default_value_t = 2_000)]
+    policies: usize,
+    #[arg(long, default_value_t = 500)]
+    namespaces: usize,
+    /// Compiles per measurement (the median is reported).
+    #[arg(long, default_value_t = 7)]
+    runs: usize,
+    /// Seed of the synthetic cluster.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
 }
 
-fn agent() -> Result<()> {
-    crate::run(
-        Command::new("cargo")
-            .current_dir(crate::workspace_root())
-            .args([
-                "test",
-                "--release",
-                "--package",
-                "netward-tests",
-                "--test",
-                "k8s_bench",
-                "--",
-                "--ignored",
-                "--nocapture",
-                "--test-threads=1",
-            ]),
-    )
+#[derive(Args)]
+pub struct DatapathArgs {
+    /// Runs per measurement (the kernel reports the average).
+    #[arg(long, default_value_t = 1_000_000)]
+    repeat: u32,
+    /// Policy entries of the measured Plans, comma-separated.
+    #[arg(long, default_value = "1,1000,10000,100000")]
+    sizes: String,
+    /// Distinct packets measured for the allowed-new-flow path.
+    #[arg(long, default_value_t = 20_000)]
+    new_flows: u32,
+}
+
+pub fn run(which: Bench) -> Result<()> {
+    match which {
+        Bench::Compile(a) => run_cmd(
+            Command::new("cargo")
+                .args(["bench", "--package", "netward", "--bench", "compile", "--"])
+                .args(["--pods", &a.pods.to_string()])
+                .args(["--policies", &a.policies.to_string()])
+                .args(["--namespaces", &a.namespaces.to_string()])
+                .args(["--runs", &a.runs.to_string()])
+                .args(["--seed", &a.seed.to_string()]),
+        ),
+        Bench::Datapath(a) => run_cmd(
+            Command::new("cargo")
+                .args(["bench", "--package", "netward", "--bench", "datapath", "--"])
+                .args(["--repeat", &a.repeat.to_string()])
+                .args(["--sizes", &a.sizes])
+                .args(["--new-flows", &a.new_flows.to_string()]),
+        ),
+        // An ignored test of netward-tests: it needs the test API server beside the agent.
+        Bench::Agent => run_cmd(Command::new("cargo").args([
+            "test",
+            "--release",
+            "--package",
+            "netward-tests",
+            "--test",
+            "k8s_bench",
+            "--",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])),
+    }
 }

@@ -74,6 +74,12 @@ pub enum LabCommand {
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
+    /// (internal) The enforcing agent of a lab, started by `lab up`.
+    #[command(hide = true)]
+    Daemon {
+        #[arg(long)]
+        name: String,
+    },
     /// (internal) The servers of a lab, started by `lab up`.
     #[command(hide = true)]
     Serve {
@@ -220,6 +226,11 @@ pub fn run(args: LabArgs) -> Result<ExitCode> {
                 Some(c) => ExitCode::from(c.clamp(0, 255) as u8),
                 None => ExitCode::from(2),
             })
+        }
+        LabCommand::Daemon { name } => {
+            init_background_logging();
+            lab::daemon::run(&LabName::new(&name)?)?;
+            Ok(ExitCode::SUCCESS)
         }
         LabCommand::Serve { name } => {
             init_background_logging();

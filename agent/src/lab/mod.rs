@@ -30,6 +30,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::{Cluster, Protocol};
 
+pub mod daemon;
 pub mod lifecycle;
 pub mod netns;
 pub mod probe;

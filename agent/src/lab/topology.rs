@@ -217,18 +217,22 @@ fn create_pod(name: &LabName, index: usize, pod: &LabPod) -> Result<()> {
 }
 
 /// Remove every namespace and host veth of lab `name` (found by prefix, so also after a
-/// crash). Deleting a device removes its routes and neighbors. Idempotent.
+/// crash). Host veths go first: deleting one removes its peer synchronously, whereas a
+/// deleted namespace frees its devices later, in the background. Deleting a device removes
+/// its routes and neighbors. Idempotent.
 pub fn destroy(name: &LabName) -> Result<()> {
     let mut errors = Vec::new();
-    for ns in netns::list(&name.netns_prefix()) {
-        if let Err(e) = ip(&["netns", "del", &ns]) {
-            errors.push(e.to_string());
+    for link in links_with_prefix(&name.veth_prefix()) {
+        if let Err(e) = ip(&["link", "del", &link]) {
+            // Gone meanwhile (a namespace deleted by a concurrent `down`) is fine.
+            if std::path::Path::new("/sys/class/net").join(&link).exists() {
+                errors.push(e.to_string());
+            }
         }
     }
-    for link in links_with_prefix(&name.veth_prefix()) {
-        // Gone already when its peer's namespace went away.
-        if std::path::Path::new("/sys/class/net").join(&link).exists() {
-            if let Err(e) = ip(&["link", "del", &link]) {
+    for ns in netns::list(&name.netns_prefix()) {
+        if let Err(e) = ip(&["netns", "del", &ns]) {
+            if netns::exists(&ns) {
                 errors.push(e.to_string());
             }
         }
