@@ -35,7 +35,7 @@ fn dp_config() -> DatapathConfig {
         events_per_sec: 100_000,
         events_burst: 1000,
         events_allow: true,
-        ..DatapathConfig::default()
+        ..Default::default()
     }
 }
 

@@ -17,6 +17,9 @@ pub enum Bench {
     /// Per-packet cost of the tc programs (BPF_PROG_TEST_RUN) for the new-flow and established
     /// paths with 1, 1k, 10k, 100k policy entries. Needs root.
     Datapath(DatapathArgs),
+    /// Agent event-to-enforced latency for one pod label change with 10k pods in the stores
+    /// (test API server + real agent; eBPF maps when root). BENCH_PODS / BENCH_ROUNDS override.
+    Agent,
 }
 
 #[derive(Args)]
@@ -66,5 +69,18 @@ pub fn run(which: Bench) -> Result<()> {
                 .args(["--sizes", &a.sizes])
                 .args(["--new-flows", &a.new_flows.to_string()]),
         ),
+        // An ignored test of netward-tests: it needs the test API server beside the agent.
+        Bench::Agent => run_cmd(Command::new("cargo").args([
+            "test",
+            "--release",
+            "--package",
+            "netward-tests",
+            "--test",
+            "k8s_bench",
+            "--",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])),
     }
 }

@@ -18,9 +18,8 @@ use super::enforce::Enforcer;
 use super::metrics::Metrics;
 use super::routes::{Device, HostRoutes};
 use super::status::{EndpointStatus, FlowEvent, PlanSize, Status, WatchStatus};
-use crate::k8s::Watchers;
+use crate::k8s::{ModelCache, Watchers};
 use crate::plan::Plan;
-use crate::source;
 
 /// The Plan in force, as published to observers (tests, status).
 #[derive(Clone, Debug, Default)]
@@ -124,6 +123,8 @@ pub struct Controller<E: Enforcer> {
     attached: BTreeMap<String, u32>,
     /// endpoint key -> device, from the last route scan.
     devices: HashMap<String, Device>,
+    /// Converted objects, re-converted only when they change.
+    model: ModelCache,
     /// Pod addresses -> `ns/name`, for event attribution.
     pods_by_ip: HashMap<IpAddr, String>,
 }
@@ -156,6 +157,7 @@ impl<E: Enforcer> Controller<E> {
             attached: BTreeMap::new(),
             devices: HashMap::new(),
             pods_by_ip: HashMap::new(),
+            model: ModelCache::default(),
         }
     }
 
@@ -199,27 +201,28 @@ impl<E: Enforcer> Controller<E> {
     /// Rebuild, compile, install; `since` is when the first unprocessed change was seen.
     pub async fn sync(&mut self, since: Option<Instant>) {
         let t0 = Instant::now();
-        let objects = self.watchers.objects();
-        if objects.namespaces.is_empty() && self.applied.is_some() {
+        let namespaces = self.watchers.namespaces.state();
+        if namespaces.is_empty() && self.applied.is_some() {
             tracing::warn!("the namespace store is empty; keeping the Plan in force");
             self.fail("refused a Plan built from an empty namespace store".into());
             return;
         }
-        let converted = source::convert(&objects);
-        let plan = Arc::new(crate::compiler::compile(
-            &converted.cluster,
-            Some(&self.node),
-        ));
-        let compile_secs = t0.elapsed().as_secs_f64();
-        self.pods_by_ip = converted
-            .cluster
+        let cluster = self.model.build(
+            &namespaces,
+            &self.watchers.pods.state(),
+            &self.watchers.policies.state(),
+        );
+        let convert_secs = t0.elapsed().as_secs_f64();
+        let t1 = Instant::now();
+        let plan = Arc::new(crate::compiler::compile(&cluster, Some(&self.node)));
+        let compile_secs = t1.elapsed().as_secs_f64();
+        self.pods_by_ip = cluster
             .pods
             .iter()
             .filter(|p| !p.host_network)
             .flat_map(|p| p.ips.iter().map(move |ip| (*ip, p.key())))
             .collect();
-        let policy_errors: Vec<String> = converted
-            .cluster
+        let policy_errors: Vec<String> = cluster
             .policies
             .iter()
             .flat_map(|p| p.errors.iter().map(move |e| format!("{}: {e}", p.key())))
@@ -248,6 +251,7 @@ impl<E: Enforcer> Controller<E> {
                     s.generation = generation;
                     s.last_sync_unix = Some(unix_now());
                     s.last_sync_latency_ms = latency.map(|l| l * 1e3);
+                    s.last_convert_ms = Some(convert_secs * 1e3);
                     s.last_compile_ms = Some(compile_secs * 1e3);
                     s.last_error = None;
                     s.plan = size;
@@ -258,6 +262,7 @@ impl<E: Enforcer> Controller<E> {
                     endpoints = plan.endpoints.len(),
                     ipcache = plan.ipcache.len(),
                     policy = plan.policy.len(),
+                    convert_ms = convert_secs * 1e3,
                     compile_ms = compile_secs * 1e3,
                     latency_ms = latency.map(|l| l * 1e3),
                     "Plan applied"

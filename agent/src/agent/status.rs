@@ -18,6 +18,8 @@ pub struct Status {
     pub last_sync_unix: Option<f64>,
     /// The last sync's latency, from the first change seen to maps updated (ms).
     pub last_sync_latency_ms: Option<f64>,
+    /// The last sync's model rebuild time: store snapshot + convert (ms).
+    pub last_convert_ms: Option<f64>,
     /// The last sync's compile time (ms).
     pub last_compile_ms: Option<f64>,
     /// The last failure to build or apply a Plan (the previous Plan stayed in force).

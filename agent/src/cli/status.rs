@@ -69,9 +69,11 @@ pub fn render(s: &Status) -> String {
     let _ = writeln!(o, "Generation:  {}", s.generation);
     let _ = writeln!(
         o,
-        "Last sync:   {} (latency {}, compile {})",
+        "Last sync:   {} (latency {}, model {}, compile {})",
         age.as_deref().unwrap_or("never"),
         s.last_sync_latency_ms
+            .map_or("-".into(), |l| format!("{l:.1} ms")),
+        s.last_convert_ms
             .map_or("-".into(), |l| format!("{l:.1} ms")),
         s.last_compile_ms
             .map_or("-".into(), |l| format!("{l:.1} ms")),

@@ -23,6 +23,9 @@ use tokio::task::JoinHandle;
 
 use crate::source::{Objects, Sourced};
 
+pub mod model;
+pub use model::ModelCache;
+
 /// Origin recorded for objects read from the API server (appears in messages).
 pub const ORIGIN: &str = "kubernetes";
 
