@@ -14,14 +14,20 @@
 //!   lookups the eBPF program does on the Plan); differential tests keep them equal.
 //! * [`lint`]: pitfalls users hit when writing policies.
 //! * [`cli`]: the `netward` command.
+//! * [`k8s`]: kube-rs watchers of the API server feeding the agent.
+//! * [`agent`]: the per-node daemon (control loop, metrics, status/monitor socket).
 //! * [`testkit`]: concise construction of clusters for tests.
+//! * [`synth`]: synthetic clusters for benchmarks and property tests.
+pub mod agent;
 pub mod cli;
 pub mod compiler;
 pub mod datapath;
 pub mod eval;
+pub mod k8s;
 pub mod lab;
 pub mod lint;
 pub mod model;
 pub mod plan;
 pub mod source;
+pub mod synth;
 pub mod testkit;

@@ -4,10 +4,10 @@
 //! policy (`ns/name`), the field (`spec.egress[0].to[1].podSelector`), what is wrong and how to
 //! fix it. Checks, one module each:
 //!
-//! * [`dns`]: pods isolated for egress that cannot reach DNS (UDP 53 and TCP 53).
-//! * [`selectors`]: pod/namespace selectors that match nothing, with near-miss suggestions.
-//! * [`ports`]: named ports that no pod receiving the traffic declares.
-//! * [`shadow`]: duplicate rules and rules fully covered by another (provable structurally).
+//! * `dns`: pods isolated for egress that cannot reach DNS (UDP 53 and TCP 53).
+//! * `selectors`: pod/namespace selectors that match nothing, with near-miss suggestions.
+//! * `ports`: named ports that no pod receiving the traffic declares.
+//! * `shadow`: duplicate rules and rules fully covered by another (provable structurally).
 //! * here: validation errors, policies in namespaces without pods, ignored rule sections.
 //!
 //! Order is deterministic: policies in cluster order (namespace, name), and within a policy
@@ -23,6 +23,8 @@ mod ports;
 mod selectors;
 mod shadow;
 mod similar;
+#[cfg(test)]
+mod soundness;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -96,7 +98,7 @@ fn validation_errors(policy: &Policy, out: &mut Vec<Finding>) {
                 e.message, policy.origin
             ),
             fix: format!(
-                "correct {} so the API server would accept the policy",
+                "Correct {} so that the API server would accept the policy.",
                 e.field
             ),
         });
@@ -110,11 +112,11 @@ fn namespace_has_pods(ix: &Index, policy: &Policy, out: &mut Vec<Finding>) -> bo
     }
     let populated: Vec<&str> = ix.populated_namespaces().collect();
     let near = similar::near(&policy.namespace, populated.iter().copied());
-    let mut fix = String::from("deploy the policy to the namespace of the pods it is meant for");
+    let mut fix = String::from("Deploy the policy to the namespace of the pods it is meant for");
     if !near.is_empty() {
         fix.push_str(&format!(" (did you mean {}?)", similar::quote_list(&near)));
     }
-    fix.push_str(", or delete it if that namespace is gone");
+    fix.push_str(", or delete it if that namespace is gone.");
     out.push(Finding {
         severity: Severity::Warning,
         code: "namespace-without-pods",
@@ -155,7 +157,7 @@ fn ignored_sections(policy: &Policy, out: &mut Vec<Finding>) {
                     dir.as_str()
                 ),
                 fix: format!(
-                    "add {name} to spec.policyTypes, or remove spec.{}",
+                    "Add {name} to spec.policyTypes, or remove spec.{}.",
                     dir.as_str()
                 ),
             });

@@ -508,3 +508,49 @@ fn without_files_the_bundled_examples_are_used() {
     assert!(embedded.stderr.contains("bundled examples"));
     assert_eq!(embedded.json(), matrix("5432", "TCP"));
 }
+
+#[test]
+fn matrix_for_one_node_enforces_only_its_pods() {
+    let r = netward(
+        &[
+            "matrix", "-f", EXAMPLES, "--port", "5432", "--node", "node-1", "-o", "json",
+        ],
+        None,
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let m = r.json();
+    // Both on node-2: node-1's Plan enforces neither side.
+    assert!(cell(&m, "orders/orders-worker", "data/postgres"));
+    // frontend is on node-1: its egress is enforced there.
+    assert!(!cell(&m, "production/frontend", "data/postgres"));
+    let r = netward(&["matrix", "-f", EXAMPLES, "--node", "node-1"], None);
+    assert!(r.stdout.contains("Plan for node node-1"), "{}", r.stdout);
+}
+
+#[test]
+fn matrix_verify_agrees_with_the_spec_on_the_examples() {
+    for (port, proto) in [("80", "TCP"), ("53", "UDP"), ("9187", "TCP"), ("0", "ICMP")] {
+        let r = netward(
+            &[
+                "matrix",
+                "-f",
+                EXAMPLES,
+                "--port",
+                port,
+                "--protocol",
+                proto,
+                "--verify",
+                "-o",
+                "json",
+            ],
+            None,
+        );
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        assert!(
+            r.stderr
+                .contains("verified: the spec evaluator agrees with the Plan on all 121 pairs"),
+            "{}",
+            r.stderr
+        );
+    }
+}

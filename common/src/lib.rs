@@ -289,7 +289,7 @@ impl PolicyKey {
 /// are checked). Replies are found by looking up the reversed tuple with the opposite
 /// direction. Ports are host byte order; for ICMP echo both ports hold the echo identifier;
 /// other port-less protocols use 0.
-#[repr(C)]
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub struct CtKey {
     pub saddr: [u8; 16],
@@ -346,7 +346,7 @@ pub const CT_TIMEOUT_CLOSING_S: u64 = 10;
 
 /// Fragment tracking key: a datagram's identity. The first fragment (which carries the
 /// ports) records them; later fragments reuse them to find their flow.
-#[repr(C)]
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct FragKey {
     pub saddr: [u8; 16],
@@ -450,7 +450,7 @@ pub const COUNTER_REASON_BASE: u32 = 8;
 pub const COUNTER_COUNT: u32 = COUNTER_REASON_BASE + reason::COUNT as u32;
 
 /// A verdict event in the `EVENTS` ring buffer.
-#[repr(C)]
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Event {
     pub saddr: [u8; 16],

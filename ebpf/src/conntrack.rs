@@ -9,7 +9,7 @@
 //! moves on, the next packet of the flow (either direction) re-checks the flow's forward tuple
 //! against the current Plan: still allowed -> the entry is stamped with the new generation;
 //! now denied -> the entry is deleted and the packet dropped (`reason::REVOKED`).
-use aya_ebpf::helpers::bpf_ktime_get_ns;
+
 use netward_common::{
     CtKey, CtValue, CT_CLOSING, CT_SEEN_REPLY, CT_TIMEOUT_CLOSING_S, CT_TIMEOUT_OTHER_S,
     CT_TIMEOUT_TCP_S, DIR_EGRESS, PROTO_TCP,
@@ -17,7 +17,7 @@ use netward_common::{
 
 use crate::{
     maps::CONNTRACK,
-    parse::{has_ports, Tuple},
+    parse::{addr_bytes, has_ports, Tuple},
     policy::{self, Decision},
 };
 
@@ -28,8 +28,8 @@ const TCP_RST: u8 = 0x04;
 #[inline(always)]
 pub fn key(t: &Tuple, dir: u8) -> CtKey {
     CtKey {
-        saddr: t.saddr,
-        daddr: t.daddr,
+        saddr: addr_bytes(t.saddr),
+        daddr: addr_bytes(t.daddr),
         sport: t.sport,
         dport: t.dport,
         proto: t.proto,
@@ -86,7 +86,7 @@ pub fn lookup(
         return Hit::Miss;
     };
     let v = unsafe { &mut *v };
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = crate::time::now_ns();
     if now > v.expires_ns {
         let _ = CONNTRACK.remove(k);
         return Hit::Miss;
@@ -108,10 +108,12 @@ pub fn lookup(
     if k.proto == PROTO_TCP && tcp_flags & (TCP_FIN | TCP_RST) != 0 {
         flags |= CT_CLOSING;
     }
-    if flags != v.flags {
+    // Refresh at most once a second per flow: keeps the hot path free of stores.
+    let expires = now + lifetime(k.proto, flags);
+    if flags != v.flags || expires > v.expires_ns + NS {
         v.flags = flags;
+        v.expires_ns = expires;
     }
-    v.expires_ns = now + lifetime(k.proto, flags);
     Hit::Pass
 }
 
@@ -124,7 +126,7 @@ pub fn create(k: &CtKey, d: &Decision, tcp_flags: u8, generation: u64) {
     }
     let v = CtValue {
         generation,
-        expires_ns: unsafe { bpf_ktime_get_ns() } + lifetime(k.proto, flags),
+        expires_ns: crate::time::now_ns() + lifetime(k.proto, flags),
         policy: d.policy,
         rule: d.rule,
         flags,

@@ -1,7 +1,7 @@
 //! Verdict events to the agent through a ring buffer, rate-limited per CPU by a token bucket
 //! (`Config::events_per_sec`, `Config::events_burst`) so a flood cannot starve the agent or the
 //! ring. Suppressed and lost events are counted.
-use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::TcContext};
+use aya_ebpf::programs::TcContext;
 use netward_common::{
     reason, Event, COUNTER_EVENTS_LOST, COUNTER_EVENTS_RATE_LIMITED, COUNTER_EVENTS_SENT,
     VERDICT_ALLOW, VERDICT_DROP,
@@ -10,7 +10,7 @@ use netward_common::{
 use crate::{
     counters::bump,
     maps::{EVENTS, RATELIMIT},
-    parse::Tuple,
+    parse::{addr_bytes, Tuple},
     policy::Decision,
 };
 
@@ -52,7 +52,7 @@ pub fn emit(
     if rate == 0 {
         return;
     }
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = crate::time::now_ns();
     if !take_token(now, rate, burst) {
         bump(COUNTER_EVENTS_RATE_LIMITED);
         return;
@@ -62,8 +62,8 @@ pub fn emit(
         return;
     };
     entry.write(Event {
-        saddr: t.saddr,
-        daddr: t.daddr,
+        saddr: addr_bytes(t.saddr),
+        daddr: addr_bytes(t.daddr),
         sport: t.sport,
         dport: t.dport,
         proto: t.proto,

@@ -28,6 +28,7 @@ mod events;
 mod maps;
 mod parse;
 mod policy;
+mod time;
 
 use aya_ebpf::{
     bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC},
@@ -42,7 +43,7 @@ use netward_common::{
 use crate::{
     conntrack::Hit,
     maps::{CONFIG, FRAGS},
-    parse::{has_ports, Frag, Parsed, Tuple, L4, PARSE_MAX},
+    parse::{addr_bytes, has_ports, Frag, Parsed, Tuple, L4, PARSE_MAX},
     policy::Decision,
 };
 
@@ -84,8 +85,8 @@ const NS: u64 = 1_000_000_000;
 #[inline(always)]
 fn frag_key(t: &Tuple, id: u32, dir: u8) -> FragKey {
     FragKey {
-        saddr: t.saddr,
-        daddr: t.daddr,
+        saddr: addr_bytes(t.saddr),
+        daddr: addr_bytes(t.daddr),
         id,
         proto: t.proto,
         family: t.family,
@@ -123,17 +124,13 @@ fn decide(ctx: &TcContext, dir: u8) -> u8 {
     match pkt.l4 {
         L4::NeighborDiscovery => return reason::NEIGHBOR_DISCOVERY,
         L4::Truncated => {
-            let local = if dir == DIR_EGRESS {
-                &t.saddr
-            } else {
-                &t.daddr
-            };
+            let local = addr_bytes(if dir == DIR_EGRESS { t.saddr } else { t.daddr });
             let d = policy::check_portless_fallback(
                 slot,
                 flags,
                 dir,
                 t.family,
-                local,
+                &local,
                 reason::MALFORMED,
                 reason::NOT_ISOLATED,
             );
@@ -152,24 +149,20 @@ fn decide(ctx: &TcContext, dir: u8) -> u8 {
             let mut found = false;
             if let Some(fv) = FRAGS.get_ptr(&fk) {
                 let fv = unsafe { &*fv };
-                if unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() } <= fv.expires_ns {
+                if time::now_ns() <= fv.expires_ns {
                     t.sport = fv.sport;
                     t.dport = fv.dport;
                     found = true;
                 }
             }
             if !found {
-                let local = if dir == DIR_EGRESS {
-                    &t.saddr
-                } else {
-                    &t.daddr
-                };
+                let local = addr_bytes(if dir == DIR_EGRESS { t.saddr } else { t.daddr });
                 let d = policy::check_portless_fallback(
                     slot,
                     flags,
                     dir,
                     t.family,
-                    local,
+                    &local,
                     reason::FRAGMENT_UNTRACKED,
                     reason::FRAGMENT,
                 );
@@ -215,12 +208,13 @@ fn decide(ctx: &TcContext, dir: u8) -> u8 {
     if r == reason::POLICY_DENY {
         // A new flow: the policy decides.
         let (local, peer) = if dir == DIR_EGRESS {
-            (&t.saddr, &t.daddr)
+            (t.saddr, t.daddr)
         } else {
-            (&t.daddr, &t.saddr)
+            (t.daddr, t.saddr)
         };
         let port = if has_ports(t.proto) { t.dport } else { 0 };
-        let d = policy::check(slot, flags, dir, t.family, local, peer, t.proto, port);
+        let (local, peer) = (addr_bytes(local), addr_bytes(peer));
+        let d = policy::check(slot, flags, dir, t.family, &local, &peer, t.proto, port);
         if d.allows() {
             if !related_error {
                 conntrack::create(&k, &d, tcp_flags, generation);
@@ -239,7 +233,7 @@ fn decide(ctx: &TcContext, dir: u8) -> u8 {
                 sport: t.sport,
                 dport: t.dport,
                 _pad: 0,
-                expires_ns: unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() } + FRAG_TIMEOUT_S * NS,
+                expires_ns: time::now_ns() + FRAG_TIMEOUT_S * NS,
             };
             let _ = FRAGS.insert(&frag_key(t, id, dir), &fv, 0);
         }

@@ -4,7 +4,7 @@
 //! Sizes here are defaults; the agent overrides them at load time (configurable).
 use aya_ebpf::{
     macros::map,
-    maps::{Array, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use netward_common::{
     Config, CtKey, CtValue, FragKey, FragValue, IpcacheKey, IpcacheValue, PolicyKey, PolicyValue,
@@ -20,6 +20,12 @@ pub static CONFIG: Array<Config> = Array::pinned(1, 0);
 
 #[map(name = "IPCACHE")]
 pub static IPCACHE: LpmTrie<IpcacheData, IpcacheValue> = LpmTrie::pinned(65536, 0);
+
+/// The ipcache entries of full address length (pods), keyed by the whole `IpcacheKey`
+/// (prefixlen = full): a hash hit equals the LPM answer (nothing is longer than a full
+/// prefix), so pod addresses resolve in one hash lookup and only other addresses walk the trie.
+#[map(name = "HOSTS")]
+pub static HOSTS: HashMap<IpcacheKey, IpcacheValue> = HashMap::pinned(65536, 0);
 
 #[map(name = "POLICY")]
 pub static POLICY: LpmTrie<PolicyData, PolicyValue> = LpmTrie::pinned(262144, 0);

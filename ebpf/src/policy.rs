@@ -1,6 +1,7 @@
 //! The policy decision for one side of a flow: ipcache (local endpoint, then peer class) and
-//! the policy LPM trie. At most four map lookups whatever the number of pods, policies or
-//! rules: cost independent of rule count.
+//! the policy LPM trie. Addresses resolve through `HOSTS` (hash of the single-address entries,
+//! i.e. pods) and fall back to the `IPCACHE` trie for other addresses; then at most two policy
+//! trie lookups. A bounded number of lookups whatever the number of pods, policies or rules.
 //!
 //! Semantics (mirrors `netward::eval::plan`):
 //! * the local address (source on egress, destination on ingress) must have an ipcache entry
@@ -11,12 +12,12 @@
 //!   proto, port) or (subject, dir, ANY_PEER, proto, port); port is 0 for port-less protocols.
 use aya_ebpf::maps::lpm_trie::Key;
 use netward_common::{
-    reason, IpcacheKey, PolicyKey, ANY_PEER, CFG_FAIL_CLOSED_UNKNOWN, DIR_EGRESS,
+    reason, IpcacheKey, IpcacheValue, PolicyKey, ANY_PEER, CFG_FAIL_CLOSED_UNKNOWN, DIR_EGRESS,
     EP_ISOLATED_EGRESS, EP_ISOLATED_INGRESS, EP_LOCAL, FAMILY_V4, IPCACHE_HEADER_BITS,
     POLICY_PREFIX_FULL,
 };
 
-use crate::maps::{IPCACHE, POLICY};
+use crate::maps::{HOSTS, IPCACHE, POLICY};
 
 /// Outcome of a policy check.
 #[derive(Clone, Copy)]
@@ -34,6 +35,23 @@ impl Decision {
     pub fn allows(&self) -> bool {
         self.reason < reason::FIRST_DROP
     }
+}
+
+/// The ipcache answer for a full address: the host entry if there is one, else the LPM walk.
+#[inline(always)]
+fn ipcache_get(slot: u8, family: u8, addr: &[u8; 16]) -> Option<IpcacheValue> {
+    let bits = if family == FAMILY_V4 { 32 } else { 128 };
+    let host = IpcacheKey {
+        prefixlen: IPCACHE_HEADER_BITS + bits,
+        slot,
+        family,
+        addr: *addr,
+        _pad: [0; 2],
+    };
+    if let Some(v) = unsafe { HOSTS.get(&host) } {
+        return Some(*v);
+    }
+    IPCACHE.get(ipcache_key(slot, family, addr)).copied()
 }
 
 #[inline(always)]
@@ -86,8 +104,8 @@ pub fn check(
         rule: 0,
         endpoint: 0,
     };
-    let ep = match IPCACHE.get(ipcache_key(slot, family, local)) {
-        Some(v) if v.flags & EP_LOCAL != 0 => *v,
+    let ep = match ipcache_get(slot, family, local) {
+        Some(v) if v.flags & EP_LOCAL != 0 => v,
         _ => {
             d.reason = if cfg_flags & CFG_FAIL_CLOSED_UNKNOWN != 0 {
                 reason::UNKNOWN_ENDPOINT
@@ -107,8 +125,7 @@ pub fn check(
         d.reason = reason::NOT_ISOLATED;
         return d;
     }
-    let peer_class = IPCACHE
-        .get(ipcache_key(slot, family, peer))
+    let peer_class = ipcache_get(slot, family, peer)
         .map(|v| v.peer_class)
         .unwrap_or(ANY_PEER);
     let mut hit = None;
@@ -159,7 +176,7 @@ pub fn check_portless_fallback(
         rule: 0,
         endpoint: 0,
     };
-    match IPCACHE.get(ipcache_key(slot, family, local)) {
+    match ipcache_get(slot, family, local) {
         Some(v) if v.flags & EP_LOCAL != 0 => {
             d.endpoint = v.endpoint;
             let isolated = if dir == DIR_EGRESS {

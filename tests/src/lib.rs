@@ -1,2 +1,3 @@
 //! Shared helpers for netward integration tests (network namespaces, test API server).
+pub mod apiserver;
 pub mod lab;

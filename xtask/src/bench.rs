@@ -1,12 +1,22 @@
 //! `cargo xtask bench ...`: benchmarks. Figures are ratios measured side by side in one run
 //! wherever a comparison is made (this machine is noisy).
-use std::process::Command;
-
+//!
+//! Each benchmark is a bench binary of the crate it measures (run through `cargo bench`, i.e.
+//! an optimised build), so xtask itself stays free of netward's dependencies and builds fast.
 use anyhow::Result;
 use clap::{Args, Subcommand};
+use std::process::Command;
+
+use crate::run as run_cmd;
 
 #[derive(Subcommand)]
 pub enum Bench {
+    /// Compile a synthetic cluster: compile time, peak RSS, Plan sizes, recompile after one
+    /// label change, and a check that unselected high-cardinality labels do not grow the Plan.
+    Compile(CompileArgs),
+    /// Per-packet cost of the tc programs (BPF_PROG_TEST_RUN) for the new-flow and established
+    /// paths with 1, 1k, 10k, 100k policy entries. Needs root.
+    Datapath(DatapathArgs),
     /// iperf3 throughput and short-connection rate between two lab pods: no program vs
     /// netward (0 and N rules) vs iptables (linear and ipset). Needs root.
     Lab(LabArgs),
@@ -25,18 +35,56 @@ pub struct LabArgs {
     sizes: String,
 }
 
+#[derive(Args)]
+pub struct CompileArgs {
+    #[arg(long, default_value_t = 10_000)]
+    pods: usize,
+    #[arg(long, default_value_t = 2_000)]
+    policies: usize,
+    #[arg(long, default_value_t = 500)]
+    namespaces: usize,
+    /// Compiles per measurement (the median is reported).
+    #[arg(long, default_value_t = 7)]
+    runs: usize,
+    /// Seed of the synthetic cluster.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+#[derive(Args)]
+pub struct DatapathArgs {
+    /// Runs per measurement (the kernel reports the average).
+    #[arg(long, default_value_t = 1_000_000)]
+    repeat: u32,
+    /// Policy entries of the measured Plans, comma-separated.
+    #[arg(long, default_value = "1,1000,10000,100000")]
+    sizes: String,
+    /// Distinct packets measured for the allowed-new-flow path.
+    #[arg(long, default_value_t = 20_000)]
+    new_flows: u32,
+}
+
 pub fn run(which: Bench) -> Result<()> {
     match which {
-        Bench::Lab(a) => crate::run(
+        Bench::Compile(a) => run_cmd(
             Command::new("cargo")
-                .args([
-                    "bench",
-                    "--package",
-                    "netward-tests",
-                    "--bench",
-                    "lab",
-                    "--",
-                ])
+                .args(["bench", "--package", "netward", "--bench", "compile", "--"])
+                .args(["--pods", &a.pods.to_string()])
+                .args(["--policies", &a.policies.to_string()])
+                .args(["--namespaces", &a.namespaces.to_string()])
+                .args(["--runs", &a.runs.to_string()])
+                .args(["--seed", &a.seed.to_string()]),
+        ),
+        Bench::Datapath(a) => run_cmd(
+            Command::new("cargo")
+                .args(["bench", "--package", "netward", "--bench", "datapath", "--"])
+                .args(["--repeat", &a.repeat.to_string()])
+                .args(["--sizes", &a.sizes])
+                .args(["--new-flows", &a.new_flows.to_string()]),
+        ),
+        Bench::Lab(a) => run_cmd(
+            Command::new("cargo")
+                .args(["bench", "--package", "netward-tests", "--bench", "lab", "--"])
                 .args(["--seconds", &a.seconds.to_string()])
                 .args(["--conn-seconds", &a.conn_seconds.to_string()])
                 .args(["--sizes", &a.sizes]),

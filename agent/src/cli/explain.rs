@@ -219,21 +219,7 @@ impl Context<'_> {
         let mut text = String::new();
         let (verdict, isolated_by, allowed_by, reason) = match v {
             SideVerdict::NotEnforced => {
-                let reason = match local {
-                    _ if self.src_pod.is_some()
-                        && self.dst_pod.is_some()
-                        && self.src_pod.map(Pod::key) == self.dst_pod.map(Pod::key) =>
-                    {
-                        "not enforced: a pod's traffic to itself never leaves its network namespace".to_string()
-                    }
-                    Some(p) => format!(
-                        "not enforced: {} runs on {}, not on node {}",
-                        p.key(),
-                        p.node.as_deref().unwrap_or("no node"),
-                        self.node.unwrap_or("?")
-                    ),
-                    None => format!("not enforced: {local_text} is not a pod address, no pod policy applies to it"),
-                };
+                let reason = self.not_enforced_reason(local, local_text);
                 text.push_str(&format!("{head}: allowed ({reason})\n"));
                 ("not_enforced", vec![], None, reason)
             }
@@ -292,28 +278,7 @@ impl Context<'_> {
                     "  no rule of these policies allows {} {word} {peer_text}:\n",
                     self.flow_text
                 ));
-                for r in isolated_by {
-                    match self.policy(r) {
-                        Some(p) if !p.errors.is_empty() => text.push_str(&format!(
-                            "    {}: invalid ({}), allows nothing\n",
-                            r.key(),
-                            p.errors
-                                .iter()
-                                .map(|e| e.to_string())
-                                .collect::<Vec<_>>()
-                                .join("; ")
-                        )),
-                        Some(p) if p.rules(dir).is_empty() => {
-                            text.push_str(&format!("    {}: no {dir} rules\n", r.key()))
-                        }
-                        Some(p) => {
-                            for i in 0..p.rules(dir).len() {
-                                text.push_str(&format!("    {}\n", describe::rule_line(p, dir, i)));
-                            }
-                        }
-                        None => text.push_str(&format!("    {}\n", r.key())),
-                    }
-                }
+                text.push_str(&self.candidate_rules(dir, isolated_by));
                 text.push_str(&format!(
                     "  to allow it, add an {dir} rule matching this flow to one of these policies, or a new policy selecting {who}\n"
                 ));
@@ -338,5 +303,52 @@ impl Context<'_> {
                 reason,
             },
         }
+    }
+
+    /// Why a side is not enforced: self traffic, a pod on another node, or not a pod.
+    fn not_enforced_reason(&self, local: Option<&Pod>, local_text: &str) -> String {
+        let same_pod =
+            matches!((self.src_pod, self.dst_pod), (Some(a), Some(b)) if std::ptr::eq(a, b));
+        match local {
+            _ if same_pod => {
+                "not enforced: a pod's traffic to itself never leaves its network namespace".into()
+            }
+            Some(p) => format!(
+                "not enforced: {} runs on {}, not on node {}",
+                p.key(),
+                p.node.as_deref().unwrap_or("no node"),
+                self.node.unwrap_or("?")
+            ),
+            None => format!(
+                "not enforced: {local_text} is not a pod address, no pod policy applies to it"
+            ),
+        }
+    }
+
+    /// The rules of the isolating policies, one per line, so the user sees where to add one.
+    fn candidate_rules(&self, dir: Direction, isolated_by: &[PolicyRef]) -> String {
+        let mut text = String::new();
+        for r in isolated_by {
+            match self.policy(r) {
+                Some(p) if !p.errors.is_empty() => {
+                    let errors: Vec<String> = p.errors.iter().map(|e| e.to_string()).collect();
+                    text.push_str(&format!(
+                        "    {}: invalid ({}), allows nothing\n",
+                        r.key(),
+                        errors.join("; ")
+                    ));
+                }
+                Some(p) if p.rules(dir).is_empty() => {
+                    text.push_str(&format!("    {}: no {dir} rules\n", r.key()))
+                }
+                Some(p) => {
+                    for i in 0..p.rules(dir).len() {
+                        text.push_str(&format!("    {}\n", describe::rule_line(p, dir, i)));
+                    }
+                }
+                None => text.push_str(&format!("    {}\n", r.key())),
+            }
+        }
+        text
     }
 }

@@ -37,6 +37,10 @@ pub struct Args {
     /// Always print one row and column per pod, however many pods there are.
     #[arg(long)]
     pub full: bool,
+    /// Also evaluate every pair with the spec evaluator (reads the policies directly) and fail
+    /// with exit code 2 if it disagrees with the Plan anywhere.
+    #[arg(long)]
+    pub verify: bool,
 }
 
 /// The reachability of `pods` to each other: `allowed[from][to]`.
@@ -81,6 +85,41 @@ pub fn compute<'a>(
     Matrix { pods, allowed }
 }
 
+/// Pairs where the spec evaluator disagrees with the Plan, described.
+pub fn disagreements(
+    cluster: &Cluster,
+    node: Option<&str>,
+    protocol: ProtocolArg,
+    port: u16,
+    m: &Matrix,
+) -> Vec<String> {
+    let port = if protocol.has_ports() { port } else { 0 };
+    let mut out = Vec::new();
+    for (i, from) in m.pods.iter().enumerate() {
+        for (j, to) in m.pods.iter().enumerate() {
+            let spec = pick_family(&from.ips, &to.ips).is_some_and(|(src, dst)| {
+                let flow = Flow {
+                    src,
+                    dst,
+                    protocol: protocol.0,
+                    port,
+                };
+                eval::spec::evaluate(cluster, node, &flow).allowed()
+            });
+            if spec != m.allowed[i][j] {
+                out.push(format!(
+                    "{} -> {} {protocol}/{port}: Plan says {}, spec says {}",
+                    from.key(),
+                    to.key(),
+                    m.allowed[i][j],
+                    spec
+                ));
+            }
+        }
+    }
+    out
+}
+
 /// The JSON form: `{"port":80,"protocol":"TCP","matrix":{"ns/pod":{"ns/pod":true}}}`.
 #[derive(Serialize)]
 struct Json {
@@ -105,6 +144,22 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         );
     }
     let m = compute(cluster, args.node.as_deref(), args.protocol, args.port);
+    if args.verify {
+        let wrong = disagreements(cluster, args.node.as_deref(), args.protocol, args.port, &m);
+        if !wrong.is_empty() {
+            for w in &wrong {
+                eprintln!("INTERNAL ERROR: {w}");
+            }
+            anyhow::bail!(
+                "the compiled Plan and the NetworkPolicy spec disagree on {} pair(s): this is a netward bug, please report it with these manifests",
+                wrong.len()
+            );
+        }
+        eprintln!(
+            "verified: the spec evaluator agrees with the Plan on all {} pairs",
+            m.pods.len() * m.pods.len()
+        );
+    }
     match args.output {
         Output::Json => {
             let matrix = m
@@ -161,19 +216,46 @@ fn groups(pods: &[&Pod]) -> Vec<(String, usize, usize)> {
 
 /// One row and column per pod, numbered, grouped by namespace.
 pub fn pod_table(m: &Matrix, title: &str) -> String {
-    use std::fmt::Write;
+    let allowed = m.allowed.iter().flatten().filter(|a| **a).count();
     let n = m.pods.len();
+    grid(
+        &m.pods,
+        title,
+        "\u{2713} allowed, \u{b7} denied",
+        |i, j| {
+            if m.allowed[i][j] {
+                "\u{2713}"
+            } else {
+                "\u{b7}"
+            }
+            .to_string()
+        },
+        &format!("{allowed} of {} pairs allowed ({n} pods)", n * n),
+    )
+}
+
+/// The pod x pod layout with any one-character mark per cell (also for the lab, which shows
+/// observed next to predicted verdicts): `title`, a legend, numbered columns, rows grouped by
+/// namespace, then `footer`. `pods` must be sorted by namespace.
+pub fn grid(
+    pods: &[&Pod],
+    title: &str,
+    legend: &str,
+    mark: impl Fn(usize, usize) -> String,
+    footer: &str,
+) -> String {
+    use std::fmt::Write;
+    let n = pods.len();
     let w = n.to_string().len();
-    let groups = groups(&m.pods);
-    let label_width = m
-        .pods
+    let groups = groups(pods);
+    let label_width = pods
         .iter()
         .map(|p| p.name.len() + w + 3)
         .chain(groups.iter().map(|g| g.0.len()))
         .max()
         .unwrap_or(0);
     let group_starts: Vec<usize> = groups.iter().map(|g| g.1).collect();
-    // A cell: a space before each namespace group, then the mark right-aligned to `w`.
+    // A cell: an extra space before each namespace group, then the mark right-aligned to `w`.
     let cells = |f: &dyn Fn(usize) -> String| -> String {
         let mut s = String::new();
         for j in 0..n {
@@ -188,7 +270,7 @@ pub fn pod_table(m: &Matrix, title: &str) -> String {
     let _ = writeln!(out, "{title}");
     let _ = writeln!(
         out,
-        "rows: from, columns: to (numbered as the rows); \u{2713} allowed, \u{b7} denied\n"
+        "rows: from, columns: to (numbered as the rows); {legend}\n"
     );
     let _ = writeln!(
         out,
@@ -198,21 +280,13 @@ pub fn pod_table(m: &Matrix, title: &str) -> String {
     );
     for (ns, start, end) in &groups {
         let _ = writeln!(out, "{ns}");
-        for i in *start..*end {
-            let label = format!("  {:>w$} {}", i + 1, m.pods[i].name);
-            let marks = cells(&|j| {
-                if m.allowed[i][j] {
-                    "\u{2713}"
-                } else {
-                    "\u{b7}"
-                }
-                .to_string()
-            });
+        for (i, pod) in pods.iter().enumerate().take(*end).skip(*start) {
+            let label = format!("  {:>w$} {}", i + 1, pod.name);
+            let marks = cells(&|j| mark(i, j));
             let _ = writeln!(out, "{label:label_width$}{marks}");
         }
     }
-    let allowed = m.allowed.iter().flatten().filter(|a| **a).count();
-    let _ = writeln!(out, "\n{allowed} of {} pairs allowed ({} pods)", n * n, n);
+    let _ = writeln!(out, "\n{footer}");
     out
 }
 

@@ -8,13 +8,16 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+pub mod agent;
 pub mod common;
 pub mod describe;
 pub mod explain;
 pub mod lab;
 pub mod lint;
 pub mod matrix;
+pub mod monitor;
 pub mod plan;
+pub mod status;
 
 /// Exit code: success (allowed, no findings).
 pub const EXIT_OK: u8 = 0;
@@ -45,6 +48,12 @@ pub enum Command {
     Lint(lint::Args),
     /// Compile the policies and show the Plan's size (and, with --dump, its entries).
     Plan(plan::Args),
+    /// Run the per-node agent (the DaemonSet's process).
+    Agent(agent::AgentArgs),
+    /// What the agent on this node enforces.
+    Status(status::StatusArgs),
+    /// Stream verdict events live from the agent on this node.
+    Monitor(monitor::MonitorArgs),
     /// A manifest directory as a real node on this machine: pods, servers, enforcement, probes.
     Lab(lab::LabArgs),
 }
@@ -56,6 +65,9 @@ pub fn main() -> ExitCode {
         Command::Explain(args) => explain::run(args),
         Command::Lint(args) => lint::run(args),
         Command::Plan(args) => plan::run(args),
+        Command::Agent(args) => Ok(agent::run(args)),
+        Command::Status(args) => Ok(status::run(args)),
+        Command::Monitor(args) => Ok(monitor::run(args)),
         Command::Lab(args) => lab::run(args),
     };
     match result {

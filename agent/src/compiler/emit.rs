@@ -114,12 +114,15 @@ pub(crate) fn policy(
         live: vec![false; n],
         stamp: vec![u64::MAX; n],
     };
-    let mut out = Vec::new();
+    // Entries are generated in key order within each prefix length (direction, then subject,
+    // then sorted peer classes, then protocol and port), so one bucket per prefix length,
+    // concatenated, is the sorted map without sorting it.
+    let mut buckets: Vec<Vec<(PolicyKey, PolicyValue)>> = vec![Vec::new(); 25];
     let mut seq: u64 = 0;
-    for (si, key) in subjects.classes.keys.iter().enumerate() {
-        let subject = si as u32 + 1;
-        for d in Direction::BOTH {
-            let dix = d.code() as usize;
+    for d in Direction::BOTH {
+        let dix = d.code() as usize;
+        for (si, key) in subjects.classes.keys.iter().enumerate() {
+            let subject = si as u32 + 1;
             for &pi in &key.policies[dix] {
                 for (ri, rule) in atoms.rules[pi as usize][dix].iter().enumerate() {
                     seq += 1;
@@ -174,11 +177,13 @@ pub(crate) fn policy(
                     }
                 }
             }
-            for c in std::mem::take(&mut b.touched) {
+            let mut touched = std::mem::take(&mut b.touched);
+            touched.sort_unstable();
+            for &c in &touched {
                 b.live[c as usize] = false;
-                let set = std::mem::take(&mut b.sets[c as usize]);
+                let set = &mut b.sets[c as usize];
                 for e in set.entries() {
-                    out.push((
+                    buckets[e.prefix as usize].push((
                         PolicyKey::new(
                             POLICY_PREFIX_ANY_PROTO + e.prefix as u32,
                             SLOT,
@@ -195,10 +200,19 @@ pub(crate) fn policy(
                         },
                     ));
                 }
+                set.clear();
             }
+            touched.clear();
+            b.touched = touched;
         }
     }
-    out.sort_unstable_by_key(|(k, _)| *k);
-    debug_assert!(out.windows(2).all(|w| w[0].0 != w[1].0), "duplicate keys");
+    let mut out = Vec::with_capacity(buckets.iter().map(Vec::len).sum());
+    for bucket in buckets {
+        out.extend(bucket);
+    }
+    debug_assert!(
+        out.windows(2).all(|w| w[0].0 < w[1].0),
+        "unsorted or duplicate keys"
+    );
     out
 }

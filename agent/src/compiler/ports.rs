@@ -65,6 +65,15 @@ pub(crate) struct PortEntry {
 }
 
 impl PortSet {
+    /// Empty the set, keeping its allocations for reuse.
+    pub fn clear(&mut self) {
+        self.any = None;
+        for p in &mut self.protos {
+            p.all = None;
+            p.ranges.clear();
+        }
+    }
+
     pub fn add(&mut self, piece: Piece, attr: Attr) {
         match piece {
             Piece::AnyProto => min_attr(&mut self.any, attr),

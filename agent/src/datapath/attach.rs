@@ -88,14 +88,28 @@ impl Datapath {
     }
 
     /// Enforce on `ifname` (a pod's host-side veth). Idempotent: attaching again replaces the
-    /// programs without a gap (the new link is attached before the old one goes).
+    /// programs in the pinned links atomically (`bpf_link_update`).
     pub fn attach(&mut self, ifname: &str) -> Result<()> {
         let idx = ifindex(ifname)?;
         match self.mode {
             AttachMode::Tcx => {
                 for (hook, hook_name, prog) in HOOKS {
                     let pin = self.link_pin(idx, hook_name);
-                    let old = PinnedLink::from_pin(&pin).ok();
+                    if let Ok(old) = PinnedLink::from_pin(&pin) {
+                        // Already attached: swap our program into the live link atomically.
+                        let link: SchedClassifierLink = FdLink::from(old).try_into()?;
+                        let classifier = self.classifier(prog)?;
+                        match classifier.attach_to_link(link) {
+                            Ok(id) => {
+                                drop(FdLink::try_from(classifier.take_link(id)?)?);
+                                continue;
+                            }
+                            // A defunct link (its interface went away and the index was
+                            // reused): replace the pin with a fresh link below.
+                            Err(_) => fs::remove_file(&pin)
+                                .with_context(|| format!("remove stale {}", pin.display()))?,
+                        }
+                    }
                     let classifier = self.classifier(prog)?;
                     // First in the chain: policy runs before anything that might redirect.
                     let id = classifier
@@ -106,11 +120,6 @@ impl Datapath {
                         )
                         .with_context(|| format!("attach {prog} to {ifname} tc {hook_name}"))?;
                     let link: FdLink = classifier.take_link(id)?.try_into()?;
-                    if let Some(old) = old {
-                        // Both links enforce the same maps for an instant; then the old one goes.
-                        old.unpin()
-                            .with_context(|| format!("unpin {}", pin.display()))?;
-                    }
                     link.pin(&pin)
                         .with_context(|| format!("pin {}", pin.display()))?;
                 }
@@ -129,22 +138,30 @@ impl Datapath {
                         handle: NL_HANDLE,
                         classid: None,
                     };
-                    // A filter with our priority/handle may exist (agent restart): replace it.
-                    let id = match SchedClassifierLink::attached(
+                    // Create; when our priority/handle already holds a filter (agent restart,
+                    // repeated attach), replace its program instead.
+                    let id = match classifier.attach_with_options(
                         ifname,
                         hook,
-                        NL_PRIORITY,
-                        NL_HANDLE,
-                        None,
+                        TcAttachOptions::Netlink(opts),
                     ) {
-                        Ok(existing) => classifier.attach_to_link(existing),
-                        Err(_) => classifier.attach_with_options(
-                            ifname,
-                            hook,
-                            TcAttachOptions::Netlink(opts),
-                        ),
-                    }
-                    .with_context(|| format!("attach {prog} to {ifname} tc {hook_name}"))?;
+                        Ok(id) => id,
+                        Err(create_err) => {
+                            let existing = SchedClassifierLink::attached(
+                                ifname,
+                                hook,
+                                NL_PRIORITY,
+                                NL_HANDLE,
+                                None,
+                            )?;
+                            classifier
+                                .attach_to_link(existing)
+                                .map_err(|_| create_err)
+                                .with_context(|| {
+                                    format!("attach {prog} to {ifname} tc {hook_name}")
+                                })?
+                        }
+                    };
                     // Leave the filter in the kernel when we go away.
                     let link = classifier.take_link(id)?;
                     std::mem::forget(link);

@@ -104,6 +104,7 @@ pub(crate) fn load(cfg: &DatapathConfig) -> Result<Ebpf> {
     let mut bpf = EbpfLoader::new()
         .default_map_pin_directory(&cfg.bpffs_dir)
         .map_max_entries("IPCACHE", cfg.ipcache_max)
+        .map_max_entries("HOSTS", cfg.ipcache_max)
         .map_max_entries("POLICY", cfg.policy_max)
         .map_max_entries("CONNTRACK", cfg.conntrack_max)
         .map_max_entries("FRAGS", cfg.frags_max)

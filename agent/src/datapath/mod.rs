@@ -36,6 +36,7 @@ use aya::Ebpf;
 use crate::plan::Plan;
 
 mod attach;
+pub mod bench;
 mod counters;
 mod events;
 mod loader;
@@ -73,6 +74,9 @@ pub struct DatapathConfig {
     pub events_burst: u32,
     /// Also emit events for allowed new flows (denies always emit).
     pub events_allow: bool,
+    /// Force an attach mode (None: TCX when the kernel has it, else netlink). Netlink filters
+    /// are not pinned: `destroy` does not know them, `detach` each interface instead.
+    pub attach_mode: Option<AttachMode>,
 }
 
 impl Default for DatapathConfig {
@@ -88,6 +92,7 @@ impl Default for DatapathConfig {
             events_per_sec: 1000,
             events_burst: 100,
             events_allow: false,
+            attach_mode: None,
         }
     }
 }
@@ -131,7 +136,7 @@ impl Datapath {
     pub fn open_or_create(cfg: DatapathConfig) -> anyhow::Result<Datapath> {
         let bpf = loader::load(&cfg)?;
         let mut dp = Datapath {
-            mode: AttachMode::detect(),
+            mode: cfg.attach_mode.unwrap_or_else(AttachMode::detect),
             bpf,
             cfg,
             history: Arc::default(),

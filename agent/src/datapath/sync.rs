@@ -9,6 +9,9 @@
 //!    next packet; conntrack entries re-check against it lazily (generation mismatch);
 //! 4. delete the old slot's entries.
 //!
+//! `HOSTS` mirrors the ipcache entries of full address length (a hash hit equals the LPM
+//! answer) and follows the same protocol.
+//!
 //! If a write fails in step 2 (map full, kernel out of memory), the inactive slot is emptied
 //! again and the error returned and counted: the old Plan stays in force, nothing fails open.
 use std::collections::{BTreeMap, BTreeSet};
@@ -16,10 +19,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aya::maps::lpm_trie::{Key, LpmTrie};
-use aya::maps::{Array, MapData, MapError};
+use aya::maps::{Array, HashMap, MapData, MapError};
 use netward_common::{
     Config, IpcacheKey, IpcacheValue, PolicyKey, PolicyValue, CFG_EVENTS_ALLOW,
-    CFG_FAIL_CLOSED_UNKNOWN, CFG_READY,
+    CFG_FAIL_CLOSED_UNKNOWN, CFG_READY, FAMILY_V4,
 };
 use serde::Serialize;
 
@@ -110,6 +113,70 @@ impl LpmEntry for PolicyKey {
     fn from_key(k: &Key<PolData>) -> Self {
         PolicyKey::from_lpm(k.prefix_len(), k.data())
     }
+}
+
+/// The `HOSTS` hash map.
+type Hosts<'a> = HashMap<&'a mut MapData, IpcacheKey, IpcacheValue>;
+
+/// Whether an ipcache entry covers exactly one address (it then also goes to `HOSTS`).
+fn is_host(k: &IpcacheKey) -> bool {
+    k.addr_prefix() == if k.family == FAMILY_V4 { 32 } else { 128 }
+}
+
+fn hosts_read(map: &Hosts<'_>) -> Result<BTreeMap<IpcacheKey, IpcacheValue>, SyncError> {
+    map.iter()
+        .map(|r| {
+            r.map_err(|e| SyncError::Map {
+                map: "HOSTS",
+                source: e.into(),
+            })
+        })
+        .collect()
+}
+
+fn hosts_remove(map: &mut Hosts<'_>, k: &IpcacheKey) -> Result<(), SyncError> {
+    match map.remove(k) {
+        Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+        Err(e) => Err(SyncError::Map {
+            map: "HOSTS",
+            source: e.into(),
+        }),
+    }
+}
+
+fn hosts_write_slot(
+    map: &mut Hosts<'_>,
+    slot: u8,
+    current: &BTreeMap<IpcacheKey, IpcacheValue>,
+    desired: &[(IpcacheKey, IpcacheValue)],
+) -> Result<(), SyncError> {
+    let wanted: BTreeSet<IpcacheKey> = desired.iter().map(|(k, _)| *k).collect();
+    for k in current
+        .keys()
+        .filter(|k| k.slot == slot && !wanted.contains(k))
+    {
+        hosts_remove(map, k)?;
+    }
+    for (k, v) in desired {
+        if current.get(k) != Some(v) {
+            map.insert(k, v, 0).map_err(|source| SyncError::Write {
+                map: "HOSTS",
+                source,
+            })?;
+        }
+    }
+    Ok(())
+}
+
+fn hosts_clear_slot(map: &mut Hosts<'_>, slot: u8) -> Result<(), SyncError> {
+    let keys: Vec<IpcacheKey> = hosts_read(map)?
+        .into_keys()
+        .filter(|k| k.slot == slot)
+        .collect();
+    for k in &keys {
+        hosts_remove(map, k)?;
+    }
+    Ok(())
 }
 
 #[derive(Default)]
@@ -203,6 +270,19 @@ impl Datapath {
         Ok((lpm, capacity))
     }
 
+    fn hosts(&mut self) -> Result<(Hosts<'_>, u32), SyncError> {
+        let capacity = map_capacity(self, "HOSTS")?;
+        let map = self.bpf.map_mut("HOSTS").ok_or_else(|| SyncError::Map {
+            map: "HOSTS",
+            source: anyhow::anyhow!("missing from the object"),
+        })?;
+        let h = HashMap::try_from(map).map_err(|e| SyncError::Map {
+            map: "HOSTS",
+            source: e.into(),
+        })?;
+        Ok((h, capacity))
+    }
+
     /// The `CONFIG` value in force.
     pub fn current_config(&self) -> anyhow::Result<Config> {
         let map = self
@@ -293,6 +373,11 @@ impl Datapath {
             .iter()
             .map(|(k, v)| (k.with_slot(slot), *v))
             .collect();
+        let hosts: Vec<(IpcacheKey, IpcacheValue)> = ipcache
+            .iter()
+            .filter(|(k, _)| is_host(k))
+            .copied()
+            .collect();
 
         let mut ip_counts = Counts::default();
         let mut pol_counts = Counts::default();
@@ -317,6 +402,16 @@ impl Datapath {
                     capacity: ip_cap,
                 });
             }
+            let (h_map, h_cap) = self.hosts()?;
+            let h_cur = hosts_read(&h_map)?;
+            let h_need = live_count(&mut h_cur.keys().map(|k| k.slot)) + hosts.len();
+            if h_need > h_cap as usize {
+                return Err(SyncError::MapFull {
+                    map: "HOSTS",
+                    needed: h_need,
+                    capacity: h_cap,
+                });
+            }
             let pol_need = live_count(&mut pol_cur.keys().map(|k| k.slot)) + policy.len();
             if pol_need > pol_cap as usize {
                 return Err(SyncError::MapFull {
@@ -328,6 +423,8 @@ impl Datapath {
 
             // 2. the inactive slot becomes exactly the new Plan.
             let res = (|| {
+                let (mut h, _) = self.hosts()?;
+                hosts_write_slot(&mut h, slot, &h_cur, &hosts)?;
                 let (mut m, _) = self.lpm::<IpcacheKey>("IPCACHE")?;
                 write_slot(&mut m, "IPCACHE", slot, &ip_cur, &ipcache, &mut ip_counts)?;
                 let (mut m, _) = self.lpm::<PolicyKey>("POLICY")?;
@@ -340,6 +437,9 @@ impl Datapath {
                 }
                 if let Ok((mut m, _)) = self.lpm::<PolicyKey>("POLICY") {
                     let _ = clear_slot::<PolicyKey>(&mut m, "POLICY", slot);
+                }
+                if let Ok((mut h, _)) = self.hosts() {
+                    let _ = hosts_clear_slot(&mut h, slot);
                 }
                 return Err(e);
             }
@@ -365,6 +465,8 @@ impl Datapath {
         ip_counts.deleted += clear_slot::<IpcacheKey>(&mut m, "IPCACHE", live_slot)?;
         let (mut m, _) = self.lpm::<PolicyKey>("POLICY")?;
         pol_counts.deleted += clear_slot::<PolicyKey>(&mut m, "POLICY", live_slot)?;
+        let (mut h, _) = self.hosts()?;
+        hosts_clear_slot(&mut h, live_slot)?;
 
         Ok(SyncReport {
             generation,
@@ -394,6 +496,12 @@ impl Datapath {
         ))
     }
 
+    /// Every `HOSTS` entry (both slots).
+    pub fn host_entries(&mut self) -> anyhow::Result<Vec<(IpcacheKey, IpcacheValue)>> {
+        let (h, _) = self.hosts()?;
+        Ok(hosts_read(&h)?.into_iter().collect())
+    }
+
     /// Every entry of both slots.
     #[allow(clippy::type_complexity)]
     pub fn all_entries(
@@ -411,16 +519,20 @@ impl Datapath {
 }
 
 fn max_entries(dp: &Datapath, name: &'static str) -> Result<u32, SyncError> {
+    map_capacity(dp, name)
+}
+
+fn map_capacity(dp: &Datapath, name: &'static str) -> Result<u32, SyncError> {
     let map = dp.bpf.map(name).ok_or_else(|| SyncError::Map {
         map: name,
         source: anyhow::anyhow!("missing"),
     })?;
     let data: &MapData = match map {
-        aya::maps::Map::LpmTrie(d) => d,
+        aya::maps::Map::LpmTrie(d) | aya::maps::Map::HashMap(d) => d,
         _ => {
             return Err(SyncError::Map {
                 map: name,
-                source: anyhow::anyhow!("not an LPM trie"),
+                source: anyhow::anyhow!("unexpected map type"),
             })
         }
     };

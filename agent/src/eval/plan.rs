@@ -188,3 +188,99 @@ pub fn policy_lookup(
     }
     None
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use netward_common::{POLICY_PREFIX_ANY_PORT as P88, PROTO_ICMP};
+
+    fn v4(a: [u8; 4], len: u8, class: u32) -> (IpcacheKey, IpcacheValue) {
+        (
+            IpcacheKey::v4(SLOT, a, len),
+            IpcacheValue {
+                peer_class: class,
+                ..Default::default()
+            },
+        )
+    }
+
+    fn allow(len: u32, peer: u32, proto: u8, port: u16, policy: u32) -> (PolicyKey, PolicyValue) {
+        (
+            PolicyKey::new(len, SLOT, DIR_IN, 1, peer, proto, port),
+            PolicyValue {
+                policy,
+                rule: 0,
+                flags: 0,
+            },
+        )
+    }
+
+    const DIR_IN: u8 = netward_common::DIR_INGRESS;
+
+    fn plan(
+        mut ipcache: Vec<(IpcacheKey, IpcacheValue)>,
+        mut policy: Vec<(PolicyKey, PolicyValue)>,
+    ) -> Plan {
+        ipcache.sort();
+        policy.sort();
+        Plan {
+            ipcache,
+            policy,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn ipcache_longest_prefix_wins() {
+        let p = plan(
+            vec![
+                v4([0; 4], 0, 1),
+                v4([10, 0, 0, 0], 8, 2),
+                v4([10, 1, 2, 0], 24, 3),
+                v4([10, 1, 2, 3], 32, 4),
+            ],
+            vec![],
+        );
+        let class = |s: &str| ipcache_lookup(&p, s.parse().unwrap()).map(|v| v.peer_class);
+        assert_eq!(class("10.1.2.3"), Some(4));
+        assert_eq!(class("10.1.2.4"), Some(3));
+        assert_eq!(class("10.9.9.9"), Some(2));
+        assert_eq!(class("11.0.0.1"), Some(1));
+        // No IPv6 root in this hand-made plan: nothing matches.
+        assert_eq!(class("fd00::1"), None);
+    }
+
+    #[test]
+    fn policy_longest_prefix_over_proto_and_port_blocks() {
+        let p = plan(
+            vec![],
+            vec![
+                allow(80, 7, 0, 0, 5),                 // any proto: policy 5
+                allow(P88, 7, PROTO_TCP, 0, 4),        // any TCP port: policy 4
+                allow(P88 + 6, 7, PROTO_TCP, 1024, 3), // 1024..2047: policy 3
+                allow(104, 7, PROTO_TCP, 1500, 2),     // 1500: policy 2
+            ],
+        );
+        let hit = |proto, port| {
+            policy_lookup(&p, Direction::Ingress, 1, 7, proto, port).map(|v| v.policy)
+        };
+        assert_eq!(hit(PROTO_TCP, 1500), Some(2));
+        assert_eq!(hit(PROTO_TCP, 2047), Some(3));
+        assert_eq!(hit(PROTO_TCP, 2048), Some(4));
+        assert_eq!(hit(PROTO_UDP, 1500), Some(5));
+        assert_eq!(hit(PROTO_ICMP, 0), Some(5));
+        // Other subject, peer or direction: no entry.
+        assert_eq!(
+            policy_lookup(&p, Direction::Egress, 1, 7, PROTO_TCP, 1),
+            None
+        );
+        assert_eq!(
+            policy_lookup(&p, Direction::Ingress, 1, 8, PROTO_TCP, 1),
+            None
+        );
+        assert_eq!(
+            policy_lookup(&p, Direction::Ingress, 2, 7, PROTO_TCP, 1),
+            None
+        );
+    }
+}

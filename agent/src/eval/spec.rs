@@ -15,6 +15,13 @@
 //! * Traffic NetworkPolicy does not define (ICMP and other non TCP/UDP/SCTP protocols) is only
 //!   allowed on an isolated side by a rule without `ports`; a rule that lists ports only ever
 //!   matches TCP, UDP or SCTP.
+//! * Selector peers match the pod owning the peer address; ipBlocks match the address itself,
+//!   pod or not. Named ports resolve against the pod receiving the traffic (the local pod on
+//!   ingress, the destination pod on egress); toward an address that is no pod they match
+//!   nothing.
+//! * hostNetwork pods are neither enforced nor pod peers (their address is the node's); only
+//!   ipBlocks match them. With `node` set, only pods scheduled on that node are enforced: the
+//!   other end's side is then [`SideVerdict::NotEnforced`] unless it runs there too.
 use std::net::IpAddr;
 
 use super::{Decision, Flow, SideVerdict};

@@ -86,9 +86,9 @@ pub(super) fn check(ix: &Index) -> BTreeMap<usize, Vec<Finding>> {
                 missing_s.join(" or ")
             ),
             fix: format!(
-                "add an egress rule to the cluster DNS, e.g. `to: [{{namespaceSelector: \
+                "Add an egress rule to the cluster DNS, e.g. `to: [{{namespaceSelector: \
                  {{matchLabels: {{kubernetes.io/metadata.name: kube-system}}}}, podSelector: \
-                 {{matchLabels: {{k8s-app: kube-dns}}}}}}]` with `ports: [{}]`",
+                 {{matchLabels: {{k8s-app: kube-dns}}}}}}]` with `ports: [{}]`.",
                 ports.join(", ")
             ),
         });

@@ -3,7 +3,7 @@
 //! none of them declares the name for the protocol, the port entry matches nothing.
 use super::similar::{near, quote_list};
 use super::{Finding, Index, Severity};
-use crate::model::{Direction, Pod, Policy, PortRef, Rule};
+use crate::model::{Direction, Peer, Pod, Policy, PortRef, Rule};
 
 const CODE: &str = "named-port-undeclared";
 
@@ -46,8 +46,30 @@ pub(super) fn check<'a>(
         }
     }
     let receivers = receivers(ix, policy, dir, rule);
-    // No receiver at all is a selector problem, reported by the selector check.
     if receivers.is_empty() {
+        // Egress to ipBlocks only, none holding a pod: named ports resolve against
+        // destination pods, so they match nothing here. (Selectors that match no pod are
+        // reported by the selector check.)
+        let only_blocks =
+            !rule.peers.is_empty() && rule.peers.iter().all(|p| matches!(p, Peer::IpBlock { .. }));
+        if dir == Direction::Egress && only_blocks {
+            for &(k, name, protocol) in &named {
+                out.push(Finding {
+                    severity: Severity::Warning,
+                    code: CODE,
+                    object: policy.key(),
+                    field: format!("{field}.ports[{k}].port"),
+                    message: format!(
+                        "named port `{name}` ({protocol}) on a rule whose destinations are \
+                         ipBlocks holding no pod: a named port is resolved against the \
+                         destination pod's container ports, so it matches nothing here"
+                    ),
+                    fix: "Use the port number (e.g. `port: 443`) for destinations outside the \
+                          cluster."
+                        .to_string(),
+                });
+            }
+        }
         return;
     }
     let who = match dir {
@@ -88,22 +110,22 @@ pub(super) fn check<'a>(
                 other_proto.join("/")
             ));
             fix = format!(
-                "set protocol: {} on this port entry",
+                "Set `protocol: {}` on this port entry.",
                 other_proto.join(" or ")
             );
         } else {
             let alternatives = near(name, declared);
             if !alternatives.is_empty() {
                 fix = format!(
-                    "did you mean {} instead of `{name}`?",
+                    "Did you mean {} instead of `{name}`?",
                     quote_list(&alternatives)
                 );
             }
         }
         if fix.is_empty() {
             fix = format!(
-                "add a container port named `{name}` ({protocol}) to the {who}, or use the port \
-                 number"
+                "Add a container port named `{name}` ({protocol}) to the {who}, or use the port \
+                 number."
             );
         }
         out.push(Finding {
@@ -199,6 +221,32 @@ mod tests {
         assert_eq!(f.len(), 1, "{f:#?}");
         assert_eq!(f[0].field, "spec.egress[0].ports[0].port");
         assert!(f[0].fix.contains("`dns`"), "{}", f[0].fix);
+    }
+
+    #[test]
+    fn egress_named_port_to_external_block() {
+        let c = base()
+            .policy(
+                policy("prod", "p").types(&[Direction::Egress]).egress(
+                    rule()
+                        .ip_block("203.0.113.0/24", &[])
+                        .named_port(TCP, "https"),
+                ),
+            )
+            .build();
+        let f = only(lint(&c));
+        assert_eq!(f.len(), 1, "{f:#?}");
+        assert_eq!(f[0].field, "spec.egress[0].ports[0].port");
+        assert!(f[0].fix.contains("port number"), "{}", f[0].fix);
+        // A block that holds a pod declaring the name is fine.
+        let ok = base()
+            .policy(
+                policy("prod", "p")
+                    .types(&[Direction::Egress])
+                    .egress(rule().ip_block("10.0.0.0/24", &[]).named_port(TCP, "https")),
+            )
+            .build();
+        assert_eq!(only(lint(&ok)), vec![]);
     }
 
     #[test]

@@ -80,7 +80,7 @@ pub(super) fn check_peers<'a>(
                     message: format!(
                         "namespaceSelector `{ns_sel}` matches only {scope}, which have no pods"
                     ),
-                    fix: "check that the selector names the namespaces the peers run in"
+                    fix: "Check that the selector names the namespaces the peers run in."
                         .to_string(),
                 });
             }
@@ -198,7 +198,7 @@ fn explain(sel: &LabelSelector, candidates: &[&Labels], kind: &str) -> Why {
         } else if !values.contains(v.as_str()) {
             let shown: Vec<String> = values.iter().take(8).map(|v| v.to_string()).collect();
             why.reasons.push(format!(
-                "no {kind} has `{k}={v}` (`{k}` takes the values {}{})",
+                "no {kind} has `{k}={v}` (values of `{k}` in use: {}{})",
                 quote_list(&shown),
                 if values.len() > shown.len() {
                     ", ..."

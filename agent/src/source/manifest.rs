@@ -125,12 +125,13 @@ fn files(path: &Path) -> Result<Vec<PathBuf>, String> {
         for entry in entries {
             let entry = entry.map_err(|e| format!("{}: {e}", dir.display()))?;
             let p = entry.path();
-            if p.is_dir() {
+            // Symlinked directories are not followed (no cycles); symlinked files are read.
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
                 dirs.push(p);
-            } else if p
-                .extension()
-                .and_then(|e| e.to_str())
-                .is_some_and(|e| matches!(e, "yaml" | "yml" | "json"))
+            } else if p.is_file()
+                && p.extension()
+                    .and_then(|e| e.to_str())
+                    .is_some_and(|e| matches!(e, "yaml" | "yml" | "json"))
             {
                 out.push(p);
             }
@@ -270,21 +271,38 @@ impl Reader {
         };
         loaded.notices.extend(converted.notices);
         loaded.errors.extend(converted.errors);
-        assign_lab_addresses(&mut loaded.cluster, &mut loaded.notices);
+        // A pod whose address is invalid keeps none: its error is reported, and a made-up
+        // address would hide it.
+        let bad_address: BTreeSet<String> = loaded
+            .errors
+            .iter()
+            .filter(|e| {
+                e.field
+                    .as_deref()
+                    .is_some_and(|f| f.starts_with("status.podIP"))
+            })
+            .filter_map(|e| {
+                e.object
+                    .as_deref()?
+                    .strip_prefix("Pod ")
+                    .map(str::to_string)
+            })
+            .collect();
+        assign_lab_addresses(&mut loaded.cluster, &bad_address, &mut loaded.notices);
         loaded
     }
 }
 
-/// Give every pod without an address (hostNetwork pods excepted) the next free address of
-/// [`LAB_RANGE_V4`], in (namespace, name) order.
-fn assign_lab_addresses(cluster: &mut Cluster, notices: &mut Vec<String>) {
+/// Give every pod without an address (hostNetwork pods and pods in `skip` excepted) the next
+/// free address of [`LAB_RANGE_V4`], in (namespace, name) order.
+fn assign_lab_addresses(cluster: &mut Cluster, skip: &BTreeSet<String>, notices: &mut Vec<String>) {
     let range: Ipv4Net = LAB_RANGE_V4.parse().expect("valid lab range");
     let used: BTreeSet<IpAddr> = cluster.pods.iter().flat_map(|p| p.ips.clone()).collect();
     let mut free = range.hosts().filter(|ip| !used.contains(&IpAddr::V4(*ip)));
     for pod in cluster
         .pods
         .iter_mut()
-        .filter(|p| p.ips.is_empty() && !p.host_network)
+        .filter(|p| p.ips.is_empty() && !p.host_network && !skip.contains(&p.key()))
     {
         match free.next() {
             Some(ip) => {

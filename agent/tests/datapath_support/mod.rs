@@ -55,12 +55,19 @@ pub fn test_config(tag: &str) -> DatapathConfig {
         events_per_sec: 1_000_000,
         events_burst: 1000,
         events_allow: true,
+        attach_mode: None,
     }
 }
 
 pub fn open(cfg: DatapathConfig) -> TestDp {
     let dir = cfg.bpffs_dir.clone();
-    let dp = Datapath::open_or_create(cfg).expect("open datapath");
+    let dp = match Datapath::open_or_create(cfg) {
+        Ok(dp) => dp,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&dir);
+            panic!("open datapath: {e:?}");
+        }
+    };
     TestDp { dp: Some(dp), dir }
 }
 
@@ -261,6 +268,7 @@ impl PlanBuilder {
         self.ipcache(k, peer, 0, 0, 0)
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub fn allow(
         &mut self,
         prefix: u32,
@@ -289,4 +297,139 @@ impl PlanBuilder {
     pub fn build(&self) -> Plan {
         self.plan.clone()
     }
+}
+
+/// Run one packet and report (passed, reason name) from the counters' delta.
+pub fn run(dp: &Datapath, dir: netward::model::Direction, frame: &[u8]) -> (bool, &'static str) {
+    let before = dp.counters().unwrap();
+    let out = dp.test_run(dir, frame, 1).unwrap();
+    let after = dp.counters().unwrap();
+    let mut reason = "none";
+    for r in 0..reason::COUNT {
+        if after.reason(r) > before.reason(r) {
+            reason = reason::name(r);
+        }
+    }
+    (out.pass, reason)
+}
+
+/// Offset of the IP header in frames built by [`frame`].
+pub const IP_OFF: usize = 14;
+
+/// Insert `n` bytes of IPv4 NOP options after the IPv4 header (adjusting IHL and length).
+pub fn with_ipv4_options(f: &[u8], n: usize) -> Vec<u8> {
+    assert!(n.is_multiple_of(4));
+    let mut out = f[..IP_OFF + 20].to_vec();
+    out.extend(std::iter::repeat_n(1u8, n));
+    out.extend_from_slice(&f[IP_OFF + 20..]);
+    out[IP_OFF] = 0x40 | ((20 + n) / 4) as u8;
+    let tl = u16::from_be_bytes([out[IP_OFF + 2], out[IP_OFF + 3]]) + n as u16;
+    out[IP_OFF + 2..IP_OFF + 4].copy_from_slice(&tl.to_be_bytes());
+    out
+}
+
+/// Insert IPv6 extension headers (each `(type, total length in bytes)`) between the IPv6
+/// header and its payload.
+pub fn with_ipv6_ext(f: &[u8], exts: &[(u8, usize)]) -> Vec<u8> {
+    let upper = f[IP_OFF + 6];
+    let mut out = f[..IP_OFF + 40].to_vec();
+    let mut extra = 0;
+    for (i, (ty, len)) in exts.iter().enumerate() {
+        let next = exts.get(i + 1).map(|e| e.0).unwrap_or(upper);
+        let mut h = vec![0u8; *len];
+        h[0] = next;
+        h[1] = if *ty == 51 {
+            (*len / 4 - 2) as u8
+        } else {
+            (*len / 8 - 1) as u8
+        };
+        out.extend_from_slice(&h);
+        extra += len;
+    }
+    out[IP_OFF + 6] = exts.first().map(|e| e.0).unwrap_or(upper);
+    out.extend_from_slice(&f[IP_OFF + 40..]);
+    let pl = u16::from_be_bytes([out[IP_OFF + 4], out[IP_OFF + 5]]) + extra as u16;
+    out[IP_OFF + 4..IP_OFF + 6].copy_from_slice(&pl.to_be_bytes());
+    out
+}
+
+/// Insert 802.1Q tags (outer first) after the MAC addresses.
+pub fn with_vlans(f: &[u8], tpids: &[u16]) -> Vec<u8> {
+    let mut out = f[..12].to_vec();
+    for (i, tpid) in tpids.iter().enumerate() {
+        out.extend_from_slice(&tpid.to_be_bytes());
+        out.extend_from_slice(&(100 + i as u16).to_be_bytes());
+    }
+    out.extend_from_slice(&f[12..]);
+    out
+}
+
+/// Mark an IPv4 frame as a fragment: `more` fragments flag, `offset` in 8-byte units, `id`.
+pub fn ipv4_frag(f: &[u8], id: u16, offset: u16, more: bool) -> Vec<u8> {
+    let mut out = f.to_vec();
+    out[IP_OFF + 4..IP_OFF + 6].copy_from_slice(&id.to_be_bytes());
+    let ff = offset | if more { 0x2000 } else { 0 };
+    out[IP_OFF + 6..IP_OFF + 8].copy_from_slice(&ff.to_be_bytes());
+    out
+}
+
+/// Turn an IPv6 frame into a fragment: a fragment header with `id`, `offset` (8-byte units)
+/// and M flag; a later fragment (offset > 0) carries only payload bytes, no L4 header.
+pub fn ipv6_frag(f: &[u8], id: u32, offset: u16, more: bool) -> Vec<u8> {
+    let upper = f[IP_OFF + 6];
+    let mut out = f[..IP_OFF + 40].to_vec();
+    out[IP_OFF + 6] = 44;
+    let fo = (offset << 3) | more as u16;
+    out.extend_from_slice(&[upper, 0]);
+    out.extend_from_slice(&fo.to_be_bytes());
+    out.extend_from_slice(&id.to_be_bytes());
+    if offset == 0 {
+        out.extend_from_slice(&f[IP_OFF + 40..]);
+    } else {
+        out.extend_from_slice(&[0x55; 16]);
+    }
+    let pl = (out.len() - IP_OFF - 40) as u16;
+    out[IP_OFF + 4..IP_OFF + 6].copy_from_slice(&pl.to_be_bytes());
+    out
+}
+
+/// An ICMP (v4) or ICMPv6 error from `src` to `dst` about `offending` (a frame from
+/// [`frame`]): type 3/code 3 (v4) or type 1/code 4 (v6), quoting the IP header and 8 bytes.
+pub fn icmp_error(src: &str, dst: &str, offending: &[u8]) -> Vec<u8> {
+    let v6 = src.contains(':');
+    let ip_len = if v6 { 40 } else { 20 };
+    let quoted = &offending[IP_OFF..IP_OFF + ip_len + 8];
+    let mut payload = if v6 {
+        vec![1, 4, 0, 0, 0, 0, 0, 0]
+    } else {
+        vec![3, 3, 0, 0, 0, 0, 0, 0]
+    };
+    payload.extend_from_slice(quoted);
+    let proto = if v6 { PROTO_ICMPV6 } else { PROTO_ICMP };
+    let s: IpAddr = src.parse().unwrap();
+    let d: IpAddr = dst.parse().unwrap();
+    let b = PacketBuilder::ethernet2(SMAC, DMAC);
+    let b = match (s, d) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => b.ipv4(s.octets(), d.octets(), 64),
+        (IpAddr::V6(s), IpAddr::V6(d)) => b.ipv6(s.octets(), d.octets(), 64),
+        _ => panic!("mixed families"),
+    };
+    let mut out = Vec::new();
+    b.write(&mut out, IpNumber(proto), &payload).unwrap();
+    out
+}
+
+/// An ICMPv6 message of `ty` (no body beyond the 8-byte header).
+pub fn icmpv6(src: &str, dst: &str, ty: u8) -> Vec<u8> {
+    let s: IpAddr = src.parse().unwrap();
+    let d: IpAddr = dst.parse().unwrap();
+    let (IpAddr::V6(s), IpAddr::V6(d)) = (s, d) else {
+        panic!("v6 only")
+    };
+    let mut out = Vec::new();
+    PacketBuilder::ethernet2(SMAC, DMAC)
+        .ipv6(s.octets(), d.octets(), 255)
+        .write(&mut out, IpNumber(PROTO_ICMPV6), &[ty, 0, 0, 0, 0, 0, 0, 0])
+        .unwrap();
+    out
 }

@@ -1,0 +1,119 @@
+//! The production [`Enforcer`]: netward's eBPF datapath (pinned maps and links under bpffs).
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::Result;
+
+use super::enforce::Enforcer;
+use super::status::{Counters, FlowEvent, MapFill};
+use crate::datapath::{Datapath, DatapathConfig, EventReader, Verdict};
+use crate::plan::Plan;
+
+pub struct EbpfEnforcer {
+    dp: Datapath,
+    events: EventReader,
+}
+
+impl EbpfEnforcer {
+    /// Load (or adopt the pinned) datapath.
+    pub fn open(cfg: DatapathConfig) -> Result<EbpfEnforcer> {
+        let dp = Datapath::open_or_create(cfg)?;
+        let events = dp.events()?;
+        Ok(EbpfEnforcer { dp, events })
+    }
+
+    pub fn datapath(&mut self) -> &mut Datapath {
+        &mut self.dp
+    }
+}
+
+impl Enforcer for EbpfEnforcer {
+    fn describe(&self) -> String {
+        format!(
+            "ebpf ({:?}) pinned at {}",
+            self.dp.attach_mode(),
+            self.dp.config().bpffs_dir.display()
+        )
+    }
+
+    fn apply(&mut self, plan: &Arc<Plan>) -> Result<u64> {
+        Ok(self.dp.apply(plan)?.generation)
+    }
+
+    fn attach(&mut self, ifname: &str) -> Result<()> {
+        self.dp.attach(ifname)
+    }
+
+    fn detach(&mut self, ifname: &str) -> Result<()> {
+        self.dp.detach(ifname)
+    }
+
+    fn attached(&self) -> Result<Vec<u32>> {
+        self.dp.attached()
+    }
+
+    fn counters(&self) -> Result<Counters> {
+        let c = self.dp.counters()?;
+        Ok(Counters {
+            allowed: c.allowed,
+            denied: c.denied,
+            by_reason: c
+                .by_reason
+                .iter()
+                .map(|(k, v)| (k.to_string(), *v))
+                .collect(),
+            events_lost: c.events_lost,
+            sync_failures: c.sync_failures,
+        })
+    }
+
+    fn map_fill(&mut self) -> Result<Vec<MapFill>> {
+        let (ipcache, policy) = self.dp.all_entries()?;
+        let cfg = self.dp.config();
+        Ok(vec![
+            MapFill {
+                map: "ipcache".into(),
+                entries: ipcache.len() as u64,
+                capacity: cfg.ipcache_max as u64,
+            },
+            MapFill {
+                map: "policy".into(),
+                entries: policy.len() as u64,
+                capacity: cfg.policy_max as u64,
+            },
+        ])
+    }
+
+    fn poll_events(&mut self) -> Result<Vec<FlowEvent>> {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        Ok(self
+            .events
+            .drain()
+            .into_iter()
+            .map(|e| FlowEvent {
+                time_ms: now,
+                verdict: match e.verdict {
+                    Verdict::Allow => "allowed".into(),
+                    Verdict::Drop => "denied".into(),
+                },
+                reason: e.reason.to_string(),
+                direction: e.direction.to_string(),
+                protocol: crate::model::Protocol::from_number(e.protocol)
+                    .map(|p| p.to_string())
+                    .unwrap_or_else(|| format!("proto-{}", e.protocol)),
+                src: e.src,
+                sport: e.sport,
+                dst: e.dst,
+                dport: e.dport,
+                src_pod: None,
+                dst_pod: None,
+                policy: e.policy.map(|p| p.key()),
+                rule: e.rule,
+                generation: e.generation,
+            })
+            .collect())
+    }
+}

@@ -1,0 +1,176 @@
+//! `netward status`: what the agent on this node enforces, read from its control socket.
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, ValueEnum};
+
+use crate::agent::status::Status;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    #[arg(long, short, value_enum, default_value = "table")]
+    pub output: Output,
+    /// The agent's control socket.
+    #[arg(long, default_value = crate::agent::api::DEFAULT_SOCKET, env = "NETWARD_SOCKET")]
+    pub socket: PathBuf,
+}
+
+pub fn run(args: StatusArgs) -> ExitCode {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a current-thread runtime");
+    match rt.block_on(crate::agent::api::status(&args.socket)) {
+        Ok(s) => {
+            match args.output {
+                Output::Json => println!(
+                    "{}",
+                    serde_json::to_string_pretty(&s).expect("status serialises")
+                ),
+                Output::Table => print!("{}", render(&s)),
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn yes(b: bool) -> &'static str {
+    if b {
+        "isolated"
+    } else {
+        "open"
+    }
+}
+
+/// The human-readable status.
+pub fn render(s: &Status) -> String {
+    let mut o = String::new();
+    let age = s.last_sync_unix.map(|t| {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(t);
+        format!("{:.1}s ago", (now - t).max(0.0))
+    });
+    let _ = writeln!(o, "Node:        {}", s.node);
+    let _ = writeln!(o, "Ready:       {}", if s.ready { "yes" } else { "no" });
+    let _ = writeln!(o, "Datapath:    {}", s.datapath);
+    let _ = writeln!(o, "Generation:  {}", s.generation);
+    let _ = writeln!(
+        o,
+        "Last sync:   {} (latency {}, compile {})",
+        age.as_deref().unwrap_or("never"),
+        s.last_sync_latency_ms
+            .map_or("-".into(), |l| format!("{l:.1} ms")),
+        s.last_compile_ms
+            .map_or("-".into(), |l| format!("{l:.1} ms")),
+    );
+    if let Some(e) = &s.last_error {
+        let _ = writeln!(o, "Last error:  {e} (previous Plan in force)");
+    }
+    let p = &s.plan;
+    let _ = writeln!(
+        o,
+        "Plan:        {} policies, {} endpoints, {} subject / {} peer classes, {} ipcache + {} policy entries",
+        p.policies, p.endpoints, p.subject_classes, p.peer_classes, p.ipcache_entries, p.policy_entries
+    );
+    o.push('\n');
+    let mut rows = vec![[
+        "ENDPOINT".to_string(),
+        "IPS".into(),
+        "VETH".into(),
+        "ATTACHED".into(),
+        "INGRESS".into(),
+        "EGRESS".into(),
+    ]];
+    for e in &s.endpoints {
+        rows.push([
+            format!("{}/{}", e.namespace, e.name),
+            e.ips
+                .iter()
+                .map(|i| i.to_string())
+                .collect::<Vec<_>>()
+                .join(","),
+            e.veth.clone().unwrap_or_else(|| "-".into()),
+            if e.attached { "yes" } else { "no" }.into(),
+            yes(e.isolated_ingress).into(),
+            yes(e.isolated_egress).into(),
+        ]);
+    }
+    table(&mut o, &rows);
+    if !s.maps.is_empty() {
+        o.push('\n');
+        let mut rows = vec![[
+            "MAP".to_string(),
+            "ENTRIES".into(),
+            "CAPACITY".into(),
+            "FILL".into(),
+        ]];
+        for m in &s.maps {
+            let fill = if m.capacity > 0 {
+                format!("{:.1}%", 100.0 * m.entries as f64 / m.capacity as f64)
+            } else {
+                "-".into()
+            };
+            rows.push([
+                m.map.clone(),
+                m.entries.to_string(),
+                m.capacity.to_string(),
+                fill,
+            ]);
+        }
+        table(&mut o, &rows);
+    }
+    let c = &s.counters;
+    let _ = writeln!(
+        o,
+        "\nCounters:    {} allowed, {} denied, {} events lost, {} sync failures",
+        c.allowed, c.denied, c.events_lost, c.sync_failures
+    );
+    for (reason, n) in &c.by_reason {
+        let _ = writeln!(o, "  {reason:<28} {n}");
+    }
+    let _ = writeln!(o, "\nWatches:");
+    for w in &s.watches {
+        let _ = writeln!(
+            o,
+            "  {:<16} {:>7} objects, {} restarts, {} errors",
+            w.resource, w.objects, w.restarts, w.errors
+        );
+    }
+    if !s.policy_errors.is_empty() {
+        let _ = writeln!(o, "\nPolicies failing closed:");
+        for e in &s.policy_errors {
+            let _ = writeln!(o, "  {e}");
+        }
+    }
+    o
+}
+
+fn table<const N: usize>(o: &mut String, rows: &[[String; N]]) {
+    let mut widths = [0usize; N];
+    for r in rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.len());
+        }
+    }
+    for r in rows {
+        let line: Vec<String> = r
+            .iter()
+            .zip(widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        let _ = writeln!(o, "{}", line.join("  ").trim_end());
+    }
+}

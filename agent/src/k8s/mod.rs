@@ -1,0 +1,295 @@
+//! The Kubernetes source: kube-rs reflectors for NetworkPolicies (all namespaces), Namespaces
+//! and Pods (all pods: selectors and ipBlocks reach pods on other nodes; only this node's pods
+//! become endpoints, which is the compiler's job).
+//!
+//! kube's watcher does the protocol work: paginated LIST, WATCH from the listed version,
+//! bookmarks, and a relist on `410 Gone`; its reflector store buffers a relist and swaps it in
+//! at once (a store never looks empty while relisting). This module adds what the agent needs
+//! on top: one signal for "something changed, since when" (for debouncing and the sync latency
+//! metric), readiness of all three stores, counters of watch restarts and errors, and a
+//! snapshot of the stores as [`crate::source::Objects`] for [`crate::source::convert`].
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::{Api, Client};
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+
+use crate::source::{Objects, Sourced};
+
+/// Origin recorded for objects read from the API server (appears in messages).
+pub const ORIGIN: &str = "kubernetes";
+
+/// The resources the agent watches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Resource {
+    Namespaces,
+    Pods,
+    NetworkPolicies,
+}
+
+impl Resource {
+    pub const ALL: [Resource; 3] = [
+        Resource::Namespaces,
+        Resource::Pods,
+        Resource::NetworkPolicies,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Resource::Namespaces => "namespaces",
+            Resource::Pods => "pods",
+            Resource::NetworkPolicies => "networkpolicies",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// "The stores changed": remembers when the oldest change not yet processed was seen, and
+/// wakes the control loop.
+#[derive(Default)]
+pub struct ChangeSignal {
+    since: Mutex<Option<Instant>>,
+    notify: Notify,
+}
+
+impl ChangeSignal {
+    /// Record a change seen now.
+    pub fn mark(&self) {
+        let mut since = self.since.lock().unwrap_or_else(|e| e.into_inner());
+        since.get_or_insert_with(Instant::now);
+        drop(since);
+        self.notify.notify_one();
+    }
+
+    /// Wait until a change is pending (returns at once if one already is).
+    pub async fn changed(&self) {
+        loop {
+            if self.pending().is_some() {
+                return;
+            }
+            self.notify.notified().await;
+        }
+    }
+
+    /// When the oldest unprocessed change was seen, if any.
+    pub fn pending(&self) -> Option<Instant> {
+        *self.since.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Take the pending change: everything seen up to now is about to be processed.
+    pub fn take(&self) -> Option<Instant> {
+        self.since.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
+/// Per-resource watch counters (exported as metrics).
+#[derive(Default)]
+pub struct WatchStats {
+    /// Relists after the first list (410 Gone, API server restart, reconnect after a cut).
+    restarts: [AtomicU64; 3],
+    /// Failed list/watch calls (the watcher retries with backoff).
+    errors: [AtomicU64; 3],
+    /// Objects applied or deleted by watch events.
+    events: [AtomicU64; 3],
+}
+
+impl WatchStats {
+    pub fn restarts(&self, r: Resource) -> u64 {
+        self.restarts[r.index()].load(Ordering::Relaxed)
+    }
+    pub fn errors(&self, r: Resource) -> u64 {
+        self.errors[r.index()].load(Ordering::Relaxed)
+    }
+    pub fn events(&self, r: Resource) -> u64 {
+        self.events[r.index()].load(Ordering::Relaxed)
+    }
+}
+
+/// The three reflector stores, driven by background tasks (stopped on drop).
+pub struct Watchers {
+    pub namespaces: Store<Namespace>,
+    pub pods: Store<Pod>,
+    pub policies: Store<NetworkPolicy>,
+    pub changes: Arc<ChangeSignal>,
+    pub stats: Arc<WatchStats>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Watchers {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+impl Watchers {
+    /// Start watching all three resources cluster-wide.
+    pub fn start(client: Client, config: watcher::Config) -> Watchers {
+        let changes = Arc::new(ChangeSignal::default());
+        let stats = Arc::new(WatchStats::default());
+        let mut tasks = Vec::new();
+        let namespaces = spawn_reflector(
+            Api::<Namespace>::all(client.clone()),
+            Resource::Namespaces,
+            config.clone(),
+            &changes,
+            &stats,
+            &mut tasks,
+        );
+        let pods = spawn_reflector(
+            Api::<Pod>::all(client.clone()),
+            Resource::Pods,
+            config.clone(),
+            &changes,
+            &stats,
+            &mut tasks,
+        );
+        let policies = spawn_reflector(
+            Api::<NetworkPolicy>::all(client),
+            Resource::NetworkPolicies,
+            config,
+            &changes,
+            &stats,
+            &mut tasks,
+        );
+        Watchers {
+            namespaces,
+            pods,
+            policies,
+            changes,
+            stats,
+            tasks,
+        }
+    }
+
+    /// Whether every store has completed its first list.
+    pub fn is_ready(&self) -> bool {
+        // A store reports ready once its first InitDone was applied.
+        futures::FutureExt::now_or_never(self.wait_ready()).is_some()
+    }
+
+    /// Wait until every store has completed its first list.
+    pub async fn wait_ready(&self) {
+        // The writers live as long as the tasks, which live as long as `self`.
+        let _ = self.namespaces.wait_until_ready().await;
+        let _ = self.pods.wait_until_ready().await;
+        let _ = self.policies.wait_until_ready().await;
+    }
+
+    /// Wait for readiness, up to `timeout`; names the stores still listing on failure.
+    pub async fn wait_ready_for(&self, timeout: Duration) -> anyhow::Result<()> {
+        if tokio::time::timeout(timeout, self.wait_ready())
+            .await
+            .is_ok()
+        {
+            return Ok(());
+        }
+        let mut missing = Vec::new();
+        if futures::FutureExt::now_or_never(self.namespaces.wait_until_ready()).is_none() {
+            missing.push("namespaces");
+        }
+        if futures::FutureExt::now_or_never(self.pods.wait_until_ready()).is_none() {
+            missing.push("pods");
+        }
+        if futures::FutureExt::now_or_never(self.policies.wait_until_ready()).is_none() {
+            missing.push("networkpolicies");
+        }
+        anyhow::bail!(
+            "the initial list of {} did not complete within {timeout:?}",
+            missing.join(", ")
+        )
+    }
+
+    /// Number of objects per store.
+    pub fn sizes(&self) -> [(Resource, usize); 3] {
+        [
+            (Resource::Namespaces, self.namespaces.len()),
+            (Resource::Pods, self.pods.len()),
+            (Resource::NetworkPolicies, self.policies.len()),
+        ]
+    }
+
+    /// A snapshot of the stores, ready for [`crate::source::convert`].
+    pub fn objects(&self) -> Objects {
+        fn sourced<K>(store: &Store<K>) -> Vec<Sourced<K>>
+        where
+            K: kube::Resource + Clone + 'static,
+            K::DynamicType: std::hash::Hash + Eq + Clone,
+        {
+            store
+                .state()
+                .iter()
+                .map(|o| Sourced::new((**o).clone(), ORIGIN))
+                .collect()
+        }
+        Objects {
+            namespaces: sourced(&self.namespaces),
+            pods: sourced(&self.pods),
+            policies: sourced(&self.policies),
+        }
+    }
+}
+
+fn spawn_reflector<K>(
+    api: Api<K>,
+    resource: Resource,
+    config: watcher::Config,
+    changes: &Arc<ChangeSignal>,
+    stats: &Arc<WatchStats>,
+    tasks: &mut Vec<JoinHandle<()>>,
+) -> Store<K>
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let changes = changes.clone();
+    let stats = stats.clone();
+    let stream = reflector::reflector(writer, watcher(api, config)).default_backoff();
+    tasks.push(tokio::spawn(async move {
+        let i = resource.index();
+        let mut listed = false;
+        futures::pin_mut!(stream);
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(watcher::Event::Init) => {
+                    if listed {
+                        stats.restarts[i].fetch_add(1, Ordering::Relaxed);
+                        tracing::info!(resource = resource.as_str(), "relisting");
+                    }
+                }
+                Ok(watcher::Event::InitApply(_)) => {}
+                Ok(watcher::Event::InitDone) => {
+                    // The store swapped in the complete list.
+                    listed = true;
+                    changes.mark();
+                }
+                Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_)) => {
+                    stats.events[i].fetch_add(1, Ordering::Relaxed);
+                    changes.mark();
+                }
+                Err(e) => {
+                    stats.errors[i].fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(resource = resource.as_str(), error = %e, "watch failed; retrying with backoff");
+                }
+            }
+        }
+    }));
+    reader
+}
