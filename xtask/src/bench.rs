@@ -84,7 +84,14 @@ pub fn run(which: Bench) -> Result<()> {
         ),
         Bench::Lab(a) => run_cmd(
             Command::new("cargo")
-                .args(["bench", "--package", "netward-tests", "--bench", "lab", "--"])
+                .args([
+                    "bench",
+                    "--package",
+                    "netward-tests",
+                    "--bench",
+                    "lab",
+                    "--",
+                ])
                 .args(["--seconds", &a.seconds.to_string()])
                 .args(["--conn-seconds", &a.conn_seconds.to_string()])
                 .args(["--sizes", &a.sizes]),
