@@ -20,6 +20,22 @@ pub enum Bench {
     /// Agent event-to-enforced latency for one pod label change with 10k pods in the stores
     /// (test API server + real agent; eBPF maps when root). BENCH_PODS / BENCH_ROUNDS override.
     Agent,
+    /// iperf3 throughput and short-connection rate between two lab pods: no program vs
+    /// netward (0 and N rules) vs iptables (linear and ipset). Needs root.
+    Lab(LabArgs),
+}
+
+#[derive(Args)]
+pub struct LabArgs {
+    /// Seconds of each iperf3 run.
+    #[arg(long, default_value_t = 4)]
+    seconds: u64,
+    /// Seconds of each connection-rate run.
+    #[arg(long, default_value_t = 3)]
+    conn_seconds: u64,
+    /// Rule counts, comma-separated.
+    #[arg(long, default_value = "1000,10000")]
+    sizes: String,
 }
 
 #[derive(Args)]
@@ -82,5 +98,19 @@ pub fn run(which: Bench) -> Result<()> {
             "--nocapture",
             "--test-threads=1",
         ])),
+        Bench::Lab(a) => run_cmd(
+            Command::new("cargo")
+                .args([
+                    "bench",
+                    "--package",
+                    "netward-tests",
+                    "--bench",
+                    "lab",
+                    "--",
+                ])
+                .args(["--seconds", &a.seconds.to_string()])
+                .args(["--conn-seconds", &a.conn_seconds.to_string()])
+                .args(["--sizes", &a.sizes]),
+        ),
     }
 }

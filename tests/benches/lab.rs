@@ -1,0 +1,344 @@
+//! `cargo xtask bench lab`: what enforcement costs real traffic between two lab pods.
+//!
+//! One run measures, side by side, iperf3 TCP throughput (one stream) and a short-connection
+//! rate (connect, 1-byte request, 1-byte response, close; a small Rust client and server)
+//! from a client pod to a server pod under:
+//! * no program (the lab without its daemon), measured first and last;
+//! * netward with 0 rules and with N ingress rules on the server (N ipBlock /32 peers that
+//!   never match, then the rule that admits the client);
+//! * the equivalent iptables ruleset in the FORWARD path: linear rules (conntrack
+//!   ESTABLISHED accept, N source rules, the client rule, drop), and ipset-based as
+//!   kube-router does (one hash:net set holding the N sources and the client).
+//!
+//! Ratios are to the mean of the two no-program runs. iptables rules live in a chain of
+//! their own, reached only for packets to the server's veth, and are removed afterwards.
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use netward::lab::process::{self, Role};
+use netward::lab::{daemon, netns, LabPod};
+use netward_tests::lab::{is_root, namespace_yaml, netward_bin, pod_yaml, ManifestDir, TestLab};
+
+const CONN_PORT: u16 = 7777;
+const IPERF_PORT: u16 = 5201;
+const CLIENT: &str = "10.230.0.1";
+const SERVER: &str = "10.230.0.2";
+
+struct Args {
+    seconds: u64,
+    conn_seconds: u64,
+    sizes: Vec<usize>,
+}
+
+fn args() -> Result<Args> {
+    let mut a = Args {
+        seconds: 4,
+        conn_seconds: 3,
+        sizes: vec![1_000, 10_000],
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--seconds" => a.seconds = it.next().context("--seconds N")?.parse()?,
+            "--conn-seconds" => a.conn_seconds = it.next().context("--conn-seconds N")?.parse()?,
+            "--sizes" => {
+                a.sizes = it
+                    .next()
+                    .context("--sizes N,M")?
+                    .split(',')
+                    .map(|s| s.trim().parse())
+                    .collect::<Result<_, _>>()?
+            }
+            "--bench" => {}
+            other => bail!("unknown argument {other}"),
+        }
+    }
+    Ok(a)
+}
+
+/// The i-th never-matching source of the synthetic rulesets.
+fn decoy(i: usize) -> String {
+    format!("172.16.{}.{}", (i / 250) % 250, i % 250 + 1)
+}
+
+fn policy_yaml(rules: usize) -> String {
+    let mut y = String::from(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {namespace: bench, name: server}\nspec:\n  podSelector: {matchLabels: {app: server}}\n  ingress:\n",
+    );
+    let ports = format!("    ports: [{{port: {IPERF_PORT}}}, {{port: {CONN_PORT}}}]\n");
+    for i in 0..rules {
+        y.push_str(&format!(
+            "  - from: [{{ipBlock: {{cidr: {}/32}}}}]\n",
+            decoy(i)
+        ));
+        y.push_str(&ports);
+    }
+    y.push_str("  - from: [{podSelector: {matchLabels: {app: client}}}]\n");
+    y.push_str(&ports);
+    y
+}
+
+/// Short-connection server: read 1 byte, answer 1 byte, close.
+fn conn_server(pod: &LabPod) -> Result<()> {
+    let listener = {
+        let _in = netns::enter(&pod.netns)?;
+        TcpListener::bind(("0.0.0.0", CONN_PORT))?
+    };
+    for _ in 0..2 {
+        let l = listener.try_clone()?;
+        std::thread::spawn(move || {
+            for mut c in l.incoming().flatten() {
+                let mut b = [0u8; 1];
+                if c.read_exact(&mut b).is_ok() {
+                    let _ = c.write_all(&b);
+                }
+            }
+        });
+    }
+    Ok(())
+}
+
+/// Connections per second from `pod` for `secs`.
+fn conn_rate(pod: &LabPod, secs: u64) -> Result<f64> {
+    let _in = netns::enter(&pod.netns)?;
+    let dst: SocketAddr = format!("{SERVER}:{CONN_PORT}").parse()?;
+    let start = Instant::now();
+    let end = start + Duration::from_secs(secs);
+    let mut n = 0u64;
+    while Instant::now() < end {
+        let mut c = TcpStream::connect_timeout(&dst, Duration::from_secs(1))
+            .context("short connection refused or dropped")?;
+        c.write_all(b"x")?;
+        let mut b = [0u8; 1];
+        c.read_exact(&mut b)?;
+        n += 1;
+    }
+    Ok(n as f64 / start.elapsed().as_secs_f64())
+}
+
+fn iperf(client: &LabPod, secs: u64) -> Result<f64> {
+    let out = Command::new("ip")
+        .args(["netns", "exec", &client.netns, "iperf3", "-c", SERVER])
+        .args(["-p", &IPERF_PORT.to_string(), "-t", &secs.to_string(), "-J"])
+        .output()
+        .context("iperf3 client")?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("iperf3 JSON")?;
+    if !out.status.success() {
+        bail!("iperf3: {}", v["error"]);
+    }
+    v["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .context("iperf3 bits_per_second")
+}
+
+fn sh(cmd: &mut Command) -> Result<()> {
+    let out = cmd.output().with_context(|| format!("{cmd:?}"))?;
+    if !out.status.success() {
+        bail!("{cmd:?}: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
+}
+
+fn restore(program: &str, args: &[&str], input: &str) -> Result<()> {
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| program.to_string())?;
+    child
+        .stdin
+        .take()
+        .expect("piped")
+        .write_all(input.as_bytes())?;
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!("{program}: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
+}
+
+const CHAIN: &str = "NWBENCH";
+const SET: &str = "nwbench-src";
+
+/// An iptables ruleset in the server's forward path; removed when dropped.
+struct Iptables {
+    veth: String,
+}
+
+impl Iptables {
+    fn install(veth: &str, rules: usize, ipset: bool) -> Result<Self> {
+        let me = Iptables { veth: veth.into() };
+        me.remove();
+        let dports = format!("-p tcp -m multiport --dports {IPERF_PORT},{CONN_PORT}");
+        let mut t = format!("*filter\n:{CHAIN} - [0:0]\n");
+        t.push_str(&format!(
+            "-A {CHAIN} -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT\n"
+        ));
+        if ipset {
+            let mut s = format!("create {SET} hash:net maxelem {}\n", rules + 16);
+            for i in 0..rules {
+                s.push_str(&format!("add {SET} {}/32\n", decoy(i)));
+            }
+            s.push_str(&format!("add {SET} {CLIENT}/32\n"));
+            restore("ipset", &["restore"], &s)?;
+            t.push_str(&format!(
+                "-A {CHAIN} -m set --match-set {SET} src {dports} -j ACCEPT\n"
+            ));
+        } else {
+            for i in 0..rules {
+                t.push_str(&format!(
+                    "-A {CHAIN} -s {}/32 {dports} -j ACCEPT\n",
+                    decoy(i)
+                ));
+            }
+            t.push_str(&format!("-A {CHAIN} -s {CLIENT}/32 {dports} -j ACCEPT\n"));
+        }
+        t.push_str(&format!(
+            "-A {CHAIN} -j DROP\n-I FORWARD 1 -o {veth} -j {CHAIN}\nCOMMIT\n"
+        ));
+        restore("iptables-restore", &["--noflush"], &t)?;
+        Ok(me)
+    }
+
+    fn remove(&self) {
+        let _ = sh(Command::new("iptables").args(["-D", "FORWARD", "-o", &self.veth, "-j", CHAIN]));
+        let _ = sh(Command::new("iptables").args(["-F", CHAIN]));
+        let _ = sh(Command::new("iptables").args(["-X", CHAIN]));
+        let _ = sh(Command::new("ipset").args(["destroy", SET]));
+    }
+}
+
+impl Drop for Iptables {
+    fn drop(&mut self) {
+        self.remove();
+    }
+}
+
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+struct Row {
+    config: String,
+    bps: f64,
+    cps: f64,
+}
+
+fn main() -> Result<()> {
+    let a = args()?;
+    if !is_root() {
+        bail!("the lab benchmark needs root (network namespaces, BPF, iptables)");
+    }
+    let dir = ManifestDir::new("bench");
+    dir.write(
+        "pods.yaml",
+        &[
+            namespace_yaml("bench", &[]),
+            pod_yaml("bench/client", &[("app", "client")], &[CLIENT], &[]),
+            pod_yaml("bench/server", &[("app", "server")], &[SERVER], &[]),
+        ]
+        .concat(),
+    );
+    let files = vec![dir.path.clone()];
+    let cluster = netward::lab::load_manifests(&files, |_| {})?;
+    let lab = TestLab::up("bench", &files, &cluster, false)?;
+    let (client, server) = (
+        lab.pod("bench/client").clone(),
+        lab.pod("bench/server").clone(),
+    );
+    for (k, v) in [
+        ("net.ipv4.tcp_tw_reuse", "1"),
+        ("net.ipv4.ip_local_port_range", "1024 65000"),
+    ] {
+        sh(Command::new("ip").args([
+            "netns",
+            "exec",
+            &client.netns,
+            "sysctl",
+            "-qw",
+            &format!("{k}={v}"),
+        ]))?;
+    }
+    let _iperf_server = KillOnDrop(
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &server.netns,
+                "iperf3",
+                "-s",
+                "-p",
+                &IPERF_PORT.to_string(),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?,
+    );
+    conn_server(&server)?;
+    std::thread::sleep(Duration::from_millis(500));
+
+    let mut rows = Vec::new();
+    let mut measure = |config: String| -> Result<()> {
+        let bps = iperf(&client, a.seconds)?;
+        let cps = conn_rate(&client, a.conn_seconds)?;
+        eprintln!("{config:32} {:8.2} Gbit/s {cps:9.0} conn/s", bps / 1e9);
+        rows.push(Row { config, bps, cps });
+        Ok(())
+    };
+    measure("no program".into())?;
+
+    process::spawn(&netward_bin(), Role::Daemon, &lab.name, &[])?;
+    measure("netward, 0 rules".into())?;
+    for &n in &a.sizes {
+        let before = daemon::applied(&lab.name);
+        dir.write("policy.yaml", &policy_yaml(n));
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while daemon::applied(&lab.name) <= before {
+            if Instant::now() > deadline {
+                bail!("netward did not apply {n} rules within 120 s");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        measure(format!("netward, {n} rules"))?;
+    }
+    // Back to no program: stop the daemon and unpin (the links detach).
+    process::stop(Role::Daemon, &lab.name, Duration::from_secs(5))?;
+    std::fs::remove_dir_all(lab.name.pin_dir()).context("unpinning")?;
+    dir.remove("policy.yaml");
+
+    for &n in &a.sizes {
+        let _rules = Iptables::install(&server.host_veth, n, false)?;
+        measure(format!("iptables linear, {n} rules"))?;
+    }
+    for &n in &a.sizes {
+        let _rules = Iptables::install(&server.host_veth, n, true)?;
+        measure(format!("iptables + ipset, {n} rules"))?;
+    }
+    measure("no program (again)".into())?;
+
+    let base_bps = (rows[0].bps + rows[rows.len() - 1].bps) / 2.0;
+    let base_cps = (rows[0].cps + rows[rows.len() - 1].cps) / 2.0;
+    println!(
+        "\n| configuration | TCP throughput (Gbit/s) | ratio | connections/s | ratio |\n|---|---:|---:|---:|---:|"
+    );
+    for r in &rows {
+        println!(
+            "| {} | {:.2} | {:.2} | {:.0} | {:.2} |",
+            r.config,
+            r.bps / 1e9,
+            r.bps / base_bps,
+            r.cps,
+            r.cps / base_cps
+        );
+    }
+    Ok(())
+}
