@@ -47,7 +47,7 @@ pub use attach::AttachMode;
 pub use counters::Counters;
 pub use events::{EventReader, Verdict, VerdictEvent};
 pub use sync::{SyncError, SyncReport};
-pub use testrun::TestRunOutcome;
+pub use testrun::{Origin, TestRunOutcome};
 
 /// Default bpffs directory for pins.
 pub const DEFAULT_BPFFS_DIR: &str = "/sys/fs/bpf/netward";
