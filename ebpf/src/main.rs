@@ -62,6 +62,12 @@ pub fn netward_ingress(ctx: TcContext) -> i32 {
     enforce(&ctx, DIR_INGRESS)
 }
 
+/// Does nothing: the `BPF_PROG_TEST_RUN` floor the benchmark subtracts (never attached).
+#[classifier]
+pub fn netward_floor(_ctx: TcContext) -> i32 {
+    TC_ACT_UNSPEC
+}
+
 #[inline(always)]
 fn enforce(ctx: &TcContext, dir: u8) -> i32 {
     // Make the headers directly accessible when the skb is non-linear.
