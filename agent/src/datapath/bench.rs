@@ -202,7 +202,10 @@ pub fn run(opts: &BenchOptions) -> Result<Vec<BenchRow>> {
         let object = std::fs::read(path)
             .with_context(|| format!("read baseline object {}", path.display()))?;
         let mut bcfg = cfg.clone();
-        bcfg.bpffs_dir = cfg.bpffs_dir.with_extension("baseline");
+        // bpffs names cannot contain dots.
+        let mut dir = cfg.bpffs_dir.clone().into_os_string();
+        dir.push("-baseline");
+        bcfg.bpffs_dir = dir.into();
         // Aligned copy: the object parser wants 8-byte alignment.
         let words: Vec<u64> = object
             .chunks(8)
