@@ -1,5 +1,6 @@
 //! `cargo xtask bench datapath` (or `cargo bench -p netward --bench datapath -- [--repeat N]
-//! [--sizes 1,1000,...] [--new-flows N]`): per-packet cost of the tc programs. Needs root.
+//! [--sizes 1,1000,...] [--new-flows N]
+//! [--baseline-object OLD.o]`): per-packet cost of the tc programs. Needs root.
 use anyhow::{Context, Result};
 use netward::datapath::bench::{run, table, BenchOptions};
 
@@ -17,6 +18,7 @@ fn main() -> Result<()> {
                     .map(|s| s.trim().parse().context("--sizes"))
                     .collect::<Result<_>>()?
             }
+            "--baseline-object" => opts.baseline_object = Some(value()?.into()),
             "--bench" => {} // passed by `cargo bench`
             other => anyhow::bail!("unknown argument {other}"),
         }

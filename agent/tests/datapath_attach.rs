@@ -3,7 +3,8 @@
 //! the programs in place, detach removes them.
 mod datapath_support;
 
-use std::net::UdpSocket;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::process::Command;
 use std::time::Duration;
@@ -65,7 +66,40 @@ impl Veth {
         ]);
         must(&["ip", "-n", &ns, "link", "set", &pod, "up"]);
         must(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
+        let gateway = host_ip.trim_end_matches("/30").to_string();
+        must(&["ip", "-n", &ns, "route", "add", "default", "via", &gateway]);
         Veth { ns, host, pod_ip }
+    }
+
+    /// Run `f` on a thread inside the namespace (sockets it makes stay there).
+    fn in_ns<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let ns = self.ns.clone();
+        std::thread::spawn(move || {
+            let file = std::fs::File::open(format!("/run/netns/{ns}")).unwrap();
+            // SAFETY: setns on this (short-lived) thread only.
+            assert_eq!(
+                unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) },
+                0
+            );
+            f()
+        })
+        .join()
+        .unwrap()
+    }
+
+    /// A TCP echo server (one byte per connection) inside the namespace.
+    fn tcp_echo(&self) -> SocketAddr {
+        let addr: SocketAddr = format!("{}:{PORT}", self.pod_ip).parse().unwrap();
+        let listener = self.in_ns(move || TcpListener::bind(addr).unwrap());
+        std::thread::spawn(move || {
+            for mut c in listener.incoming().flatten() {
+                let mut b = [0u8; 1];
+                if c.read_exact(&mut b).is_ok() {
+                    let _ = c.write_all(&b);
+                }
+            }
+        });
+        addr
     }
 
     /// A UDP socket bound inside the namespace (a socket keeps the namespace it was made in).
@@ -82,9 +116,15 @@ impl Veth {
         .unwrap()
     }
 
-    /// Host -> pod datagram and the pod's answer; true when the round trip completes.
-    fn round_trip(&self, server: &UdpSocket) -> bool {
-        let client = UdpSocket::bind("0.0.0.0:0").unwrap();
+    /// A UDP socket of this pod, to be a client of another pod.
+    fn client(&self) -> UdpSocket {
+        self.in_ns(|| UdpSocket::bind("0.0.0.0:0").unwrap())
+    }
+
+    /// Datagram from `client` (another pod's socket, forwarded by the node) to this pod and
+    /// the pod's answer; true when the round trip completes. (The node's own packets always
+    /// pass: they would not test policy.)
+    fn round_trip(&self, server: &UdpSocket, client: &UdpSocket) -> bool {
         client
             .set_read_timeout(Some(Duration::from_millis(300)))
             .unwrap();
@@ -128,6 +168,16 @@ fn plan(pod_ip: &str, allow_any: bool) -> Plan {
     p.build()
 }
 
+/// Connect, send one byte, read its echo: true when all of it works within a second.
+fn tcp_exchange(to: SocketAddr) -> bool {
+    let Ok(mut c) = TcpStream::connect_timeout(&to, Duration::from_secs(1)) else {
+        return false;
+    };
+    c.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    let mut b = [0u8; 1];
+    c.write_all(b"x").is_ok() && c.read_exact(&mut b).is_ok() && &b == b"x"
+}
+
 fn tcx_programs(ifname: &str, hook: TcAttachType) -> Vec<u32> {
     let (_, progs) = SchedClassifier::query_tcx(ifname, hook).unwrap();
     progs.iter().map(|p| p.id()).collect()
@@ -137,6 +187,8 @@ fn tcx_programs(ifname: &str, hook: TcAttachType) -> Vec<u32> {
 fn real_packets_on_a_veth_restart_and_detach() {
     let veth = Veth::new(0);
     let server = veth.server();
+    let peer = Veth::new(4);
+    let client = peer.client();
     let cfg = test_config("attach");
     let mut dp = open(cfg.clone());
     assert_eq!(
@@ -145,7 +197,10 @@ fn real_packets_on_a_veth_restart_and_detach() {
         "kernel >= 6.6 expected here"
     );
     dp.apply(&plan(&veth.pod_ip, false)).unwrap();
-    assert!(veth.round_trip(&server), "no program yet: the pod answers");
+    assert!(
+        veth.round_trip(&server, &client),
+        "no program yet: the pod answers"
+    );
     dp.attach(&veth.host).unwrap();
     let ingress = tcx_programs(&veth.host, TcAttachType::Ingress);
     let egress = tcx_programs(&veth.host, TcAttachType::Egress);
@@ -162,11 +217,11 @@ fn real_packets_on_a_veth_restart_and_detach() {
 
     // Isolated, no rule: the datagram is dropped at the pod's ingress.
     let before = dp.counters().unwrap().reason(reason::POLICY_DENY);
-    assert!(!veth.round_trip(&server));
+    assert!(!veth.round_trip(&server, &client));
     assert!(dp.counters().unwrap().reason(reason::POLICY_DENY) > before);
     // A rule for UDP 7777 allows it; the answer leaves through conntrack.
     dp.apply(&plan(&veth.pod_ip, true)).unwrap();
-    assert!(veth.round_trip(&server));
+    assert!(veth.round_trip(&server, &client));
     assert!(dp.counters().unwrap().reason(reason::REPLY) > 0);
     // Attaching again is idempotent (one program per hook).
     dp.attach(&veth.host).unwrap();
@@ -177,7 +232,7 @@ fn real_packets_on_a_veth_restart_and_detach() {
     // swaps its programs into the same links.
     drop(dp.dp.take());
     assert!(
-        veth.round_trip(&server),
+        veth.round_trip(&server, &client),
         "still allowed with no agent running"
     );
     let mut dp2 = open(cfg);
@@ -186,41 +241,93 @@ fn real_packets_on_a_veth_restart_and_detach() {
     assert_ne!(egress2, egress, "the program was replaced in place");
     dp2.apply(&plan(&veth.pod_ip, false)).unwrap();
     assert!(
-        !veth.round_trip(&server),
+        !veth.round_trip(&server, &client),
         "the new agent's Plan is enforced"
     );
     assert_eq!(dp2.attached().unwrap().len(), 1);
 
     dp2.detach(&veth.host).unwrap();
     assert!(tcx_programs(&veth.host, TcAttachType::Egress).is_empty());
-    assert!(veth.round_trip(&server), "detached: no enforcement");
+    assert!(
+        veth.round_trip(&server, &client),
+        "detached: no enforcement"
+    );
 }
 
 #[test]
 fn netlink_clsact_fallback() {
     let veth = Veth::new(1);
     let server = veth.server();
+    let peer = Veth::new(5);
+    let client = peer.client();
     let mut cfg = test_config("netlink");
     cfg.attach_mode = Some(AttachMode::Netlink);
     let mut dp = open(cfg.clone());
     dp.apply(&plan(&veth.pod_ip, false)).unwrap();
     dp.attach(&veth.host).unwrap();
-    assert!(!veth.round_trip(&server), "isolated, no rule: dropped");
+    assert!(
+        !veth.round_trip(&server, &client),
+        "isolated, no rule: dropped"
+    );
     dp.apply(&plan(&veth.pod_ip, true)).unwrap();
-    assert!(veth.round_trip(&server));
+    assert!(veth.round_trip(&server, &client));
     // Restart: the filters stay in the kernel; attaching again replaces their programs.
     drop(dp.dp.take());
     assert!(
-        veth.round_trip(&server),
+        veth.round_trip(&server, &client),
         "still allowed with no agent running"
     );
     let mut dp2 = open(cfg);
     dp2.attach(&veth.host).unwrap();
     dp2.apply(&plan(&veth.pod_ip, false)).unwrap();
     assert!(
-        !veth.round_trip(&server),
+        !veth.round_trip(&server, &client),
         "the new agent's Plan is enforced"
     );
     dp2.detach(&veth.host).unwrap();
-    assert!(veth.round_trip(&server), "detached: no enforcement");
+    assert!(
+        veth.round_trip(&server, &client),
+        "detached: no enforcement"
+    );
+}
+
+/// NetworkPolicy always allows traffic from the pod's own node (kubelet probes): a TCP
+/// connection from the root namespace (the node's stack, `ingress_ifindex` 0) reaches an
+/// isolated pod under default deny, while the same connection from another pod, forwarded by
+/// the node, is dropped.
+#[test]
+fn the_node_reaches_an_isolated_pod_other_pods_do_not() {
+    let (a, b) = (Veth::new(2), Veth::new(3));
+    let echo = a.tcp_echo();
+    let from_b = |to| b.in_ns(move || tcp_exchange(to));
+    assert!(
+        sysctl_forwarding(),
+        "the node must forward between its veths"
+    );
+    assert!(tcp_exchange(echo), "no program: the node reaches the pod");
+    assert!(from_b(echo), "no program: the other pod reaches the pod");
+
+    let mut dp = open(test_config("from-host"));
+    dp.apply(&plan(&a.pod_ip, false)).unwrap();
+    dp.attach(&a.host).unwrap();
+    let before = dp.counters().unwrap();
+    assert!(
+        tcp_exchange(echo),
+        "isolated, default deny: the node still gets through"
+    );
+    let after = dp.counters().unwrap();
+    assert!(after.reason(reason::FROM_HOST) > before.reason(reason::FROM_HOST));
+    assert!(after.reason(reason::REPLY) > before.reason(reason::REPLY));
+    assert!(
+        !from_b(echo),
+        "a forwarded connection from another pod is denied"
+    );
+    assert!(dp.counters().unwrap().reason(reason::POLICY_DENY) > after.reason(reason::POLICY_DENY));
+    dp.detach(&a.host).unwrap();
+}
+
+fn sysctl_forwarding() -> bool {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward")
+        .map(|s| s.trim() == "1")
+        .unwrap_or(false)
 }

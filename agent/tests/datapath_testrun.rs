@@ -4,7 +4,7 @@
 mod datapath_support;
 
 use datapath_support::*;
-use netward::datapath::{Datapath, DatapathConfig, Verdict};
+use netward::datapath::{Datapath, DatapathConfig, Origin, Verdict};
 use netward::model::Direction::{Egress, Ingress};
 use netward::plan::{Plan, PolicyRef};
 use netward_common::*;
@@ -758,4 +758,64 @@ fn events_carry_attribution_and_are_rate_limited() {
     let c = dp.counters().unwrap();
     assert!(c.events_rate_limited >= 48, "{c:?}");
     assert_eq!(c.denied, c.reason(reason::POLICY_DENY));
+}
+
+/// Run one packet with a chosen origin; (passed, reason) from the counters' delta.
+fn run_from(
+    dp: &Datapath,
+    dir: netward::model::Direction,
+    f: &[u8],
+    origin: Origin,
+) -> (bool, &'static str) {
+    let before = dp.counters().unwrap();
+    let pass = dp.test_run_from(dir, f, 1, origin).unwrap().pass;
+    let after = dp.counters().unwrap();
+    let r = (0..reason::COUNT)
+        .find(|&r| after.reason(r) > before.reason(r))
+        .map(reason::name)
+        .unwrap_or("none");
+    (pass, r)
+}
+
+#[test]
+fn traffic_from_the_node_is_allowed() {
+    let mut dp = setup("from-host");
+    // The node (any address: its own, a hostNetwork pod's) probes A:8080, which no rule allows.
+    let probe = frame(W4, A4, tcp(42000, 8080));
+    let ack = frame(W4, A4, tcp_ack(42000, 8080));
+    let answer = frame(A4, W4, tcp_ack(8080, 42000));
+    // Forwarded from a device, the same packet is denied: only local origin is exempt.
+    check(&dp, Ingress, &probe, false, "policy_deny");
+    assert_eq!(
+        run_from(&dp, Ingress, &probe, Origin::Host),
+        (true, "from_host")
+    );
+    assert_eq!(
+        run_from(&dp, Ingress, &ack, Origin::Host),
+        (true, "established")
+    );
+    // The pod's answer leaves through conntrack although A's egress allows nothing to W.
+    check(&dp, Egress, &answer, true, "reply");
+    // A new Plan does not revoke the node's flow (it is not the Plan's to decide).
+    dp.apply(&fixture()).unwrap();
+    check(&dp, Egress, &answer, true, "reply");
+    assert_eq!(
+        run_from(&dp, Ingress, &ack, Origin::Host),
+        (true, "established")
+    );
+    // Truncated L4 from the node passes too; forwarded, it is dropped (A is isolated).
+    let mut cut = frame(W4, A4, tcp(42001, 8080));
+    cut.truncate(IP_OFF + 20 + 10);
+    let tl = (cut.len() - IP_OFF) as u16;
+    cut[IP_OFF + 2..IP_OFF + 4].copy_from_slice(&tl.to_be_bytes());
+    assert_eq!(
+        run_from(&dp, Ingress, &cut, Origin::Host),
+        (true, "from_host")
+    );
+    check(&dp, Ingress, &cut, false, "malformed");
+    // Origin means nothing on the pod's egress hook: A -> W stays denied.
+    assert_eq!(
+        run_from(&dp, Egress, &frame(A4, W4, tcp(42002, 80)), Origin::Host),
+        (false, "policy_deny")
+    );
 }

@@ -338,6 +338,9 @@ pub struct CtValue {
 pub const CT_SEEN_REPLY: u16 = 1 << 0;
 /// [`CtValue::flags`]: a TCP FIN or RST was seen; the entry lives [`CT_TIMEOUT_CLOSING_S`].
 pub const CT_CLOSING: u16 = 1 << 1;
+/// [`CtValue::flags`]: the flow was opened by the pod's own node (a locally generated packet
+/// into the pod, `reason::FROM_HOST`): always allowed, never re-checked against a Plan.
+pub const CT_FROM_HOST: u16 = 1 << 2;
 
 /// Conntrack lifetimes, refreshed on every packet (the LRU evicts earlier under pressure).
 pub const CT_TIMEOUT_TCP_S: u64 = 6 * 3600;
@@ -395,6 +398,9 @@ pub mod reason {
     pub const FRAGMENT: u8 = 7;
     /// ICMPv6 neighbour/router discovery and MLD: IPv6's ARP, passed like ARP.
     pub const NEIGHBOR_DISCOVERY: u8 = 8;
+    /// A packet into the pod that its own node originated (`__sk_buff.ingress_ifindex == 0`:
+    /// kubelet probes, hostNetwork pods, the node): NetworkPolicy always allows it.
+    pub const FROM_HOST: u8 = 9;
     /// First reason that drops.
     pub const FIRST_DROP: u8 = 16;
     /// Isolated and no rule allows the flow.
@@ -424,6 +430,7 @@ pub mod reason {
             NON_IP => "non_ip",
             FRAGMENT => "fragment",
             NEIGHBOR_DISCOVERY => "neighbor_discovery",
+            FROM_HOST => "from_host",
             POLICY_DENY => "policy_deny",
             UNKNOWN_ENDPOINT => "unknown_endpoint",
             MALFORMED => "malformed",

@@ -11,8 +11,8 @@
 //! now denied -> the entry is deleted and the packet dropped (`reason::REVOKED`).
 
 use netward_common::{
-    CtKey, CtValue, CT_CLOSING, CT_SEEN_REPLY, CT_TIMEOUT_CLOSING_S, CT_TIMEOUT_OTHER_S,
-    CT_TIMEOUT_TCP_S, DIR_EGRESS, PROTO_TCP,
+    CtKey, CtValue, CT_CLOSING, CT_FROM_HOST, CT_SEEN_REPLY, CT_TIMEOUT_CLOSING_S,
+    CT_TIMEOUT_OTHER_S, CT_TIMEOUT_TCP_S, DIR_EGRESS, PROTO_TCP,
 };
 
 use crate::{
@@ -91,7 +91,8 @@ pub fn lookup(
         let _ = CONNTRACK.remove(k);
         return Hit::Miss;
     }
-    if v.generation != generation {
+    // Flows the node opened are allowed whatever the Plan: nothing to re-check.
+    if v.generation != generation && v.flags & CT_FROM_HOST == 0 {
         let d = recheck(k, slot, cfg_flags);
         if !d.allows() {
             let _ = CONNTRACK.remove(k);
@@ -117,10 +118,10 @@ pub fn lookup(
     Hit::Pass
 }
 
-/// Track a newly admitted flow.
+/// Track a newly admitted flow (`from_host`: opened by the node, see `CT_FROM_HOST`).
 #[inline(always)]
-pub fn create(k: &CtKey, d: &Decision, tcp_flags: u8, generation: u64) {
-    let mut flags = 0;
+pub fn create(k: &CtKey, d: &Decision, tcp_flags: u8, generation: u64, from_host: bool) {
+    let mut flags = if from_host { CT_FROM_HOST } else { 0 };
     if k.proto == PROTO_TCP && tcp_flags & (TCP_FIN | TCP_RST) != 0 {
         flags |= CT_CLOSING;
     }

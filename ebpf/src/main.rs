@@ -18,7 +18,10 @@
 //! * an IP header that is truncated or inconsistent is dropped; a valid IP header with a
 //!   truncated TCP/UDP/SCTP/ICMP header is dropped when the local pod is isolated in that
 //!   direction (or unknown while failing closed), since its ports cannot be checked;
-//! * before the first Plan is installed (`CFG_READY` unset) IP traffic is dropped.
+//! * before the first Plan is installed (`CFG_READY` unset) IP traffic is dropped;
+//! * packets into the pod that the node itself generated (`ingress_ifindex == 0` at the pod's
+//!   ingress hook: kubelet probes, hostNetwork pods) pass (`FROM_HOST`) and are tracked so the
+//!   pod's replies pass too: NetworkPolicy always allows traffic from the pod's own node.
 #![no_std]
 #![no_main]
 
@@ -57,6 +60,12 @@ pub fn netward_egress(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn netward_ingress(ctx: TcContext) -> i32 {
     enforce(&ctx, DIR_INGRESS)
+}
+
+/// Does nothing: the `BPF_PROG_TEST_RUN` floor the benchmark subtracts (never attached).
+#[classifier]
+pub fn netward_floor(_ctx: TcContext) -> i32 {
+    TC_ACT_UNSPEC
 }
 
 #[inline(always)]
@@ -114,6 +123,9 @@ fn decide(ctx: &TcContext, dir: u8) -> u8 {
     let flags = cfg.flags;
     let (rate, burst) = (cfg.events_per_sec, cfg.events_burst);
     let t = &mut pkt.t;
+    // Locally generated (the node's own stack, not forwarded from any device): only on the
+    // pod's ingress hook, where forwarded packets carry the device they arrived on.
+    let from_host = dir == DIR_INGRESS && unsafe { (*ctx.skb.skb).ingress_ifindex } == 0;
     if flags & CFG_READY == 0 {
         let d = plain(reason::NOT_READY, 0);
         events::emit(ctx, t, dir, &d, generation, rate, burst);
@@ -124,6 +136,9 @@ fn decide(ctx: &TcContext, dir: u8) -> u8 {
     match pkt.l4 {
         L4::NeighborDiscovery => return reason::NEIGHBOR_DISCOVERY,
         L4::Truncated => {
+            if from_host {
+                return reason::FROM_HOST;
+            }
             let local = addr_bytes(if dir == DIR_EGRESS { t.saddr } else { t.daddr });
             let d = policy::check_portless_fallback(
                 slot,
@@ -156,6 +171,9 @@ fn decide(ctx: &TcContext, dir: u8) -> u8 {
                 }
             }
             if !found {
+                if from_host {
+                    return reason::FROM_HOST;
+                }
                 let local = addr_bytes(if dir == DIR_EGRESS { t.saddr } else { t.daddr });
                 let d = policy::check_portless_fallback(
                     slot,
@@ -214,10 +232,14 @@ fn decide(ctx: &TcContext, dir: u8) -> u8 {
         };
         let port = if has_ports(t.proto) { t.dport } else { 0 };
         let (local, peer) = (addr_bytes(local), addr_bytes(peer));
-        let d = policy::check(slot, flags, dir, t.family, &local, &peer, t.proto, port);
+        let d = if from_host {
+            plain(reason::FROM_HOST, 0)
+        } else {
+            policy::check(slot, flags, dir, t.family, &local, &peer, t.proto, port)
+        };
         if d.allows() {
             if !related_error {
-                conntrack::create(&k, &d, tcp_flags, generation);
+                conntrack::create(&k, &d, tcp_flags, generation, from_host);
             }
             if flags & CFG_EVENTS_ALLOW != 0 {
                 events::emit(ctx, t, dir, &d, generation, rate, burst);

@@ -65,6 +65,10 @@ pub struct DatapathArgs {
     /// Distinct packets measured for the allowed-new-flow path.
     #[arg(long, default_value_t = 20_000)]
     new_flows: u32,
+    /// An older build of the eBPF object (e.g. target/.../out/netward saved before a change),
+    /// measured side by side in the same run.
+    #[arg(long)]
+    baseline_object: Option<String>,
 }
 
 pub fn run(which: Bench) -> Result<()> {
@@ -78,13 +82,17 @@ pub fn run(which: Bench) -> Result<()> {
                 .args(["--runs", &a.runs.to_string()])
                 .args(["--seed", &a.seed.to_string()]),
         ),
-        Bench::Datapath(a) => run_cmd(
-            Command::new("cargo")
-                .args(["bench", "--package", "netward", "--bench", "datapath", "--"])
+        Bench::Datapath(a) => {
+            let mut c = Command::new("cargo");
+            c.args(["bench", "--package", "netward", "--bench", "datapath", "--"])
                 .args(["--repeat", &a.repeat.to_string()])
                 .args(["--sizes", &a.sizes])
-                .args(["--new-flows", &a.new_flows.to_string()]),
-        ),
+                .args(["--new-flows", &a.new_flows.to_string()]);
+            if let Some(b) = &a.baseline_object {
+                c.args(["--baseline-object", b]);
+            }
+            run_cmd(&mut c)
+        }
         // An ignored test of netward-tests: it needs the test API server beside the agent.
         Bench::Agent => run_cmd(Command::new("cargo").args([
             "test",

@@ -9,14 +9,25 @@
 //!   be repeated), timed by the kernel's per-program run-time statistics
 //!   (`BPF_ENABLE_STATS`), i.e. the program alone; each run follows a syscall, so caches are
 //!   colder than in the repeated paths: an upper bound;
-//! * non-IP (ARP): the floor (parse the Ethernet header, count).
+//! * non-IP (ARP): parse the Ethernet header, count;
+//! * floor: `netward_floor`, a program that returns at once: what `BPF_PROG_TEST_RUN` itself
+//!   costs per run here; the other figures minus it are the program's own cost.
+//!
+//! With `baseline_object` (an older build of the eBPF object), the same Plans and packets run
+//! through it too, interleaved size by size in the same process, so before/after figures are
+//! taken under the same machine load.
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
+use aya::programs::SchedClassifier;
 use netward_common::*;
 
+use super::testrun::{run_classifier, Origin};
 use super::{Datapath, DatapathConfig};
+
+/// The do-nothing program of the object (the test-run floor).
+const FLOOR: &str = "netward_floor";
 use crate::model::Direction;
 use crate::plan::Plan;
 
@@ -33,6 +44,8 @@ pub struct BenchOptions {
     /// Distinct packets for the allowed-new-flow path.
     pub new_flows: u32,
     pub bpffs_dir: PathBuf,
+    /// An older build of the eBPF object to measure side by side.
+    pub baseline_object: Option<PathBuf>,
 }
 
 impl Default for BenchOptions {
@@ -42,6 +55,7 @@ impl Default for BenchOptions {
             repeat: 1_000_000,
             new_flows: 20_000,
             bpffs_dir: PathBuf::from(format!("/sys/fs/bpf/netward-bench-{}", std::process::id())),
+            baseline_object: None,
         }
     }
 }
@@ -49,11 +63,15 @@ impl Default for BenchOptions {
 /// One row: ns per packet for each path.
 #[derive(Clone, Debug)]
 pub struct BenchRow {
+    /// Which object: "current" or "baseline".
+    pub build: &'static str,
     pub policy_entries: usize,
     pub established: f64,
     pub new_flow: f64,
     pub new_flow_allowed: f64,
     pub non_ip: f64,
+    /// `netward_floor` (the test-run floor) in the same run; NaN when the object lacks it.
+    pub floor: f64,
 }
 
 /// A Plan with about `n` policy entries: one isolated local pod (subject 1) with the measured
@@ -169,7 +187,7 @@ fn eth_ipv4_tcp(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, flags: u8) -
     f
 }
 
-/// Run the benchmark; one row per Plan size.
+/// Run the benchmark; one row per Plan size (and per build with a baseline object).
 pub fn run(opts: &BenchOptions) -> Result<Vec<BenchRow>> {
     let cfg = DatapathConfig {
         bpffs_dir: opts.bpffs_dir.clone(),
@@ -179,66 +197,127 @@ pub fn run(opts: &BenchOptions) -> Result<Vec<BenchRow>> {
         fail_closed_unknown: true,
         ..DatapathConfig::default()
     };
-    let mut dp = Datapath::open_or_create(cfg)?;
+    let mut builds = vec![("current", Datapath::open_or_create(cfg.clone())?)];
+    if let Some(path) = &opts.baseline_object {
+        let object = std::fs::read(path)
+            .with_context(|| format!("read baseline object {}", path.display()))?;
+        let mut bcfg = cfg.clone();
+        // bpffs names cannot contain dots.
+        let mut dir = cfg.bpffs_dir.clone().into_os_string();
+        dir.push("-baseline");
+        bcfg.bpffs_dir = dir.into();
+        // Aligned copy: the object parser wants 8-byte alignment.
+        let words: Vec<u64> = object
+            .chunks(8)
+            .map(|c| {
+                let mut w = [0u8; 8];
+                w[..c.len()].copy_from_slice(c);
+                u64::from_ne_bytes(w)
+            })
+            .collect();
+        // SAFETY: the Vec<u64> holds at least object.len() initialised bytes.
+        let bytes =
+            unsafe { std::slice::from_raw_parts(words.as_ptr() as *const u8, object.len()) };
+        builds.push(("baseline", Datapath::open_object(bcfg, bytes)?));
+    }
     let result = (|| {
         let mut rows = Vec::new();
         let mut sport_base: u16 = 1024;
         for &n in &opts.sizes {
-            dp.apply(&synthetic_plan(n))?;
-            let syn = eth_ipv4_tcp(PEER, POD, 40000, ALLOWED_PORT, 0x02);
-            let ack = eth_ipv4_tcp(PEER, POD, 40000, ALLOWED_PORT, 0x10);
-            anyhow::ensure!(
-                dp.test_run(Direction::Ingress, &syn, 1)?.pass,
-                "allowed flow denied"
-            );
-            let est = dp.test_run(Direction::Ingress, &ack, opts.repeat)?;
-            let denied = eth_ipv4_tcp(PEER, POD, 40001, DENIED_PORT, 0x02);
-            let new = dp.test_run(Direction::Ingress, &denied, opts.repeat)?;
-            anyhow::ensure!(!new.pass, "denied flow passed");
-            let mut arp = ack.clone();
-            arp[12..14].copy_from_slice(&[0x08, 0x06]);
-            let non_ip = dp.test_run(Direction::Ingress, &arp, opts.repeat)?;
-            let calls = opts.new_flows.max(1);
-            let stats_on = Datapath::enable_run_stats()?;
-            let before = dp.program_stats(Direction::Ingress)?;
-            for i in 0..calls {
-                let sport = sport_base.wrapping_add(i as u16);
-                let f = eth_ipv4_tcp(PEER, POD, sport, ALLOWED_PORT, 0x02);
-                let r = dp.test_run(Direction::Ingress, &f, 1)?;
-                anyhow::ensure!(r.pass, "allowed new flow denied");
+            let plan = synthetic_plan(n);
+            for (name, dp) in builds.iter_mut() {
+                dp.apply(&plan)?;
+                rows.push(measure(dp, name, n, opts, sport_base)?);
             }
-            let after = dp.program_stats(Direction::Ingress)?;
-            drop(stats_on);
-            let runs = (after.run_count - before.run_count).max(1);
-            let new_allowed = (after.run_time_ns - before.run_time_ns) as f64 / runs as f64;
-            sport_base = sport_base.wrapping_add(calls as u16);
-            rows.push(BenchRow {
-                policy_entries: n,
-                established: est.ns_per_run as f64,
-                new_flow: new.ns_per_run as f64,
-                new_flow_allowed: new_allowed,
-                non_ip: non_ip.ns_per_run as f64,
-            });
+            sport_base = sport_base.wrapping_add(opts.new_flows.max(1) as u16);
         }
         Ok(rows)
     })();
-    dp.destroy()?;
+    for (_, dp) in builds {
+        dp.destroy()?;
+    }
     result
+}
+
+/// All paths for one installed Plan of `n` entries.
+fn measure(
+    dp: &mut Datapath,
+    build: &'static str,
+    n: usize,
+    opts: &BenchOptions,
+    sport_base: u16,
+) -> Result<BenchRow> {
+    let syn = eth_ipv4_tcp(PEER, POD, 40000, ALLOWED_PORT, 0x02);
+    let ack = eth_ipv4_tcp(PEER, POD, 40000, ALLOWED_PORT, 0x10);
+    anyhow::ensure!(
+        dp.test_run(Direction::Ingress, &syn, 1)?.pass,
+        "allowed flow denied"
+    );
+    let est = dp.test_run(Direction::Ingress, &ack, opts.repeat)?;
+    let denied = eth_ipv4_tcp(PEER, POD, 40001, DENIED_PORT, 0x02);
+    let new = dp.test_run(Direction::Ingress, &denied, opts.repeat)?;
+    anyhow::ensure!(!new.pass, "denied flow passed");
+    let mut arp = ack.clone();
+    arp[12..14].copy_from_slice(&[0x08, 0x06]);
+    let non_ip = dp.test_run(Direction::Ingress, &arp, opts.repeat)?;
+    let floor = match dp.bpf.program_mut(FLOOR) {
+        Some(p) => {
+            let prog: &mut SchedClassifier = p.try_into()?;
+            if prog.fd().is_err() {
+                prog.load().context("load netward_floor")?;
+            }
+            run_classifier(prog, &arp, opts.repeat, Origin::Forwarded)?.ns_per_run as f64
+        }
+        None => f64::NAN,
+    };
+    let calls = opts.new_flows.max(1);
+    let stats_on = Datapath::enable_run_stats()?;
+    let before = dp.program_stats(Direction::Ingress)?;
+    for i in 0..calls {
+        let sport = sport_base.wrapping_add(i as u16);
+        let f = eth_ipv4_tcp(PEER, POD, sport, ALLOWED_PORT, 0x02);
+        let r = dp.test_run(Direction::Ingress, &f, 1)?;
+        anyhow::ensure!(r.pass, "allowed new flow denied");
+    }
+    let after = dp.program_stats(Direction::Ingress)?;
+    drop(stats_on);
+    let runs = (after.run_count - before.run_count).max(1);
+    let new_allowed = (after.run_time_ns - before.run_time_ns) as f64 / runs as f64;
+    Ok(BenchRow {
+        build,
+        policy_entries: n,
+        established: est.ns_per_run as f64,
+        new_flow: new.ns_per_run as f64,
+        new_flow_allowed: new_allowed,
+        non_ip: non_ip.ns_per_run as f64,
+        floor,
+    })
 }
 
 /// The rows as a Markdown table, with the spread across sizes and the targets.
 pub fn table(rows: &[BenchRow], repeat: u32) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "BPF_PROG_TEST_RUN, ns per packet (repeat {repeat}; allowed new flows: one run each, kernel run-time stats)\n");
-    let _ = writeln!(s, "| policy entries | established | new flow (policy path) | new flow allowed (+ct insert) | non-IP floor |");
-    let _ = writeln!(s, "|---:|---:|---:|---:|---:|");
+    let _ = writeln!(s, "| build | policy entries | established | new flow (policy path) | new flow allowed (+ct insert) | non-IP | test-run floor |");
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|");
     for r in rows {
         let _ = writeln!(
             s,
-            "| {} | {:.0} | {:.0} | {:.0} | {:.0} |",
-            r.policy_entries, r.established, r.new_flow, r.new_flow_allowed, r.non_ip
+            "| {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} |",
+            r.build,
+            r.policy_entries,
+            r.established,
+            r.new_flow,
+            r.new_flow_allowed,
+            r.non_ip,
+            r.floor
         );
     }
+    let rows: Vec<BenchRow> = rows
+        .iter()
+        .filter(|r| r.build == "current")
+        .cloned()
+        .collect();
     let spread = |f: fn(&BenchRow) -> f64| {
         let max = rows.iter().map(f).fold(f64::MIN, f64::max);
         let min = rows.iter().map(f).fold(f64::MAX, f64::min);
@@ -246,7 +325,7 @@ pub fn table(rows: &[BenchRow], repeat: u32) -> String {
     };
     let _ = writeln!(
         s,
-        "\nspread across sizes (max/min - 1): established {:.0} %, new flow {:.0} %, new flow allowed {:.0} %",
+        "\nspread across sizes, current build (max/min - 1): established {:.0} %, new flow {:.0} %, new flow allowed {:.0} %",
         spread(|r| r.established),
         spread(|r| r.new_flow),
         spread(|r| r.new_flow_allowed)

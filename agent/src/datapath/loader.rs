@@ -96,7 +96,12 @@ pub(crate) fn ensure_bpffs(dir: &Path) -> Result<()> {
 
 /// Load the object: maps pinned under `cfg.bpffs_dir` (reused when present), programs loaded.
 pub(crate) fn load(cfg: &DatapathConfig) -> Result<Ebpf> {
-    if OBJECT.is_empty() {
+    load_object(cfg, OBJECT)
+}
+
+/// [`load`] of another build of the object (the benchmark compares against an older one).
+pub(crate) fn load_object(cfg: &DatapathConfig, object: &[u8]) -> Result<Ebpf> {
+    if object.is_empty() {
         bail!("the eBPF object is empty: the agent was built with AYA_BUILD_SKIP");
     }
     ensure_bpffs(&cfg.bpffs_dir)?;
@@ -109,7 +114,7 @@ pub(crate) fn load(cfg: &DatapathConfig) -> Result<Ebpf> {
         .map_max_entries("CONNTRACK", cfg.conntrack_max)
         .map_max_entries("FRAGS", cfg.frags_max)
         .map_max_entries("EVENTS", cfg.events_ring_bytes)
-        .load(OBJECT)
+        .load(object)
         .context("load the eBPF object")?;
     for name in [PROG_EGRESS, PROG_INGRESS] {
         let prog: &mut SchedClassifier = bpf

@@ -47,7 +47,7 @@ pub use attach::AttachMode;
 pub use counters::Counters;
 pub use events::{EventReader, Verdict, VerdictEvent};
 pub use sync::{SyncError, SyncReport};
-pub use testrun::TestRunOutcome;
+pub use testrun::{Origin, TestRunOutcome};
 
 /// Default bpffs directory for pins.
 pub const DEFAULT_BPFFS_DIR: &str = "/sys/fs/bpf/netward";
@@ -134,7 +134,15 @@ impl Datapath {
     /// Load the programs, reusing pinned maps if a previous agent left them, and atomically
     /// switch every pinned link to the newly loaded programs.
     pub fn open_or_create(cfg: DatapathConfig) -> anyhow::Result<Datapath> {
-        let bpf = loader::load(&cfg)?;
+        Self::from_loaded(loader::load(&cfg)?, cfg)
+    }
+
+    /// Like [`Datapath::open_or_create`] with another build of the eBPF object (benchmarks).
+    pub(crate) fn open_object(cfg: DatapathConfig, object: &[u8]) -> anyhow::Result<Datapath> {
+        Self::from_loaded(loader::load_object(&cfg, object)?, cfg)
+    }
+
+    fn from_loaded(bpf: Ebpf, cfg: DatapathConfig) -> anyhow::Result<Datapath> {
         let mut dp = Datapath {
             mode: cfg.attach_mode.unwrap_or_else(AttachMode::detect),
             bpf,
