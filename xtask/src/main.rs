@@ -90,7 +90,15 @@ fn demo() -> Result<()> {
         run(&mut lab(&["status", "--name", "demo"]))?;
         for (port, proto) in [("8080", "TCP"), ("5432", "TCP"), ("53", "UDP")] {
             println!();
-            run(&mut lab(&["probe", "--name", "demo", "--port", port, "--protocol", proto]))?;
+            run(&mut lab(&[
+                "probe",
+                "--name",
+                "demo",
+                "--port",
+                port,
+                "--protocol",
+                proto,
+            ]))?;
         }
         println!();
         run(&mut lab(&["probe", "--name", "demo", "--all-ports"]))
