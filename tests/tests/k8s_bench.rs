@@ -188,12 +188,16 @@ spec:
             p.policy_entries
         );
         println!("initial list + first Plan: {initial:?}");
-        println!("debounce: {:?}; rounds: {rounds}", LoopConfig::default().debounce);
+        let lc = LoopConfig::default();
+        println!(
+            "debounce: {:?} quiet, {:?} max wait; rounds: {rounds}",
+            lc.debounce, lc.max_wait
+        );
         println!("{:<44} {:>10} {:>10} {:>10}", "", "p50", "p95", "max");
         for (label, v) in [
             ("API write -> Plan installed (client side)", &latencies),
             ("watch event seen -> maps updated (agent)", &agent_latencies),
-            ("  of which: snapshot + convert (agent)", &converts),
+            ("  of which: model update from events (agent)", &converts),
             ("  of which: compile (agent)", &compiles),
         ] {
             println!(

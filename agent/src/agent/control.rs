@@ -1,5 +1,6 @@
-//! The control loop: wait until every watch store has listed, then on each change (debounced)
-//! rebuild the model, compile the Plan for this node, install it through the [`Enforcer`],
+//! The control loop: wait until every watch store has listed, then on each change (a short
+//! trailing debounce that coalesces bursts, bounded by a maximum wait) apply the converted
+//! watch events to the persistent model, compile the Plan for this node, install it through the [`Enforcer`],
 //! and attach/detach pod veths. It is the only caller of the enforcer.
 //!
 //! Enforcement is never dropped: nothing is applied before all stores are ready; a failed
@@ -7,7 +8,6 @@
 //! relist in at once so a store never looks empty mid-relist; and a Plan that would come from
 //! an empty namespace store (a cluster always has namespaces) is refused.
 use std::collections::{BTreeMap, HashMap};
-use std::net::IpAddr;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -18,7 +18,7 @@ use super::enforce::Enforcer;
 use super::metrics::Metrics;
 use super::routes::{Device, HostRoutes};
 use super::status::{EndpointStatus, FlowEvent, PlanSize, Status, WatchStatus};
-use crate::k8s::{ModelCache, Watchers};
+use crate::k8s::{Model, Watchers};
 use crate::plan::Plan;
 
 /// The Plan in force, as published to observers (tests, status).
@@ -90,8 +90,10 @@ impl Shared {
 /// Tunables of the loop.
 #[derive(Clone, Debug)]
 pub struct LoopConfig {
-    /// Changes are collected for this long after the first one before a rebuild.
+    /// Quiet period: a rebuild starts once no change arrived for this long...
     pub debounce: Duration,
+    /// ...or once this long has passed since the first pending change.
+    pub max_wait: Duration,
     /// Re-scan routes for new/removed veths and refresh counters this often.
     pub rescan: Duration,
     /// Read verdict events this often.
@@ -103,7 +105,8 @@ pub struct LoopConfig {
 impl Default for LoopConfig {
     fn default() -> Self {
         LoopConfig {
-            debounce: Duration::from_millis(30),
+            debounce: Duration::from_millis(5),
+            max_wait: Duration::from_millis(50),
             rescan: Duration::from_secs(2),
             events: Duration::from_millis(100),
             retry: Duration::from_secs(1),
@@ -123,10 +126,8 @@ pub struct Controller<E: Enforcer> {
     attached: BTreeMap<String, u32>,
     /// endpoint key -> device, from the last route scan.
     devices: HashMap<String, Device>,
-    /// Converted objects, re-converted only when they change.
-    model: ModelCache,
-    /// Pod addresses -> `ns/name`, for event attribution.
-    pods_by_ip: HashMap<IpAddr, String>,
+    /// The model, patched by the watch events.
+    model: Model,
 }
 
 fn unix_now() -> f64 {
@@ -156,8 +157,7 @@ impl<E: Enforcer> Controller<E> {
             generation: 0,
             attached: BTreeMap::new(),
             devices: HashMap::new(),
-            pods_by_ip: HashMap::new(),
-            model: ModelCache::default(),
+            model: Model::default(),
         }
     }
 
@@ -175,6 +175,13 @@ impl<E: Enforcer> Controller<E> {
                 }
             }
         }
+        // The stores are ready just before their InitDone reaches the model.
+        while !self.model.ready() {
+            match self.watchers.events.recv().await {
+                Some(e) => self.model.apply(e),
+                None => anyhow::bail!("the watch tasks stopped"),
+            }
+        }
         tracing::info!(elapsed = ?start.elapsed(), sizes = ?self.watchers.sizes(), "all watch stores listed");
         let changes = self.watchers.changes.clone();
         let mut rescan = tokio::time::interval(self.cfg.rescan);
@@ -183,7 +190,14 @@ impl<E: Enforcer> Controller<E> {
             self.shared.beat();
             tokio::select! {
                 _ = changes.changed() => {
-                    tokio::time::sleep(self.cfg.debounce).await;
+                    let first = changes.pending().unwrap_or_else(Instant::now);
+                    loop {
+                        let seen = changes.seq();
+                        tokio::time::sleep(self.cfg.debounce).await;
+                        if changes.seq() == seen || first.elapsed() >= self.cfg.max_wait {
+                            break;
+                        }
+                    }
                     let since = changes.take();
                     self.sync(since).await;
                 }
@@ -201,27 +215,20 @@ impl<E: Enforcer> Controller<E> {
     /// Rebuild, compile, install; `since` is when the first unprocessed change was seen.
     pub async fn sync(&mut self, since: Option<Instant>) {
         let t0 = Instant::now();
-        let namespaces = self.watchers.namespaces.state();
-        if namespaces.is_empty() && self.applied.is_some() {
+        self.model.applied = 0;
+        while let Ok(e) = self.watchers.events.try_recv() {
+            self.model.apply(e);
+        }
+        if self.model.explicit_namespaces() == 0 && self.applied.is_some() {
             tracing::warn!("the namespace store is empty; keeping the Plan in force");
             self.fail("refused a Plan built from an empty namespace store".into());
             return;
         }
-        let cluster = self.model.build(
-            &namespaces,
-            &self.watchers.pods.state(),
-            &self.watchers.policies.state(),
-        );
+        let cluster = self.model.cluster();
         let convert_secs = t0.elapsed().as_secs_f64();
         let t1 = Instant::now();
-        let plan = Arc::new(crate::compiler::compile(&cluster, Some(&self.node)));
+        let plan = Arc::new(crate::compiler::compile(cluster, Some(&self.node)));
         let compile_secs = t1.elapsed().as_secs_f64();
-        self.pods_by_ip = cluster
-            .pods
-            .iter()
-            .filter(|p| !p.host_network)
-            .flat_map(|p| p.ips.iter().map(move |ip| (*ip, p.key())))
-            .collect();
         let policy_errors: Vec<String> = cluster
             .policies
             .iter()
@@ -402,8 +409,12 @@ impl<E: Enforcer> Controller<E> {
         match self.enforcer.poll_events() {
             Ok(events) => {
                 for mut e in events {
-                    e.src_pod = e.src_pod.or_else(|| self.pods_by_ip.get(&e.src).cloned());
-                    e.dst_pod = e.dst_pod.or_else(|| self.pods_by_ip.get(&e.dst).cloned());
+                    e.src_pod = e
+                        .src_pod
+                        .or_else(|| self.model.pods_by_ip().get(&e.src).cloned());
+                    e.dst_pod = e
+                        .dst_pod
+                        .or_else(|| self.model.pods_by_ip().get(&e.dst).cloned());
                     let _ = self.shared.events.send(e);
                 }
             }

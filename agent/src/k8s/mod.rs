@@ -6,8 +6,8 @@
 //! bookmarks, and a relist on `410 Gone`; its reflector store buffers a relist and swaps it in
 //! at once (a store never looks empty while relisting). This module adds what the agent needs
 //! on top: one signal for "something changed, since when" (for debouncing and the sync latency
-//! metric), readiness of all three stores, counters of watch restarts and errors, and a
-//! snapshot of the stores as [`crate::source::Objects`] for [`crate::source::convert`].
+//! metric), readiness of all three stores, counters of watch restarts and errors, and every
+//! event converted once and sent to the control loop's event-driven [`Model`].
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -18,13 +18,14 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client};
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use crate::source::{Objects, Sourced};
 
 pub mod model;
-pub use model::ModelCache;
+pub use model::{Model, ModelEvent, Object};
 
 /// Origin recorded for objects read from the API server (appears in messages).
 pub const ORIGIN: &str = "kubernetes";
@@ -62,6 +63,8 @@ impl Resource {
 #[derive(Default)]
 pub struct ChangeSignal {
     since: Mutex<Option<Instant>>,
+    /// Changes marked so far (to tell whether more arrived while debouncing).
+    seq: AtomicU64,
     notify: Notify,
 }
 
@@ -70,6 +73,7 @@ impl ChangeSignal {
     pub fn mark(&self) {
         let mut since = self.since.lock().unwrap_or_else(|e| e.into_inner());
         since.get_or_insert_with(Instant::now);
+        self.seq.fetch_add(1, Ordering::Release);
         drop(since);
         self.notify.notify_one();
     }
@@ -82,6 +86,11 @@ impl ChangeSignal {
             }
             self.notify.notified().await;
         }
+    }
+
+    /// Number of changes marked so far.
+    pub fn seq(&self) -> u64 {
+        self.seq.load(Ordering::Acquire)
     }
 
     /// When the oldest unprocessed change was seen, if any.
@@ -125,6 +134,9 @@ pub struct Watchers {
     pub policies: Store<NetworkPolicy>,
     pub changes: Arc<ChangeSignal>,
     pub stats: Arc<WatchStats>,
+    /// Converted watch events, in order per resource, for [`Model::apply`]. Each is sent
+    /// before the change is marked, so a taken change has its events here.
+    pub events: UnboundedReceiver<ModelEvent>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -141,29 +153,35 @@ impl Watchers {
     pub fn start(client: Client, config: watcher::Config) -> Watchers {
         let changes = Arc::new(ChangeSignal::default());
         let stats = Arc::new(WatchStats::default());
+        let (tx, events) = unbounded_channel();
+        let out = Outputs {
+            changes: changes.clone(),
+            stats: stats.clone(),
+            tx,
+        };
         let mut tasks = Vec::new();
         let namespaces = spawn_reflector(
             Api::<Namespace>::all(client.clone()),
             Resource::Namespaces,
+            Object::namespace,
             config.clone(),
-            &changes,
-            &stats,
+            &out,
             &mut tasks,
         );
         let pods = spawn_reflector(
             Api::<Pod>::all(client.clone()),
             Resource::Pods,
+            Object::pod,
             config.clone(),
-            &changes,
-            &stats,
+            &out,
             &mut tasks,
         );
         let policies = spawn_reflector(
             Api::<NetworkPolicy>::all(client),
             Resource::NetworkPolicies,
+            Object::policy,
             config,
-            &changes,
-            &stats,
+            &out,
             &mut tasks,
         );
         Watchers {
@@ -172,6 +190,7 @@ impl Watchers {
             policies,
             changes,
             stats,
+            events,
             tasks,
         }
     }
@@ -244,12 +263,20 @@ impl Watchers {
     }
 }
 
+/// Where a watch task reports.
+#[derive(Clone)]
+struct Outputs {
+    changes: Arc<ChangeSignal>,
+    stats: Arc<WatchStats>,
+    tx: UnboundedSender<ModelEvent>,
+}
+
 fn spawn_reflector<K>(
     api: Api<K>,
     resource: Resource,
+    to_object: fn(&K) -> Object,
     config: watcher::Config,
-    changes: &Arc<ChangeSignal>,
-    stats: &Arc<WatchStats>,
+    out: &Outputs,
     tasks: &mut Vec<JoinHandle<()>>,
 ) -> Store<K>
 where
@@ -262,28 +289,38 @@ where
         + 'static,
 {
     let (reader, writer) = reflector::store();
-    let changes = changes.clone();
-    let stats = stats.clone();
+    let Outputs { changes, stats, tx } = out.clone();
     let stream = reflector::reflector(writer, watcher(api, config)).default_backoff();
     tasks.push(tokio::spawn(async move {
         let i = resource.index();
         let mut listed = false;
         futures::pin_mut!(stream);
         while let Some(item) = stream.next().await {
+            // The receiver lives in `Watchers`, which aborts this task when dropped.
             match item {
                 Ok(watcher::Event::Init) => {
+                    let _ = tx.send(ModelEvent::Init(resource));
                     if listed {
                         stats.restarts[i].fetch_add(1, Ordering::Relaxed);
                         tracing::info!(resource = resource.as_str(), "relisting");
                     }
                 }
-                Ok(watcher::Event::InitApply(_)) => {}
+                Ok(watcher::Event::InitApply(o)) => {
+                    let _ = tx.send(ModelEvent::InitApply(to_object(&o)));
+                }
                 Ok(watcher::Event::InitDone) => {
                     // The store swapped in the complete list.
+                    let _ = tx.send(ModelEvent::InitDone(resource));
                     listed = true;
                     changes.mark();
                 }
-                Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_)) => {
+                Ok(watcher::Event::Apply(o)) => {
+                    let _ = tx.send(ModelEvent::Apply(to_object(&o)));
+                    stats.events[i].fetch_add(1, Ordering::Relaxed);
+                    changes.mark();
+                }
+                Ok(watcher::Event::Delete(o)) => {
+                    let _ = tx.send(ModelEvent::Apply(to_object(&o).deleted()));
                     stats.events[i].fetch_add(1, Ordering::Relaxed);
                     changes.mark();
                 }
