@@ -30,8 +30,9 @@ pub struct AgentArgs {
     /// Control socket for `netward status` and `netward monitor`.
     #[arg(long, default_value = crate::agent::api::DEFAULT_SOCKET, env = "NETWARD_SOCKET")]
     pub socket: PathBuf,
-    /// Changes are collected this long (ms) before a recompile.
-    #[arg(long, default_value_t = 30, env = "NETWARD_DEBOUNCE_MS")]
+    /// Quiet period (ms): a recompile starts once no change arrived for this long (and at the
+    /// latest 50 ms after the first pending change).
+    #[arg(long, default_value_t = 5, env = "NETWARD_DEBOUNCE_MS")]
     pub debounce_ms: u64,
     /// Log format.
     #[arg(long, value_enum, default_value = "text", env = "NETWARD_LOG_FORMAT")]
