@@ -14,18 +14,7 @@ use super::{netns, LabName, LabPod, LabState, GATEWAY_V4, GATEWAY_V6};
 /// Run `ip ARGS`, failing with the command and its stderr.
 pub fn ip(args: &[&str]) -> Result<()> {
     debug!("ip {}", args.join(" "));
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .context("running ip (iproute2)")?;
-    if !out.status.success() {
-        bail!(
-            "`ip {}` failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
+    ip_output(args).map(drop)
 }
 
 fn ip_output(args: &[&str]) -> Result<String> {
