@@ -28,6 +28,8 @@ pub struct Cluster {
     pub pods: Vec<Pod>,
     /// Sorted by (namespace, name). The index in this vector is the policy's id in a Plan.
     pub policies: Vec<Policy>,
+    /// Sorted by (namespace, name). Only Services with at least one virtual address.
+    pub services: Vec<Service>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -364,7 +366,93 @@ pub enum PortRef {
     Name(String),
 }
 
+/// A Service whose virtual addresses kube-proxy rewrites (DNAT) to one of its endpoints.
+///
+/// netward's egress hook (tc ingress on the pod's host-side veth) sees the packet before that
+/// rewrite, so a connection to a virtual address is decided against the Service's endpoints:
+/// it is allowed iff the client's egress allows every ready endpoint of that port (evaluated
+/// post-DNAT, on the endpoint's address and target port), and denied when some endpoint is not
+/// allowed or there is none. Ingress is unaffected: the receiving pod sees the rewritten packet.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Service {
+    pub namespace: String,
+    pub name: String,
+    /// spec.clusterIPs (without "None"), spec.externalIPs and status.loadBalancer.ingress[].ip:
+    /// every address kube-proxy rewrites for in-cluster clients. Sorted, unique.
+    pub vips: Vec<IpAddr>,
+    /// spec.ports.
+    pub ports: Vec<ServicePort>,
+    /// Ready endpoints, from the Service's EndpointSlices (or, for manifests without any, the
+    /// ready pods its selector matches, as the EndpointSlice controller would compute them).
+    /// Sorted by address, unique addresses.
+    pub endpoints: Vec<ServiceEndpoint>,
+}
+
+impl Service {
+    /// `namespace/name`.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+
+    /// Where a connection to `port` may be rewritten to: (endpoint address, target port) of
+    /// every endpoint serving a port of the same name and protocol.
+    pub fn backends<'a>(
+        &'a self,
+        port: &'a ServicePort,
+    ) -> impl Iterator<Item = (IpAddr, u16)> + 'a {
+        self.endpoints.iter().filter_map(move |e| {
+            e.ports
+                .iter()
+                .find(|p| p.name == port.name && p.protocol == port.protocol)
+                .map(|p| (e.ip, p.port))
+        })
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ServicePort {
+    /// spec.ports[].name ("" when the Service has a single unnamed port); EndpointSlice ports
+    /// are matched to it by name.
+    pub name: String,
+    pub protocol: Protocol,
+    /// spec.ports[].port: the port clients connect to on a virtual address.
+    pub port: u16,
+}
+
+/// One ready endpoint address and the ports it serves (EndpointSlice `ports`, by name).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ServiceEndpoint {
+    pub ip: IpAddr,
+    /// (port name, protocol, target port on the endpoint).
+    pub ports: Vec<EndpointPort>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct EndpointPort {
+    pub name: String,
+    pub protocol: Protocol,
+    pub port: u16,
+}
+
 impl Cluster {
+    /// The Service port a connection to (`vip`, `protocol`, `port`) is rewritten for, if any.
+    pub fn service_port(
+        &self,
+        vip: IpAddr,
+        protocol: Protocol,
+        port: u16,
+    ) -> Option<(&Service, &ServicePort)> {
+        self.services.iter().find_map(|s| {
+            if !s.vips.contains(&vip) {
+                return None;
+            }
+            s.ports
+                .iter()
+                .find(|p| p.protocol == protocol && p.port == port)
+                .map(|p| (s, p))
+        })
+    }
+
     pub fn namespace_labels(&self, ns: &str) -> Option<&Labels> {
         self.namespaces.get(ns).map(|n| &n.labels)
     }

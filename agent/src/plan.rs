@@ -8,7 +8,9 @@
 
 use std::net::IpAddr;
 
-use netward_common::{IpcacheKey, IpcacheValue, PolicyKey, PolicyValue};
+use netward_common::{
+    IpcacheKey, IpcacheValue, PolicyKey, PolicyValue, ServiceKey, ServicePolicyKey, ServiceValue,
+};
 use serde::Serialize;
 
 use crate::model::Direction;
@@ -32,6 +34,29 @@ pub struct Plan {
     pub subject_classes: Vec<SubjectClass>,
     /// `peer_class - 1` indexes this table.
     pub peer_classes: Vec<PeerClass>,
+    /// `SERVICES` entries: every (virtual address, protocol, port) of a Service, sorted by
+    /// key. Each virtual address also has a full-length ipcache entry flagged `EP_SERVICE`.
+    #[serde(skip)]
+    pub services: Vec<(ServiceKey, ServiceValue)>,
+    /// `SERVICE_POLICY` entries (all allows), sorted by key: only for subject classes
+    /// isolated for egress, only where every endpoint of the Service port is allowed.
+    #[serde(skip)]
+    pub service_policy: Vec<(ServicePolicyKey, PolicyValue)>,
+    /// `ServiceValue::service_port - 1` indexes this table.
+    pub service_ports: Vec<ServicePortRef>,
+}
+
+/// A port of a Service, as reached through its virtual addresses.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ServicePortRef {
+    pub namespace: String,
+    pub name: String,
+    /// The Service port's name ("" when unnamed).
+    pub port_name: String,
+    pub protocol: crate::model::Protocol,
+    pub port: u16,
+    /// (endpoint address, target port) a connection may be rewritten to.
+    pub backends: Vec<(IpAddr, u16)>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -96,6 +121,8 @@ pub struct PlanStats {
     pub ipcache_entries: usize,
     pub policy_entries: usize,
     pub policies: usize,
+    pub service_entries: usize,
+    pub service_policy_entries: usize,
 }
 
 impl Plan {
@@ -107,6 +134,8 @@ impl Plan {
             ipcache_entries: self.ipcache.len(),
             policy_entries: self.policy.len(),
             policies: self.policies.len(),
+            service_entries: self.services.len(),
+            service_policy_entries: self.service_policy.len(),
         }
     }
 

@@ -43,6 +43,10 @@ pub const EP_LOCAL: u32 = 1 << 0;
 pub const EP_ISOLATED_INGRESS: u32 = 1 << 1;
 /// [`IpcacheValue::flags`]: some policy isolates this pod for egress.
 pub const EP_ISOLATED_EGRESS: u32 = 1 << 2;
+/// [`IpcacheValue::flags`]: the address is a Service virtual address (a `HOSTS` entry) that
+/// kube-proxy rewrites after the egress hook: egress new flows to it look up [`ServiceKey`]
+/// first; `peer_class` is the class the address has as a plain address (for unserved ports).
+pub const EP_SERVICE: u32 = 1 << 3;
 
 /// Number of bits of [`IpcacheKey`] data before the address: slot + family.
 pub const IPCACHE_HEADER_BITS: u32 = 16;
@@ -415,8 +419,10 @@ pub mod reason {
     pub const REVOKED: u8 = 20;
     /// No Plan installed yet (`CFG_READY` unset): IP traffic is dropped.
     pub const NOT_READY: u8 = 21;
+    /// Egress to a Service virtual address whose endpoints are not all allowed (or it has none).
+    pub const SERVICE_DENY: u8 = 22;
     /// One past the largest reason.
-    pub const COUNT: u8 = 22;
+    pub const COUNT: u8 = 23;
 
     /// Short name for metrics and logs.
     pub const fn name(reason: u8) -> &'static str {
@@ -437,6 +443,7 @@ pub mod reason {
             FRAGMENT_UNTRACKED => "fragment_untracked",
             REVOKED => "revoked",
             NOT_READY => "not_ready",
+            SERVICE_DENY => "service_deny",
             _ => "unknown",
         }
     }
@@ -580,4 +587,38 @@ mod tests {
         );
         assert_eq!(r.reply(), k);
     }
+}
+
+/// `SERVICES` hash key: a port of a Service virtual address, in one slot.
+/// For IPv4 the address occupies the first 4 bytes of `addr` and the rest is zero.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct ServiceKey {
+    pub slot: u8,
+    pub family: u8,
+    pub proto: u8,
+    pub _pad: u8,
+    /// Host byte order (hash key, never prefix-matched).
+    pub port: u16,
+    pub _pad2: [u8; 2],
+    pub addr: [u8; 16],
+}
+
+/// `SERVICES` value.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct ServiceValue {
+    /// Index+1 of the Service port in the Plan's service port table.
+    pub service_port: u32,
+}
+
+/// `SERVICE_POLICY` hash key: may this subject class connect to this Service port? Present
+/// (with the attribution of the rule that allows its endpoints) only when it may.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct ServicePolicyKey {
+    pub slot: u8,
+    pub _pad: [u8; 3],
+    pub subject: u32,
+    pub service_port: u32,
 }

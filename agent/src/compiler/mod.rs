@@ -164,6 +164,10 @@ pub fn compile(cluster: &Cluster, node: Option<&str>) -> Plan {
         endpoints,
         subject_classes,
         peer_classes,
+        // Filled by the Service pass (egress to virtual addresses); none yet.
+        services: Vec::new(),
+        service_policy: Vec::new(),
+        service_ports: Vec::new(),
     }
 }
 

@@ -219,6 +219,7 @@ mod tests {
                 pod("b", "web", "10.0.0.2", "n2"),
             ],
             policies,
+            services: Vec::new(),
         }
     }
 
