@@ -50,6 +50,8 @@ pub fn test_config(tag: &str) -> DatapathConfig {
         policy_max: 4096,
         conntrack_max: 4096,
         frags_max: 256,
+        services_max: 256,
+        service_policy_max: 1024,
         events_ring_bytes: 64 * 1024,
         fail_closed_unknown: false,
         events_per_sec: 1_000_000,
