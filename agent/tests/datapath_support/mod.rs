@@ -2,6 +2,8 @@
 //! written directly as map entries.
 #![allow(dead_code)]
 
+pub mod netns;
+
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
