@@ -362,6 +362,11 @@ impl Context<'_> {
                     )
                 };
                 text.push_str(&format!("  {reason}\n"));
+                if *backends > 0 {
+                    text.push_str(
+                        "  to allow it, let an egress rule of these policies allow every endpoint below (address and target port)\n",
+                    );
+                }
                 (
                     "service_denied",
                     isolated_by.iter().map(PolicyRef::key).collect(),
