@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use super::{Finding, Index, Severity};
-use crate::eval::spec::{isolating, service_backend_rules};
+use crate::eval::spec::service_backend_rules;
 use crate::eval::Flow;
 use crate::model::{Direction, Pod, Service, ServicePort};
 
@@ -33,14 +33,13 @@ pub(super) fn check(ix: &Index) -> Vec<Finding> {
     let mut groups: BTreeMap<Vec<usize>, Vec<&Pod>> = BTreeMap::new();
     let mut order: Vec<Vec<usize>> = Vec::new();
     for pod in ix.pods().filter(|p| !p.ips.is_empty()) {
-        let by: Vec<usize> = isolating(cluster, Direction::Egress, pod)
-            .into_iter()
-            .map(|p| {
-                cluster
-                    .policies
-                    .iter()
-                    .position(|q| std::ptr::eq(p, q))
-                    .expect("policy of this cluster")
+        let by: Vec<usize> = ix
+            .policies_in(&pod.namespace)
+            .iter()
+            .copied()
+            .filter(|&i| {
+                let p = &cluster.policies[i];
+                p.isolates(Direction::Egress) && p.selects(pod)
             })
             .collect();
         if by.is_empty() {
