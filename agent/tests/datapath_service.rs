@@ -250,6 +250,7 @@ fn service_vips_with_kube_proxy_dnat() {
         assert_eq!((out.verdict, out.reason), (Verdict::Allow, "policy_allow"));
         assert_eq!((out.dst.to_string(), out.dport), (WEB_VIP.to_string(), 80));
         assert_eq!(out.policy.as_ref().unwrap().name, "client-egress");
+        assert_eq!(out.service.as_deref(), Some("default/web:80/TCP"));
         // The backend's ingress saw the rewritten packet and judged it on its own policy.
         let inb = ev
             .iter()
@@ -260,6 +261,7 @@ fn service_vips_with_kube_proxy_dnat() {
             (web_ip.clone(), TARGET_PORT)
         );
         assert_eq!(inb.policy.as_ref().unwrap().name, "web-ingress");
+        assert_eq!(inb.service, None);
 
         // Denied: db has an endpoint the client may not reach.
         let before = dp.counters().unwrap();
@@ -281,6 +283,12 @@ fn service_vips_with_kube_proxy_dnat() {
             assert_eq!((e.verdict, e.direction), (Verdict::Drop, Egress));
             assert_eq!(e.dst.to_string(), DB_VIP);
             assert_eq!(e.src.to_string(), client_ip);
+            let want = if proto == PROTO_TCP {
+                "default/db:80/TCP"
+            } else {
+                "default/db:53/UDP"
+            };
+            assert_eq!(e.service.as_deref(), Some(want));
         }
 
         // A policy change revokes: the established connection stops, new ones are denied.
