@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use datapath_support::netns::{in_ns, Node};
+use datapath_support::netns::{in_ns, resolve_neighbours, Node};
 use datapath_support::*;
 use netward::datapath::{Datapath, EventReader, Verdict, VerdictEvent};
 use netward::model::Direction::{Egress, Ingress};
@@ -262,6 +262,13 @@ fn service_vips_with_kube_proxy_dnat() {
             dp.attach(i).unwrap();
         }
         let mut reader = dp.events().unwrap();
+        let pods = [&client_ips, &web_ips, &db_ips];
+        resolve_neighbours(
+            &pods
+                .iter()
+                .flat_map(|p| [p.0.as_str(), p.1.as_str()])
+                .collect::<Vec<_>>(),
+        );
 
         // Allowed: TCP and UDP through the VIP, replies through conntrack.
         let before = dp.counters().unwrap();

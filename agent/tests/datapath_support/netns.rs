@@ -204,3 +204,17 @@ impl Drop for Node {
         self.pods.clear();
     }
 }
+
+/// Make the calling thread's namespace (the node) resolve the neighbour entries of `addrs`
+/// (one UDP datagram to the discard port each; from the node, which policies always allow):
+/// a forwarded IPv6 packet that has to wait for neighbour discovery on a just-created veth is
+/// sometimes lost, and TCP retransmits only after a second.
+pub fn resolve_neighbours(addrs: &[&str]) {
+    for a in addrs {
+        let ip: std::net::IpAddr = a.parse().unwrap();
+        let bind = if ip.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" };
+        let s = std::net::UdpSocket::bind(bind).unwrap();
+        let _ = s.send_to(b"", (ip, 9));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+}
