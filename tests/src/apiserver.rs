@@ -778,10 +778,15 @@ fn stream_response(backlog: Vec<Bytes>, rx: Option<mpsc::Receiver<Bytes>>) -> Re
 /// Concise k8s-openapi objects for tests.
 pub mod objects {
     use k8s_openapi::api::core::v1::{
-        Container, ContainerPort, Namespace, Pod, PodIP, PodSpec, PodStatus,
+        Container, ContainerPort, Namespace, Pod, PodIP, PodSpec, PodStatus, Service, ServicePort,
+        ServiceSpec,
+    };
+    use k8s_openapi::api::discovery::v1::{
+        Endpoint, EndpointConditions, EndpointPort, EndpointSlice,
     };
     use k8s_openapi::api::networking::v1::NetworkPolicy;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
     fn labels(l: &[(&str, &str)]) -> Option<std::collections::BTreeMap<String, String>> {
         Some(
@@ -842,6 +847,89 @@ pub mod objects {
                 pod_ips: Some(vec![PodIP { ip: ip.into() }]),
                 ..Default::default()
             }),
+        }
+    }
+
+    /// A ClusterIP Service `ns/name` at `cluster_ip` with TCP ports `(name, port, targetPort)`
+    /// selecting `selector` (the test writes the EndpointSlices itself).
+    pub fn service(
+        key: &str,
+        cluster_ip: &str,
+        selector: &[(&str, &str)],
+        ports: &[(&str, u16, u16)],
+    ) -> Service {
+        let (ns, name) = key.split_once('/').expect("ns/name");
+        Service {
+            metadata: ObjectMeta {
+                namespace: Some(ns.into()),
+                name: Some(name.into()),
+                ..Default::default()
+            },
+            spec: Some(ServiceSpec {
+                type_: Some("ClusterIP".into()),
+                cluster_ip: Some(cluster_ip.into()),
+                cluster_ips: Some(vec![cluster_ip.into()]),
+                selector: labels(selector),
+                ports: Some(
+                    ports
+                        .iter()
+                        .map(|(n, port, target)| ServicePort {
+                            name: (!n.is_empty()).then(|| n.to_string()),
+                            port: i32::from(*port),
+                            target_port: Some(IntOrString::Int(i32::from(*target))),
+                            protocol: Some("TCP".into()),
+                            ..Default::default()
+                        })
+                        .collect(),
+                ),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// An IPv4 EndpointSlice `ns/name` of Service `service` (same namespace): endpoints
+    /// `(address, ready)` serving TCP ports `(name, port)`.
+    pub fn endpoint_slice(
+        key: &str,
+        service: &str,
+        endpoints: &[(&str, bool)],
+        ports: &[(&str, u16)],
+    ) -> EndpointSlice {
+        let (ns, name) = key.split_once('/').expect("ns/name");
+        EndpointSlice {
+            metadata: ObjectMeta {
+                namespace: Some(ns.into()),
+                name: Some(name.into()),
+                labels: labels(&[("kubernetes.io/service-name", service)]),
+                ..Default::default()
+            },
+            address_type: "IPv4".into(),
+            endpoints: Some(
+                endpoints
+                    .iter()
+                    .map(|(ip, ready)| Endpoint {
+                        addresses: vec![ip.to_string()],
+                        conditions: Some(EndpointConditions {
+                            ready: Some(*ready),
+                            serving: Some(*ready),
+                            terminating: Some(false),
+                        }),
+                        ..Default::default()
+                    })
+                    .collect(),
+            ),
+            ports: Some(
+                ports
+                    .iter()
+                    .map(|(n, port)| EndpointPort {
+                        name: Some(n.to_string()),
+                        port: Some(i32::from(*port)),
+                        protocol: Some("TCP".into()),
+                        ..Default::default()
+                    })
+                    .collect(),
+            ),
         }
     }
 
