@@ -14,31 +14,52 @@ use netward::lab::probe::{self, Target};
 use netward::lab::{lifecycle, netns, LabName, LabPod, LabState};
 use netward::model::{Cluster, ContainerPort, Namespace, Pod, Protocol, NAMESPACE_NAME_LABEL};
 
+static BIN: OnceLock<PathBuf> = OnceLock::new();
+
 /// The `netward` binary, built once per test process (`NETWARD_BIN` overrides). A library
 /// dependency does not build the package's binary, hence the nested `cargo build`.
 pub fn netward_bin() -> PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
-        if let Ok(p) = std::env::var("NETWARD_BIN") {
-            return PathBuf::from(p);
-        }
-        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .expect("tests/ sits in the workspace")
-            .to_path_buf();
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "--quiet", "-p", "netward", "--bin", "netward"])
-            .current_dir(&root)
-            .status()
-            .expect("running cargo build");
-        assert!(status.success(), "building netward failed");
-        let target = std::env::var("CARGO_TARGET_DIR")
+        std::env::var("NETWARD_BIN")
             .map(PathBuf::from)
-            .unwrap_or_else(|_| root.join("target"));
-        target.join("debug/netward")
+            .unwrap_or_else(|_| build_netward(false))
     })
     .clone()
+}
+
+/// Make every lab of this process run an optimised `netward` (benchmarks): builds it with
+/// `--release` unless `NETWARD_BIN` names one. Call before anything starts a lab.
+pub fn use_release_binary() -> PathBuf {
+    let bin = std::env::var("NETWARD_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| build_netward(true));
+    assert!(
+        BIN.set(bin.clone()).is_ok() || BIN.get() == Some(&bin),
+        "a lab already runs another netward binary"
+    );
+    bin
+}
+
+fn build_netward(release: bool) -> PathBuf {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ sits in the workspace")
+        .to_path_buf();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.args(["build", "--quiet", "-p", "netward", "--bin", "netward"])
+        .current_dir(&root);
+    if release {
+        cmd.arg("--release");
+    }
+    let status = cmd.status().expect("running cargo build");
+    assert!(status.success(), "building netward failed");
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| root.join("target"));
+    target
+        .join(if release { "release" } else { "debug" })
+        .join("netward")
 }
 
 /// Whether this process may build labs (root: namespaces, veths, BPF).
