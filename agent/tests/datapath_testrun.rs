@@ -819,3 +819,337 @@ fn traffic_from_the_node_is_allowed() {
         (false, "policy_deny")
     );
 }
+
+// ---- Service virtual addresses (egress is seen before kube-proxy's DNAT) ----
+
+const VIP4: &str = "10.96.0.10"; // TCP 80 (sp 1, allowed), UDP 53 (sp 2, allowed), TCP 8443 (sp 3)
+const VIP6: &str = "fd00:96::10"; // TCP 80 (sp 4, allowed), TCP 8443 (sp 5)
+
+/// [`fixture`] plus two virtual addresses; subject 1 may reach Service ports 1, 2 and 4 (the
+/// compiler's verdict that every endpoint is allowed), not 3 and 5. A plain egress rule lets
+/// subject 1 reach any peer on TCP 9999 (for ports the Service does not serve).
+fn service_fixture() -> Plan {
+    let mut p = PlanBuilder { plan: fixture() };
+    p.service(
+        VIP4,
+        1,
+        &[(PROTO_TCP, 80, 1), (PROTO_UDP, 53, 2), (PROTO_TCP, 8443, 3)],
+    )
+    .service(VIP6, 1, &[(PROTO_TCP, 80, 4), (PROTO_TCP, 8443, 5)])
+    .service_allow(1, 1, 7, 0)
+    .service_allow(1, 2, 7, 1)
+    .service_allow(1, 4, 7, 0)
+    .allow(
+        POLICY_PREFIX_FULL,
+        DIR_EGRESS,
+        1,
+        ANY_PEER,
+        PROTO_TCP,
+        9999,
+        6,
+        1,
+    );
+    let mut plan = p.build();
+    plan.policies = (1..=7)
+        .map(|i| PolicyRef {
+            namespace: "default".into(),
+            name: format!("p{i}"),
+        })
+        .collect();
+    plan
+}
+
+fn service_setup(tag: &str) -> TestDp {
+    let mut dp = open(test_config(tag));
+    dp.apply(&service_fixture()).unwrap();
+    dp
+}
+
+#[test]
+fn service_vip_allowed_denied_and_unserved_ports() {
+    let dp = service_setup("svc");
+    let mut reader = dp.events().unwrap();
+    // Allowed: every endpoint of the Service port is allowed to the client.
+    check(
+        &dp,
+        Egress,
+        &frame(A4, VIP4, tcp(40000, 80)),
+        true,
+        "policy_allow",
+    );
+    let udp = |sport, dport| L4::Udp { sport, dport };
+    check(
+        &dp,
+        Egress,
+        &frame(A4, VIP4, udp(40001, 53)),
+        true,
+        "policy_allow",
+    );
+    // Not all endpoints allowed (no SERVICE_POLICY entry): service_deny, not policy_deny.
+    check(
+        &dp,
+        Egress,
+        &frame(A4, VIP4, tcp(40002, 8443)),
+        false,
+        "service_deny",
+    );
+    // Ports and protocols the Service does not serve: the plain policy of the address.
+    check(
+        &dp,
+        Egress,
+        &frame(A4, VIP4, tcp(40003, 9999)),
+        true,
+        "policy_allow",
+    );
+    check(
+        &dp,
+        Egress,
+        &frame(A4, VIP4, udp(40004, 80)),
+        false,
+        "policy_deny",
+    );
+    check(
+        &dp,
+        Egress,
+        &frame(A4, VIP4, tcp(40005, 81)),
+        false,
+        "policy_deny",
+    );
+    check(
+        &dp,
+        Egress,
+        &frame(A4, VIP4, L4::EchoRequest { id: 40006 }),
+        false,
+        "policy_deny",
+    );
+    // A pod not isolated for egress reaches every Service port.
+    check(
+        &dp,
+        Egress,
+        &frame(B4, VIP4, tcp(40007, 8443)),
+        true,
+        "not_isolated",
+    );
+    // Ingress is unaffected: a packet from the virtual address is a plain peer.
+    check(
+        &dp,
+        Ingress,
+        &frame(VIP4, A4, tcp(40008, 443)),
+        true,
+        "policy_allow",
+    );
+    check(
+        &dp,
+        Ingress,
+        &frame(VIP4, A4, tcp(40009, 8443)),
+        false,
+        "policy_deny",
+    );
+    // IPv6 virtual address.
+    check(
+        &dp,
+        Egress,
+        &frame(A6, VIP6, tcp(40010, 80)),
+        true,
+        "policy_allow",
+    );
+    check(
+        &dp,
+        Egress,
+        &frame(A6, VIP6, tcp(40011, 8443)),
+        false,
+        "service_deny",
+    );
+    check(
+        &dp,
+        Egress,
+        &frame(A6, VIP6, tcp(40012, 81)),
+        false,
+        "policy_deny",
+    );
+
+    let ev = reader.poll(std::time::Duration::from_secs(1)).unwrap();
+    let first = &ev[0];
+    assert_eq!(
+        (first.verdict, first.reason, first.dport),
+        (Verdict::Allow, "policy_allow", 80)
+    );
+    assert_eq!(first.dst.to_string(), VIP4);
+    assert_eq!(first.policy.as_ref().map(|p| p.name.as_str()), Some("p7"));
+    let udp_ev = &ev[1];
+    assert_eq!((udp_ev.dport, udp_ev.rule), (53, Some(1)));
+    let denied: Vec<_> = ev.iter().filter(|e| e.reason == "service_deny").collect();
+    assert_eq!(denied.len(), 2, "{ev:?}");
+    assert!(denied
+        .iter()
+        .all(|e| e.verdict == Verdict::Drop && e.dport == 8443 && e.direction == Egress));
+}
+
+#[test]
+fn service_flows_are_tracked_and_revoked_by_a_policy_change() {
+    let mut dp = service_setup("svcgen");
+    let syn = frame(A4, VIP4, tcp(41000, 80));
+    let ack = frame(A4, VIP4, tcp_ack(41000, 80));
+    // kube-proxy undoes the DNAT before the reply reaches the client's veth.
+    let reply = frame(VIP4, A4, tcp_ack(80, 41000));
+    check(&dp, Egress, &syn, true, "policy_allow");
+    check(&dp, Egress, &ack, true, "established");
+    check(&dp, Ingress, &reply, true, "reply");
+    // Same Plan again: re-checked, still allowed.
+    dp.apply(&service_fixture()).unwrap();
+    check(&dp, Egress, &ack, true, "established");
+    // An endpoint the client may not reach joins: the compiler drops the SERVICE_POLICY entry.
+    let mut without = service_fixture();
+    without.service_policy.retain(|(k, _)| k.service_port != 1);
+    dp.apply(&without).unwrap();
+    check(&dp, Ingress, &reply, false, "revoked");
+    check(&dp, Egress, &ack, false, "service_deny");
+    check(&dp, Egress, &syn, false, "service_deny");
+    // Back again.
+    dp.apply(&service_fixture()).unwrap();
+    check(&dp, Egress, &syn, true, "policy_allow");
+}
+
+#[test]
+fn service_maps_follow_the_slot_protocol() {
+    let mut dp = service_setup("svcsync");
+    let plan = service_fixture();
+    for round in 0..3 {
+        let g = dp.current_config().unwrap().generation;
+        let slot = Config::slot_of(g);
+        let (services, policy) = dp.service_entries().unwrap();
+        // Only the live slot remains, holding exactly the Plan's tables.
+        let mut want_s = plan.services.clone();
+        want_s.iter_mut().for_each(|(k, _)| k.slot = slot);
+        let mut want_p = plan.service_policy.clone();
+        want_p.iter_mut().for_each(|(k, _)| k.slot = slot);
+        want_s.sort();
+        want_p.sort();
+        assert_eq!(services, want_s, "round {round}");
+        assert_eq!(policy, want_p, "round {round}");
+        let r = dp.apply(&plan).unwrap();
+        assert_eq!(
+            (r.services_written, r.services_deleted),
+            (
+                plan.services.len() + plan.service_policy.len(),
+                plan.services.len() + plan.service_policy.len()
+            ),
+            "round {round}"
+        );
+    }
+    // An empty Plan removes everything.
+    dp.apply(&fixture()).unwrap();
+    let (s, p) = dp.service_entries().unwrap();
+    assert!(s.is_empty() && p.is_empty(), "{s:?} {p:?}");
+}
+
+#[test]
+fn full_service_maps_fail_closed() {
+    let mut cfg = test_config("svcfull");
+    let plan = service_fixture();
+    // Room for one Plan's SERVICES, not for two side by side.
+    cfg.services_max = plan.services.len() as u32 + 1;
+    let mut dp = open(cfg);
+    dp.apply(&plan).unwrap();
+    let g = dp.current_config().unwrap().generation;
+    let err = dp.apply(&plan).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            netward::datapath::SyncError::MapFull {
+                map: "SERVICES",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(dp.current_config().unwrap().generation, g);
+    assert_eq!(dp.counters().unwrap().sync_failures, 1);
+    // The Plan in force still decides, nothing was left half-written.
+    check(
+        &dp,
+        Egress,
+        &frame(A4, VIP4, tcp(42000, 80)),
+        true,
+        "policy_allow",
+    );
+    check(
+        &dp,
+        Egress,
+        &frame(A4, VIP4, tcp(42001, 8443)),
+        false,
+        "service_deny",
+    );
+    let (s, _) = dp.service_entries().unwrap();
+    assert_eq!(s.len(), plan.services.len());
+    // Same for SERVICE_POLICY.
+    let mut cfg = test_config("svcfull2");
+    cfg.service_policy_max = plan.service_policy.len() as u32;
+    let mut dp = open(cfg);
+    dp.apply(&plan).unwrap();
+    let err = dp.apply(&plan).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            netward::datapath::SyncError::MapFull {
+                map: "SERVICE_POLICY",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    check(
+        &dp,
+        Egress,
+        &frame(A4, VIP4, tcp(42002, 80)),
+        true,
+        "policy_allow",
+    );
+}
+
+/// An agent from before `reason::SERVICE_DENY` left a `COUNTERS` map one entry shorter: the
+/// restarted agent replaces it (counters are not enforcement state) and keeps the Plan.
+#[test]
+fn restart_over_an_older_counters_map_keeps_enforcing() {
+    const BPF_MAP_TYPE_PERCPU_ARRAY: u32 = 6;
+    let cfg = test_config("svccounters");
+    let mut dp = open(cfg.clone());
+    dp.apply(&service_fixture()).unwrap();
+    let g = dp.current_config().unwrap().generation;
+    // Drop the process's handles (pins stay), then swap in the older agent's map.
+    drop(dp.dp.take());
+    let pin = cfg.bpffs_dir.join("COUNTERS");
+    std::fs::remove_file(&pin).unwrap();
+    pin_raw_map(&pin, BPF_MAP_TYPE_PERCPU_ARRAY, 4, 8, COUNTER_COUNT - 1);
+    let info = aya::maps::MapInfo::from_pin(&pin).unwrap();
+    assert_eq!(info.max_entries(), COUNTER_COUNT - 1);
+
+    dp.dp = Some(Datapath::open_or_create(cfg.clone()).expect("restart over old pins"));
+    let info = aya::maps::MapInfo::from_pin(&pin).unwrap();
+    assert_eq!(info.max_entries(), COUNTER_COUNT);
+    // The Plan in force was not touched and enforces without a new apply.
+    assert_eq!(dp.current_config().unwrap().generation, g);
+    check(
+        &dp,
+        Egress,
+        &frame(A4, VIP4, tcp(43000, 80)),
+        true,
+        "policy_allow",
+    );
+    check(
+        &dp,
+        Egress,
+        &frame(A4, VIP4, tcp(43001, 8443)),
+        false,
+        "service_deny",
+    );
+    check(
+        &dp,
+        Ingress,
+        &frame(C4, A4, tcp(43002, 81)),
+        false,
+        "policy_deny",
+    );
+    let c = dp.counters().unwrap();
+    assert_eq!((c.reason(reason::SERVICE_DENY), c.denied), (1, 2), "{c:?}");
+}

@@ -515,6 +515,9 @@ mod pod_impls {
     unsafe impl aya::Pod for FragValue {}
     unsafe impl aya::Pod for Event {}
     unsafe impl aya::Pod for RateState {}
+    unsafe impl aya::Pod for ServiceKey {}
+    unsafe impl aya::Pod for ServiceValue {}
+    unsafe impl aya::Pod for ServicePolicyKey {}
 }
 
 #[cfg(test)]

@@ -31,6 +31,7 @@ mod events;
 mod maps;
 mod parse;
 mod policy;
+mod service;
 mod time;
 
 use aya_ebpf::{

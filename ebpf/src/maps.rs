@@ -8,7 +8,7 @@ use aya_ebpf::{
 };
 use netward_common::{
     Config, CtKey, CtValue, FragKey, FragValue, IpcacheKey, IpcacheValue, PolicyKey, PolicyValue,
-    RateState, COUNTER_COUNT,
+    RateState, ServiceKey, ServicePolicyKey, ServiceValue, COUNTER_COUNT,
 };
 
 /// LPM data parts (everything after `prefixlen`), see `IpcacheKey::lpm_data`.
@@ -44,3 +44,13 @@ pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(COUNTER_COUNT, 0);
 
 #[map(name = "RATELIMIT")]
 pub static RATELIMIT: PerCpuArray<RateState> = PerCpuArray::pinned(1, 0);
+
+/// Service virtual address ports (`slot | family | proto | port | addr`) -> Service port id.
+/// Looked up only for egress new flows whose destination carries `EP_SERVICE`.
+#[map(name = "SERVICES")]
+pub static SERVICES: HashMap<ServiceKey, ServiceValue> = HashMap::pinned(16384, 0);
+
+/// (slot, subject class, Service port id) -> attribution, present only when the subject may
+/// reach every endpoint of that Service port.
+#[map(name = "SERVICE_POLICY")]
+pub static SERVICE_POLICY: HashMap<ServicePolicyKey, PolicyValue> = HashMap::pinned(65536, 0);

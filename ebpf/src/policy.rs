@@ -13,11 +13,12 @@
 use aya_ebpf::maps::lpm_trie::Key;
 use netward_common::{
     reason, IpcacheKey, IpcacheValue, PolicyKey, ANY_PEER, CFG_FAIL_CLOSED_UNKNOWN, DIR_EGRESS,
-    EP_ISOLATED_EGRESS, EP_ISOLATED_INGRESS, EP_LOCAL, FAMILY_V4, IPCACHE_HEADER_BITS,
+    EP_ISOLATED_EGRESS, EP_ISOLATED_INGRESS, EP_LOCAL, EP_SERVICE, FAMILY_V4, IPCACHE_HEADER_BITS,
     POLICY_PREFIX_FULL,
 };
 
 use crate::maps::{HOSTS, IPCACHE, POLICY};
+use crate::parse::has_ports;
 
 /// Outcome of a policy check.
 #[derive(Clone, Copy)]
@@ -125,9 +126,19 @@ pub fn check(
         d.reason = reason::NOT_ISOLATED;
         return d;
     }
-    let peer_class = ipcache_get(slot, family, peer)
-        .map(|v| v.peer_class)
-        .unwrap_or(ANY_PEER);
+    let peer_v = ipcache_get(slot, family, peer);
+    // Egress to a Service virtual address is decided for its endpoints (service.rs); a port
+    // it does not serve falls through to the plain lookup. Other flows: one flag test.
+    if let Some(v) = peer_v {
+        if v.flags & EP_SERVICE != 0 && dir == DIR_EGRESS && has_ports(proto) {
+            if let Some(sd) =
+                crate::service::check(slot, family, ep.subject_class, peer, proto, port, d)
+            {
+                return sd;
+            }
+        }
+    }
+    let peer_class = peer_v.map(|v| v.peer_class).unwrap_or(ANY_PEER);
     let mut hit = None;
     if peer_class != ANY_PEER {
         hit = POLICY.get(policy_key(

@@ -9,7 +9,7 @@ use aya::programs::SchedClassifier;
 use aya::{Ebpf, EbpfLoader};
 use netward_common::{
     Config, CtKey, CtValue, FragKey, FragValue, IpcacheKey, IpcacheValue, PolicyKey, PolicyValue,
-    RateState,
+    RateState, ServiceKey, ServicePolicyKey, ServiceValue, COUNTER_COUNT,
 };
 
 use super::DatapathConfig;
@@ -35,6 +35,25 @@ const MAP_LAYOUTS: &[(&str, usize, usize)] = &[
     ("FRAGS", size_of::<FragKey>(), size_of::<FragValue>()),
     ("COUNTERS", 4, 8),
     ("RATELIMIT", 4, size_of::<RateState>()),
+    (
+        "SERVICES",
+        size_of::<ServiceKey>(),
+        size_of::<ServiceValue>(),
+    ),
+    (
+        "SERVICE_POLICY",
+        size_of::<ServicePolicyKey>(),
+        size_of::<PolicyValue>(),
+    ),
+];
+
+/// Maps that hold statistics, not enforcement state, with the shape this agent expects
+/// (name, key size, value size, max entries). A pinned one of another shape (an older agent:
+/// `reason::COUNT` grew) is replaced by a fresh map instead of failing the load: counters
+/// restart from zero, enforcement is untouched.
+const STATS_MAPS: &[(&str, u32, u32, u32)] = &[
+    ("COUNTERS", 4, 8, COUNTER_COUNT),
+    ("RATELIMIT", 4, size_of::<RateState>() as u32, 1),
 ];
 
 const BPF_FS_MAGIC: i64 = 0xcafe4a11;
@@ -105,6 +124,7 @@ pub(crate) fn load_object(cfg: &DatapathConfig, object: &[u8]) -> Result<Ebpf> {
         bail!("the eBPF object is empty: the agent was built with AYA_BUILD_SKIP");
     }
     ensure_bpffs(&cfg.bpffs_dir)?;
+    replace_stale_stats_maps(&cfg.bpffs_dir)?;
     check_pinned_layouts(&cfg.bpffs_dir)?;
     let mut bpf = EbpfLoader::new()
         .default_map_pin_directory(&cfg.bpffs_dir)
@@ -114,6 +134,8 @@ pub(crate) fn load_object(cfg: &DatapathConfig, object: &[u8]) -> Result<Ebpf> {
         .map_max_entries("CONNTRACK", cfg.conntrack_max)
         .map_max_entries("FRAGS", cfg.frags_max)
         .map_max_entries("EVENTS", cfg.events_ring_bytes)
+        .map_max_entries("SERVICES", cfg.services_max)
+        .map_max_entries("SERVICE_POLICY", cfg.service_policy_max)
         .load(object)
         .context("load the eBPF object")?;
     for name in [PROG_EGRESS, PROG_INGRESS] {
@@ -125,6 +147,30 @@ pub(crate) fn load_object(cfg: &DatapathConfig, object: &[u8]) -> Result<Ebpf> {
             .with_context(|| format!("load program {name} (verifier)"))?;
     }
     Ok(bpf)
+}
+
+/// Unpin the statistics maps whose pinned shape differs from this agent's ([`STATS_MAPS`]), so
+/// the load creates them anew. Programs still attached keep their old map until replaced.
+fn replace_stale_stats_maps(dir: &Path) -> Result<()> {
+    for (name, key, value, entries) in STATS_MAPS {
+        let path = dir.join(name);
+        if !path.exists() {
+            continue;
+        }
+        let info = MapInfo::from_pin(&path)
+            .with_context(|| format!("open pinned map {}", path.display()))?;
+        let found = (info.key_size(), info.value_size(), info.max_entries());
+        if found != (*key, *value, *entries) {
+            tracing::warn!(
+                map = name,
+                ?found,
+                expected = ?(key, value, entries),
+                "pinned statistics map has another shape (older agent): replacing it"
+            );
+            fs::remove_file(&path).with_context(|| format!("remove {}", path.display()))?;
+        }
+    }
+    Ok(())
 }
 
 fn check_pinned_layouts(dir: &Path) -> Result<()> {

@@ -40,6 +40,7 @@ pub mod bench;
 mod counters;
 mod events;
 mod loader;
+mod service_sync;
 mod sync;
 pub mod testrun;
 
@@ -64,6 +65,10 @@ pub struct DatapathConfig {
     pub policy_max: u32,
     pub conntrack_max: u32,
     pub frags_max: u32,
+    /// `SERVICES` capacity: (virtual address, protocol, port) entries, same 2x rule.
+    pub services_max: u32,
+    /// `SERVICE_POLICY` capacity: (subject class, Service port) allows, same 2x rule.
+    pub service_policy_max: u32,
     /// Ring buffer size in bytes (power of two, multiple of the page size).
     pub events_ring_bytes: u32,
     /// Drop traffic of local addresses without an endpoint entry (a pod whose veth exists
@@ -87,6 +92,8 @@ impl Default for DatapathConfig {
             policy_max: 262144,
             conntrack_max: 262144,
             frags_max: 8192,
+            services_max: 16384,
+            service_policy_max: 65536,
             events_ring_bytes: 256 * 1024,
             fail_closed_unknown: true,
             events_per_sec: 1000,

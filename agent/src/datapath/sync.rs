@@ -10,7 +10,8 @@
 //! 4. delete the old slot's entries.
 //!
 //! `HOSTS` mirrors the ipcache entries of full address length (a hash hit equals the LPM
-//! answer) and follows the same protocol.
+//! answer) and follows the same protocol, as do `SERVICES` and `SERVICE_POLICY`
+//! (`service_sync.rs`).
 //!
 //! If a write fails in step 2 (map full, kernel out of memory), the inactive slot is emptied
 //! again and the error returned and counted: the old Plan stays in force, nothing fails open.
@@ -26,6 +27,7 @@ use netward_common::{
 };
 use serde::Serialize;
 
+use super::service_sync::{ServiceCounts, ServiceTables};
 use super::Datapath;
 use crate::plan::Plan;
 
@@ -38,6 +40,9 @@ pub struct SyncReport {
     pub ipcache_deleted: usize,
     pub policy_written: usize,
     pub policy_deleted: usize,
+    /// `SERVICES` + `SERVICE_POLICY` entries written / deleted (service_sync.rs).
+    pub services_written: usize,
+    pub services_deleted: usize,
     #[serde(skip)]
     pub duration: Duration,
 }
@@ -379,8 +384,11 @@ impl Datapath {
             .copied()
             .collect();
 
+        let svc = ServiceTables::of(plan, slot);
+
         let mut ip_counts = Counts::default();
         let mut pol_counts = Counts::default();
+        let mut svc_counts = ServiceCounts::default();
         {
             // 1. capacity (both slots coexist until the old one is removed).
             let (ip_map, ip_cap) = self.lpm::<IpcacheKey>("IPCACHE")?;
@@ -420,6 +428,7 @@ impl Datapath {
                     capacity: pol_cap,
                 });
             }
+            let svc_cur = self.services_check(&svc, live.then_some(live_slot))?;
 
             // 2. the inactive slot becomes exactly the new Plan.
             let res = (|| {
@@ -428,7 +437,8 @@ impl Datapath {
                 let (mut m, _) = self.lpm::<IpcacheKey>("IPCACHE")?;
                 write_slot(&mut m, "IPCACHE", slot, &ip_cur, &ipcache, &mut ip_counts)?;
                 let (mut m, _) = self.lpm::<PolicyKey>("POLICY")?;
-                write_slot(&mut m, "POLICY", slot, &pol_cur, &policy, &mut pol_counts)
+                write_slot(&mut m, "POLICY", slot, &pol_cur, &policy, &mut pol_counts)?;
+                self.services_write(slot, &svc_cur, &svc, &mut svc_counts)
             })();
             if let Err(e) = res {
                 // Leave the inactive slot empty; the live Plan is untouched.
@@ -441,6 +451,7 @@ impl Datapath {
                 if let Ok((mut h, _)) = self.hosts() {
                     let _ = hosts_clear_slot(&mut h, slot);
                 }
+                let _ = self.services_clear(slot);
                 return Err(e);
             }
         }
@@ -467,6 +478,7 @@ impl Datapath {
         pol_counts.deleted += clear_slot::<PolicyKey>(&mut m, "POLICY", live_slot)?;
         let (mut h, _) = self.hosts()?;
         hosts_clear_slot(&mut h, live_slot)?;
+        svc_counts.deleted += self.services_clear(live_slot)?;
 
         Ok(SyncReport {
             generation,
@@ -475,6 +487,8 @@ impl Datapath {
             ipcache_deleted: ip_counts.deleted,
             policy_written: pol_counts.written,
             policy_deleted: pol_counts.deleted,
+            services_written: svc_counts.written,
+            services_deleted: svc_counts.deleted,
             duration: start.elapsed(),
         })
     }

@@ -259,6 +259,7 @@ impl Watchers {
             namespaces: sourced(&self.namespaces),
             pods: sourced(&self.pods),
             policies: sourced(&self.policies),
+            ..Default::default()
         }
     }
 }

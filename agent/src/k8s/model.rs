@@ -314,6 +314,7 @@ mod tests {
                 namespaces: self.ns.values().cloned().map(s).collect(),
                 pods: self.pods.values().cloned().map(s).collect(),
                 policies: self.pols.values().cloned().map(s).collect(),
+                ..Default::default()
             };
             convert(&objects).cluster
         }

@@ -2,12 +2,16 @@
 //!
 //! Reads files and directories (recursively, `*.yaml`, `*.yml`, `*.json`, in sorted path
 //! order, so results never depend on the file system), multi-document YAML, JSON, and
-//! `kind: List` / `*List` wrappers. Namespaces, Pods and NetworkPolicies are converted by
-//! [`super::convert`]; other kinds are skipped with a notice.
+//! `kind: List` / `*List` wrappers. Namespaces, Pods, NetworkPolicies, Services and
+//! EndpointSlices are converted by [`super::convert`]; other kinds are skipped with a notice.
 //!
 //! Manifests often describe pods that were never scheduled, so a pod without any address gets
 //! one from [`LAB_RANGE_V4`], deterministically (sorted by namespace/name, skipping addresses
 //! in use), with a notice: `matrix`, `explain` and `lab` then agree on every address.
+//! Likewise a Service that would get a cluster IP gets one from
+//! [`super::convert::service::LAB_SERVICE_RANGE_V4`], and a Service with a selector and no
+//! EndpointSlice in the manifests gets the endpoints the EndpointSlice controller would compute
+//! (see [`super::convert::service::complete_for_manifests`]).
 //!
 //! Origins in messages are `path#N`, N being the 1-based document number in the file, with
 //! ` items[i]` appended for list members.
@@ -19,11 +23,12 @@ use std::path::{Path, PathBuf};
 
 use ipnet::Ipv4Net;
 use k8s_openapi::api::core::v1 as corev1;
+use k8s_openapi::api::discovery::v1 as discoveryv1;
 use k8s_openapi::api::networking::v1 as netv1;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::convert::{convert, Objects, SourceError, Sourced};
+use super::convert::{convert, service, Objects, SourceError, Sourced};
 use crate::model::Cluster;
 
 /// `("examples/NAME", contents)`.
@@ -35,6 +40,9 @@ macro_rules! example {
         )
     };
 }
+
+/// What a skipped kind's notice says.
+const READ_KINDS: &str = "netward reads Namespace, Pod, NetworkPolicy, Service and EndpointSlice";
 
 /// Addresses given to pods that have none (the usual kind/kubeadm pod CIDR).
 pub const LAB_RANGE_V4: &str = "10.244.0.0/16";
@@ -231,11 +239,13 @@ impl Reader {
             return;
         }
         let expected = match kind.as_str() {
-            "Namespace" | "Pod" => "v1",
+            "Namespace" | "Pod" | "Service" => "v1",
             "NetworkPolicy" => "networking.k8s.io/v1",
+            "EndpointSlice" => "discovery.k8s.io/v1",
             _ => {
-                self.notices
-                    .push(format!("{origin}: skipped {kind} ({api_version}): netward reads Namespace, Pod and NetworkPolicy"));
+                self.notices.push(format!(
+                    "{origin}: skipped {kind} ({api_version}): {READ_KINDS}"
+                ));
                 return;
             }
         };
@@ -253,6 +263,10 @@ impl Reader {
                 .map(|o| self.objects.namespaces.push(Sourced::new(o, origin))),
             "Pod" => serde_json::from_value::<corev1::Pod>(v)
                 .map(|o| self.objects.pods.push(Sourced::new(o, origin))),
+            "Service" => serde_json::from_value::<corev1::Service>(v)
+                .map(|o| self.objects.services.push(Sourced::new(o, origin))),
+            "EndpointSlice" => serde_json::from_value::<discoveryv1::EndpointSlice>(v)
+                .map(|o| self.objects.endpoint_slices.push(Sourced::new(o, origin))),
             _ => serde_json::from_value::<netv1::NetworkPolicy>(v)
                 .map(|o| self.objects.policies.push(Sourced::new(o, origin))),
         };
@@ -289,6 +303,19 @@ impl Reader {
             })
             .collect();
         assign_lab_addresses(&mut loaded.cluster, &bad_address, &mut loaded.notices);
+        // After pods have addresses: selector endpoints need them.
+        service::complete_for_manifests(
+            &mut loaded.cluster,
+            &converted.service_drafts,
+            &mut loaded.notices,
+        );
+        for ns in loaded.cluster.services.iter().map(|s| s.namespace.clone()) {
+            loaded
+                .cluster
+                .namespaces
+                .entry(ns.clone())
+                .or_insert_with(|| super::convert::convert_namespace_named(&ns));
+        }
         loaded
     }
 }
@@ -354,7 +381,7 @@ mod tests {
         assert!(!l.incomplete);
         assert_eq!(l.cluster.pods.len(), 1);
         assert_eq!(l.cluster.namespaces["prod"].labels["env"], "prod");
-        assert_eq!(l.notices, vec!["x.yaml#3: skipped Deployment (apps/v1): netward reads Namespace, Pod and NetworkPolicy"]);
+        assert_eq!(l.notices, vec!["x.yaml#3: skipped Deployment (apps/v1): netward reads Namespace, Pod, NetworkPolicy, Service and EndpointSlice"]);
     }
 
     #[test]

@@ -2,6 +2,8 @@
 //! written directly as map entries.
 #![allow(dead_code)]
 
+pub mod netns;
+
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -50,6 +52,8 @@ pub fn test_config(tag: &str) -> DatapathConfig {
         policy_max: 4096,
         conntrack_max: 4096,
         frags_max: 256,
+        services_max: 256,
+        service_policy_max: 1024,
         events_ring_bytes: 64 * 1024,
         fail_closed_unknown: false,
         events_per_sec: 1_000_000,
@@ -294,6 +298,58 @@ impl PlanBuilder {
         self
     }
 
+    /// A Service virtual address (full-length ipcache entry flagged `EP_SERVICE`, plain peer
+    /// class `peer`) serving `ports` as (protocol, port, Service port id).
+    pub fn service(&mut self, vip: &str, peer: u32, ports: &[(u8, u16, u32)]) -> &mut Self {
+        let (k, family, addr) = match vip.parse::<IpAddr>().unwrap() {
+            IpAddr::V4(a) => {
+                let mut addr = [0u8; 16];
+                addr[..4].copy_from_slice(&a.octets());
+                (IpcacheKey::v4(0, a.octets(), 32), FAMILY_V4, addr)
+            }
+            IpAddr::V6(a) => (IpcacheKey::v6(0, a.octets(), 128), FAMILY_V6, a.octets()),
+        };
+        self.ipcache(k, peer, 0, EP_SERVICE, 0);
+        for &(proto, port, id) in ports {
+            let key = ServiceKey {
+                slot: 0,
+                family,
+                proto,
+                _pad: 0,
+                port,
+                _pad2: [0; 2],
+                addr,
+            };
+            self.plan.services.retain(|(e, _)| *e != key);
+            self.plan
+                .services
+                .push((key, ServiceValue { service_port: id }));
+        }
+        self.plan.services.sort();
+        self
+    }
+
+    /// Subject class `subject` may reach Service port `id` (attributed to `policy`/`rule`).
+    pub fn service_allow(&mut self, subject: u32, id: u32, policy: u32, rule: u16) -> &mut Self {
+        let key = ServicePolicyKey {
+            slot: 0,
+            _pad: [0; 3],
+            subject,
+            service_port: id,
+        };
+        self.plan.service_policy.retain(|(e, _)| *e != key);
+        self.plan.service_policy.push((
+            key,
+            PolicyValue {
+                policy,
+                rule,
+                flags: 0,
+            },
+        ));
+        self.plan.service_policy.sort();
+        self
+    }
+
     pub fn build(&self) -> Plan {
         self.plan.clone()
     }
@@ -432,4 +488,44 @@ pub fn icmpv6(src: &str, dst: &str, ty: u8) -> Vec<u8> {
         .write(&mut out, IpNumber(PROTO_ICMPV6), &[ty, 0, 0, 0, 0, 0, 0, 0])
         .unwrap();
     out
+}
+
+/// Pin, at `path`, a new map of `map_type` with the given shape, created with the raw `bpf()`
+/// syscall: stands in for a map an older agent left behind.
+pub fn pin_raw_map(path: &std::path::Path, map_type: u32, key: u32, value: u32, entries: u32) {
+    use std::os::unix::ffi::OsStrExt;
+    const BPF_MAP_CREATE: libc::c_long = 0;
+    const BPF_OBJ_PIN: libc::c_long = 6;
+    let mut attr = [0u32; 32];
+    attr[..4].copy_from_slice(&[map_type, key, value, entries]);
+    // SAFETY: attr is a zeroed, large enough `union bpf_attr` for BPF_MAP_CREATE.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_CREATE,
+            attr.as_ptr(),
+            std::mem::size_of_val(&attr),
+        )
+    };
+    assert!(
+        fd >= 0,
+        "BPF_MAP_CREATE: {}",
+        std::io::Error::last_os_error()
+    );
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    let mut pin = [0u64; 16];
+    pin[0] = c.as_ptr() as u64;
+    pin[1] = fd as u64; // bpf_fd (low 32 bits), file_flags 0
+                        // SAFETY: pin is a zeroed `union bpf_attr` for BPF_OBJ_PIN; c outlives the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_PIN,
+            pin.as_ptr(),
+            std::mem::size_of_val(&pin),
+        )
+    };
+    assert_eq!(rc, 0, "BPF_OBJ_PIN: {}", std::io::Error::last_os_error());
+    // SAFETY: fd was returned by BPF_MAP_CREATE above and is not used afterwards.
+    unsafe { libc::close(fd as i32) };
 }

@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use k8s_openapi::api::core::v1 as corev1;
+use k8s_openapi::api::discovery::v1 as discoveryv1;
 use k8s_openapi::api::networking::v1 as netv1;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::Serialize;
@@ -19,7 +20,10 @@ use crate::model::{Cluster, Namespace, Pod, Policy};
 
 mod pod;
 mod policy;
+pub mod service;
 pub mod syntax;
+
+pub use service::{convert_service, ServiceDraft};
 
 #[cfg(test)]
 mod tests;
@@ -47,6 +51,9 @@ pub struct Objects {
     pub namespaces: Vec<Sourced<corev1::Namespace>>,
     pub pods: Vec<Sourced<corev1::Pod>>,
     pub policies: Vec<Sourced<netv1::NetworkPolicy>>,
+    pub services: Vec<Sourced<corev1::Service>>,
+    /// discovery.k8s.io/v1; matched to Services by the `kubernetes.io/service-name` label.
+    pub endpoint_slices: Vec<Sourced<discoveryv1::EndpointSlice>>,
 }
 
 /// The model plus everything worth telling the user about how it was built.
@@ -58,6 +65,10 @@ pub struct Converted {
     /// Invalid input. Policy errors are here too (one per field error, also kept in
     /// [`Policy::errors`]), and say that the policy fails closed.
     pub errors: Vec<SourceError>,
+    /// Every Service as converted, sorted by (namespace, name), including those without a
+    /// virtual address (not in `cluster.services`): manifests complete them with
+    /// [`service::complete_for_manifests`].
+    pub service_drafts: Vec<ServiceDraft>,
 }
 
 /// A problem with the input, naming where it came from, the object and the field.
@@ -91,7 +102,7 @@ impl std::error::Error for SourceError {}
 pub const FAIL_CLOSED: &str = "the policy fails closed: it isolates the pods it selects (all pods of its namespace if its podSelector is invalid) for ingress and egress and allows nothing";
 
 /// Objects without a namespace live in `default`, as `kubectl apply` would put them.
-const DEFAULT_NAMESPACE: &str = "default";
+pub(crate) const DEFAULT_NAMESPACE: &str = "default";
 
 /// Build the model from raw objects. Never fails; see [`Converted`].
 pub fn convert(objects: &Objects) -> Converted {
@@ -101,6 +112,8 @@ pub fn convert(objects: &Objects) -> Converted {
     let namespaces = dedup(&objects.namespaces, "Namespace", false, &mut out);
     let pods = dedup(&objects.pods, "Pod", true, &mut out);
     let policies = dedup(&objects.policies, "NetworkPolicy", true, &mut out);
+    let services = dedup(&objects.services, "Service", true, &mut out);
+    let slices = dedup(&objects.endpoint_slices, "EndpointSlice", true, &mut out);
 
     for ((_, name), ns) in &namespaces {
         out.cluster.namespaces.insert(
@@ -136,6 +149,8 @@ pub fn convert(objects: &Objects) -> Converted {
         out.cluster.policies.push(p);
     }
 
+    convert_services(&services, &slices, &mut out);
+
     // Namespaces referenced but not declared exist implicitly, with only their name label.
     let referenced: Vec<String> = out
         .cluster
@@ -143,6 +158,7 @@ pub fn convert(objects: &Objects) -> Converted {
         .iter()
         .map(|p| p.namespace.clone())
         .chain(out.cluster.policies.iter().map(|p| p.namespace.clone()))
+        .chain(out.cluster.services.iter().map(|s| s.namespace.clone()))
         .collect();
     for ns in referenced {
         out.cluster
@@ -151,6 +167,73 @@ pub fn convert(objects: &Objects) -> Converted {
             .or_insert_with(|| pod::namespace(&ns, None));
     }
     out
+}
+
+/// Services with their slices (grouped by the `kubernetes.io/service-name` label).
+fn convert_services(
+    services: &BTreeMap<(String, String), &Sourced<corev1::Service>>,
+    slices: &BTreeMap<(String, String), &Sourced<discoveryv1::EndpointSlice>>,
+    out: &mut Converted,
+) {
+    let mut by_service: BTreeMap<(String, String), Vec<&Sourced<discoveryv1::EndpointSlice>>> =
+        BTreeMap::new();
+    for ((namespace, name), src) in slices {
+        match service::slice_owner(&src.object) {
+            Some(owner) => by_service.entry(owner).or_default().push(src),
+            None => out.notices.push(format!(
+                "{}: EndpointSlice {namespace}/{name}: no {} label; ignored",
+                src.origin,
+                service::SERVICE_NAME_LABEL
+            )),
+        }
+    }
+    for (key, src) in services {
+        let (namespace, name) = key;
+        let owned = by_service.remove(key).unwrap_or_default();
+        let (draft, errors, notices) = convert_service(
+            &src.object,
+            namespace,
+            name,
+            owned.iter().map(|s| &s.object),
+        );
+        // Each error names the object it is in, with that object's origin.
+        for (object, e) in errors {
+            let origin = owned
+                .iter()
+                .find(|s| {
+                    object
+                        == format!(
+                            "EndpointSlice {namespace}/{}",
+                            s.object.metadata.name.as_deref().unwrap_or_default()
+                        )
+                })
+                .map_or(&src.origin, |s| &s.origin);
+            out.errors.push(SourceError {
+                origin: origin.clone(),
+                object: Some(object),
+                field: Some(e.field),
+                message: e.message,
+            });
+        }
+        for n in notices {
+            out.notices
+                .push(format!("{}: Service {namespace}/{name}: {n}", src.origin));
+        }
+        if !draft.service.vips.is_empty() {
+            out.cluster.services.push(draft.service.clone());
+        }
+        out.service_drafts.push(draft);
+    }
+    for ((namespace, name), owned) in by_service {
+        for src in owned {
+            out.notices.push(format!(
+                "{}: EndpointSlice {}/{}: its Service {namespace}/{name} is not defined; ignored",
+                src.origin,
+                namespace,
+                src.object.metadata.name.as_deref().unwrap_or_default()
+            ));
+        }
+    }
 }
 
 /// Convert one policy on its own (for sources that keep per-object state). The result is
@@ -183,6 +266,11 @@ pub fn convert_namespace(ns: &corev1::Namespace) -> Namespace {
         ns.metadata.name.as_deref().unwrap_or_default(),
         ns.metadata.labels.as_ref(),
     )
+}
+
+/// A namespace known only by name (referenced, not declared).
+pub fn convert_namespace_named(name: &str) -> Namespace {
+    pod::namespace(name, None)
 }
 
 fn report(out: &mut Converted, origin: &str, object: &str, r: policy::Report, effect: &str) {

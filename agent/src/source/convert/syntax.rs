@@ -113,6 +113,29 @@ pub fn port_name_errors(name: &str) -> Vec<String> {
     errs
 }
 
+/// `IsDNS1123Label` (Service and EndpointSlice port names): 1-63 characters of `[-a-z0-9]`,
+/// starting and ending with an alphanumeric character.
+pub fn dns1123_label_errors(name: &str) -> Vec<String> {
+    let b = name.as_bytes();
+    let mut errs = Vec::new();
+    if b.len() > NAME_MAX {
+        errs.push(format!(
+            "{name:?}: must be no more than {NAME_MAX} characters"
+        ));
+    }
+    let ok = !b.is_empty()
+        && b[0].is_ascii_alphanumeric()
+        && b[b.len() - 1].is_ascii_alphanumeric()
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-');
+    if !ok {
+        errs.push(format!(
+            "{name:?}: a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character"
+        ));
+    }
+    errs
+}
+
 /// `IsValidPortNum`: 1..=65535.
 pub fn port_number(n: i32) -> Result<u16, String> {
     match u16::try_from(n) {
@@ -179,6 +202,16 @@ mod tests {
             "averyveryverylongname",
         ] {
             assert!(!port_name_errors(bad).is_empty(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn dns1123_labels() {
+        for ok in ["http", "dns-tcp", "8080", "a", &"x".repeat(63)] {
+            assert!(dns1123_label_errors(ok).is_empty(), "{ok}");
+        }
+        for bad in ["", "HTTP", "-a", "a-", "a_b", "a.b", &"x".repeat(64)] {
+            assert!(!dns1123_label_errors(bad).is_empty(), "{bad}");
         }
     }
 

@@ -739,6 +739,7 @@ fn namespaces_get_name_label_and_implicit_ones_exist() {
             "p.yaml",
         )],
         policies: vec![Sourced::new(policy, "np.yaml")],
+        ..Default::default()
     });
     let prod = &c.cluster.namespaces["prod"];
     assert_eq!(prod.labels[NAMESPACE_NAME_LABEL], "prod");

@@ -1,0 +1,305 @@
+//! Egress to Service virtual addresses with real packets: a node namespace with three pods
+//! whose host-side veths carry the programs, and an nftables DNAT ruleset playing kube-proxy
+//! (VIP:port -> endpoint:targetPort, after netward's egress hook as on a real node).
+//!
+//! The client pod is isolated both ways with no ingress rule, so every reply it gets passed
+//! through conntrack; its egress may reach Service `web` (all endpoints allowed) and not
+//! Service `db` (an endpoint it may not reach): `web` works over TCP and UDP, `db` is dropped
+//! as `service_deny` with an event, and a policy change revokes an established connection.
+mod datapath_support;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use datapath_support::netns::{in_ns, Node};
+use datapath_support::*;
+use netward::datapath::{Datapath, EventReader, Verdict, VerdictEvent};
+use netward::model::Direction::{Egress, Ingress};
+use netward::model::Protocol;
+use netward::plan::{Plan, PolicyRef, ServicePortRef};
+use netward_common::*;
+
+const WEB_VIP: &str = "10.201.0.1";
+const DB_VIP: &str = "10.201.0.2";
+const TARGET_PORT: u16 = 7777;
+
+/// Service port ids in the Plan: web TCP 80, web UDP 53, db TCP 80, db UDP 53.
+const WEB_TCP: u32 = 1;
+const WEB_UDP: u32 = 2;
+
+/// Pods: 0 client (subject 1, isolated both ways, peer class 2), 1 web backend (subject 2,
+/// isolated for ingress: the client's class on TCP/UDP 7777), 2 db backend (not isolated).
+fn plan(client: &str, web: &str, db: &str, web_allowed: bool) -> Plan {
+    let mut p = PlanBuilder::new();
+    p.pod(client, 2, 1, EP_ISOLATED_INGRESS | EP_ISOLATED_EGRESS, 1)
+        .pod(web, 3, 2, EP_ISOLATED_INGRESS, 2)
+        .pod(db, 4, 0, 0, 3)
+        .service(
+            WEB_VIP,
+            1,
+            &[(PROTO_TCP, 80, WEB_TCP), (PROTO_UDP, 53, WEB_UDP)],
+        )
+        .service(DB_VIP, 1, &[(PROTO_TCP, 80, 3), (PROTO_UDP, 53, 4)])
+        .allow(
+            POLICY_PREFIX_FULL,
+            DIR_INGRESS,
+            2,
+            2,
+            PROTO_TCP,
+            TARGET_PORT,
+            2,
+            0,
+        )
+        .allow(
+            POLICY_PREFIX_FULL,
+            DIR_INGRESS,
+            2,
+            2,
+            PROTO_UDP,
+            TARGET_PORT,
+            2,
+            0,
+        );
+    if web_allowed {
+        p.service_allow(1, WEB_TCP, 1, 0)
+            .service_allow(1, WEB_UDP, 1, 0);
+    }
+    let mut plan = p.build();
+    plan.policies = ["client-egress", "web-ingress"]
+        .iter()
+        .map(|n| PolicyRef {
+            namespace: "default".into(),
+            name: n.to_string(),
+        })
+        .collect();
+    let port = |name: &str, protocol, port, backend: &str| ServicePortRef {
+        namespace: "default".into(),
+        name: name.into(),
+        port_name: String::new(),
+        protocol,
+        port,
+        backends: vec![(backend.parse().unwrap(), TARGET_PORT)],
+    };
+    plan.service_ports = vec![
+        port("web", Protocol::Tcp, 80, web),
+        port("web", Protocol::Udp, 53, web),
+        port("db", Protocol::Tcp, 80, db),
+        port("db", Protocol::Udp, 53, db),
+    ];
+    plan
+}
+
+/// kube-proxy's part: DNAT in prerouting, after the tc hook on the client's veth.
+fn kube_proxy(web: &str, db: &str) -> String {
+    let mut rules = String::new();
+    for (vip, backend) in [(WEB_VIP, web), (DB_VIP, db)] {
+        rules += &format!("    ip daddr {vip} tcp dport 80 dnat to {backend}:{TARGET_PORT}\n");
+        rules += &format!("    ip daddr {vip} udp dport 53 dnat to {backend}:{TARGET_PORT}\n");
+    }
+    format!(
+        "table ip netward_test_kube_proxy {{\n  chain prerouting {{\n    \
+         type nat hook prerouting priority dstnat; policy accept;\n{rules}  }}\n}}\n"
+    )
+}
+
+/// TCP and UDP echo servers on `ip:TARGET_PORT` inside `ns`, until `stop`.
+fn echo_servers(ns: &str, ip: &str, stop: &Arc<AtomicBool>) {
+    let addr: SocketAddr = format!("{ip}:{TARGET_PORT}").parse().unwrap();
+    let (listener, udp) = in_ns(ns, move || {
+        (
+            TcpListener::bind(addr).unwrap(),
+            UdpSocket::bind(addr).unwrap(),
+        )
+    });
+    listener.set_nonblocking(true).unwrap();
+    let s = stop.clone();
+    std::thread::spawn(move || {
+        while !s.load(Ordering::Relaxed) {
+            let Ok((mut c, _)) = listener.accept() else {
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            };
+            let s = s.clone();
+            std::thread::spawn(move || {
+                c.set_nonblocking(false).unwrap();
+                c.set_read_timeout(Some(Duration::from_millis(100)))
+                    .unwrap();
+                let mut b = [0u8; 64];
+                while !s.load(Ordering::Relaxed) {
+                    match c.read(&mut b) {
+                        Ok(0) => break,
+                        Ok(n) => {
+                            let _ = c.write_all(&b[..n]);
+                        }
+                        Err(_) => continue,
+                    }
+                }
+            });
+        }
+    });
+    let s = stop.clone();
+    udp.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    std::thread::spawn(move || {
+        let mut b = [0u8; 64];
+        while !s.load(Ordering::Relaxed) {
+            if let Ok((n, from)) = udp.recv_from(&mut b) {
+                let _ = udp.send_to(&b[..n], from);
+            }
+        }
+    });
+}
+
+/// A TCP connection from the client pod to `vip:80` (None: not established within 1 s).
+fn connect(client_ns: &str, vip: &str) -> Option<TcpStream> {
+    let addr: SocketAddr = format!("{vip}:80").parse().unwrap();
+    in_ns(client_ns, move || {
+        TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()
+    })
+}
+
+/// One byte out and back on an established connection.
+fn exchange(c: &mut TcpStream) -> bool {
+    c.set_read_timeout(Some(Duration::from_millis(700)))
+        .unwrap();
+    let mut b = [0u8; 1];
+    c.write_all(b"x").is_ok() && c.read_exact(&mut b).is_ok() && b == *b"x"
+}
+
+/// A UDP datagram from the client pod to `vip:53` and the answer, which must come from
+/// `vip:53` (the connected socket ignores anything else): kube-proxy's reverse NAT and
+/// netward's conntrack both worked.
+fn udp_round_trip(client_ns: &str, vip: &str, tries: usize) -> bool {
+    let addr: SocketAddr = format!("{vip}:53").parse().unwrap();
+    let sock = in_ns(client_ns, move || {
+        let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+        s.connect(addr).unwrap();
+        s
+    });
+    sock.set_read_timeout(Some(Duration::from_millis(400)))
+        .unwrap();
+    let mut b = [0u8; 16];
+    (0..tries).any(|_| {
+        sock.send(b"ping").unwrap();
+        matches!(sock.recv(&mut b), Ok(4) if &b[..4] == b"ping")
+    })
+}
+
+fn events_until(
+    reader: &mut EventReader,
+    want: impl Fn(&VerdictEvent) -> bool,
+) -> Vec<VerdictEvent> {
+    let mut all = Vec::new();
+    for _ in 0..10 {
+        all.extend(reader.poll(Duration::from_millis(200)).unwrap());
+        if all.iter().any(&want) {
+            break;
+        }
+    }
+    all
+}
+
+fn delta(dp: &Datapath, before: &netward::datapath::Counters, r: u8) -> u64 {
+    dp.counters().unwrap().reason(r) - before.reason(r)
+}
+
+#[test]
+fn service_vips_with_kube_proxy_dnat() {
+    let mut node = Node::new("svc");
+    let (client, web, db) = (node.pod(), node.pod(), node.pod());
+    let ip = |i: usize| node.pods[i].ip.clone();
+    let (client_ip, web_ip, db_ip) = (ip(client), ip(web), ip(db));
+    node.nft(&kube_proxy(&web_ip, &db_ip));
+    let stop = Arc::new(AtomicBool::new(false));
+    echo_servers(&node.pods[web].ns.name, &web_ip, &stop);
+    echo_servers(&node.pods[db].ns.name, &db_ip, &stop);
+    let client_ns = node.pods[client].ns.name.clone();
+    let ifaces: Vec<String> = node.pods.iter().map(|p| p.host_if.clone()).collect();
+
+    // The agent's part runs in the node namespace, where the pods' host-side veths are.
+    in_ns(&node.ns.name.clone(), move || {
+        let mut dp = open(test_config("svcns"));
+        dp.apply(&plan(&client_ip, &web_ip, &db_ip, true)).unwrap();
+        for i in &ifaces {
+            dp.attach(i).unwrap();
+        }
+        let mut reader = dp.events().unwrap();
+
+        // Allowed: TCP and UDP through the VIP, replies through conntrack.
+        let before = dp.counters().unwrap();
+        let mut conn = connect(&client_ns, WEB_VIP).expect("TCP to the web VIP");
+        assert!(exchange(&mut conn), "echo through the web VIP");
+        assert!(
+            udp_round_trip(&client_ns, WEB_VIP, 3),
+            "UDP through the web VIP"
+        );
+        assert!(
+            delta(&dp, &before, reason::REPLY) >= 3,
+            "{:?}",
+            dp.counters()
+        );
+        assert_eq!(delta(&dp, &before, reason::SERVICE_DENY), 0);
+        let ev = events_until(&mut reader, |e| e.direction == Ingress);
+        let out = ev
+            .iter()
+            .find(|e| e.direction == Egress && e.protocol == PROTO_TCP)
+            .unwrap_or_else(|| panic!("{ev:?}"));
+        assert_eq!((out.verdict, out.reason), (Verdict::Allow, "policy_allow"));
+        assert_eq!((out.dst.to_string(), out.dport), (WEB_VIP.to_string(), 80));
+        assert_eq!(out.policy.as_ref().unwrap().name, "client-egress");
+        // The backend's ingress saw the rewritten packet and judged it on its own policy.
+        let inb = ev
+            .iter()
+            .find(|e| e.direction == Ingress && e.protocol == PROTO_TCP)
+            .unwrap_or_else(|| panic!("{ev:?}"));
+        assert_eq!(
+            (inb.dst.to_string(), inb.dport),
+            (web_ip.clone(), TARGET_PORT)
+        );
+        assert_eq!(inb.policy.as_ref().unwrap().name, "web-ingress");
+
+        // Denied: db has an endpoint the client may not reach.
+        let before = dp.counters().unwrap();
+        assert!(connect(&client_ns, DB_VIP).is_none(), "TCP to the db VIP");
+        assert!(!udp_round_trip(&client_ns, DB_VIP, 1), "UDP to the db VIP");
+        assert!(
+            delta(&dp, &before, reason::SERVICE_DENY) >= 2,
+            "{:?}",
+            dp.counters()
+        );
+        let ev = events_until(&mut reader, |e| {
+            e.reason == "service_deny" && e.protocol == PROTO_UDP
+        });
+        for proto in [PROTO_TCP, PROTO_UDP] {
+            let e = ev
+                .iter()
+                .find(|e| e.reason == "service_deny" && e.protocol == proto)
+                .unwrap_or_else(|| panic!("no service_deny event for {proto}: {ev:?}"));
+            assert_eq!((e.verdict, e.direction), (Verdict::Drop, Egress));
+            assert_eq!(e.dst.to_string(), DB_VIP);
+            assert_eq!(e.src.to_string(), client_ip);
+        }
+
+        // A policy change revokes: the established connection stops, new ones are denied.
+        let before = dp.counters().unwrap();
+        dp.apply(&plan(&client_ip, &web_ip, &db_ip, false)).unwrap();
+        assert!(!exchange(&mut conn), "revoked connection still works");
+        assert!(
+            delta(&dp, &before, reason::REVOKED) >= 1,
+            "{:?}",
+            dp.counters()
+        );
+        assert!(connect(&client_ns, WEB_VIP).is_none());
+        assert!(!udp_round_trip(&client_ns, WEB_VIP, 1));
+        assert!(delta(&dp, &before, reason::SERVICE_DENY) >= 2);
+        // And allowed again.
+        dp.apply(&plan(&client_ip, &web_ip, &db_ip, true)).unwrap();
+        let mut conn = connect(&client_ns, WEB_VIP).expect("TCP to the web VIP, re-allowed");
+        assert!(exchange(&mut conn));
+        drop(dp); // detach and unpin while the veths still exist
+    });
+    stop.store(true, Ordering::Relaxed);
+}

@@ -1,0 +1,167 @@
+//! A node in a network namespace of its own, with pods (namespaces joined to it by veth
+//! pairs), for tests with real packets. The node namespace isolates everything the test sets
+//! up (forwarding, nftables rules, addresses, interface names) from the machine and from
+//! other tests; deleting it removes everything.
+use std::os::fd::AsRawFd;
+use std::process::Command;
+
+/// Run a command; true when it exits with success.
+pub fn sh(args: &[&str]) -> bool {
+    Command::new(args[0])
+        .args(&args[1..])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+/// Run a command and panic with its output when it fails.
+pub fn must(args: &[&str]) {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "command failed: {args:?}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Switch the calling thread into network namespace `ns` (sockets made afterwards live there).
+pub fn enter(ns: &str) {
+    let f = std::fs::File::open(format!("/run/netns/{ns}")).unwrap();
+    // SAFETY: setns changes only the calling thread's network namespace.
+    assert_eq!(
+        unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) },
+        0,
+        "setns {ns}: {}",
+        std::io::Error::last_os_error()
+    );
+}
+
+/// Run `f` on a new thread inside network namespace `ns`; panics propagate.
+pub fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let ns = ns.to_string();
+    match std::thread::spawn(move || {
+        enter(&ns);
+        f()
+    })
+    .join()
+    {
+        Ok(v) => v,
+        Err(e) => std::panic::resume_unwind(e),
+    }
+}
+
+/// A named network namespace, deleted on drop.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(name: String) -> Netns {
+        let _ = sh(&["ip", "netns", "del", &name]);
+        must(&["ip", "netns", "add", &name]);
+        must(&["ip", "-n", &name, "link", "set", "lo", "up"]);
+        Netns { name }
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = sh(&["ip", "netns", "del", &self.name]);
+    }
+}
+
+/// A pod: its namespace, address, and the host-side veth in the node namespace.
+pub struct Pod {
+    pub ns: Netns,
+    pub ip: String,
+    pub host_if: String,
+}
+
+/// A routed node: forwarding on, each pod behind a /30 veth pair (10.200.0.4*n + 2).
+pub struct Node {
+    pub ns: Netns,
+    pub pods: Vec<Pod>,
+}
+
+impl Node {
+    /// `tag` must be unique among concurrently running tests (namespace names are global).
+    pub fn new(tag: &str) -> Node {
+        let ns = Netns::new(format!("nw{tag}-{}-node", std::process::id()));
+        for s in [
+            "net.ipv4.ip_forward=1",
+            "net.ipv4.conf.all.rp_filter=0",
+            "net.ipv4.conf.default.rp_filter=0",
+        ] {
+            must(&["ip", "netns", "exec", &ns.name, "sysctl", "-qw", s]);
+        }
+        Node {
+            ns,
+            pods: Vec::new(),
+        }
+    }
+
+    /// Add a pod; returns its index.
+    pub fn pod(&mut self) -> usize {
+        let n = self.pods.len();
+        let ns = Netns::new(format!("{}-p{n}", self.ns.name.trim_end_matches("-node")));
+        let (host_if, pod_if) = (format!("hv{n}"), format!("eth{n}"));
+        let gw = format!("10.200.0.{}", 4 * n + 1);
+        let ip = format!("10.200.0.{}", 4 * n + 2);
+        let node = &self.ns.name;
+        must(&[
+            "ip", "-n", node, "link", "add", &host_if, "type", "veth", "peer", "name", &pod_if,
+            "netns", &ns.name,
+        ]);
+        must(&[
+            "ip",
+            "-n",
+            node,
+            "addr",
+            "add",
+            &format!("{gw}/30"),
+            "dev",
+            &host_if,
+        ]);
+        must(&["ip", "-n", node, "link", "set", &host_if, "up"]);
+        must(&[
+            "ip",
+            "-n",
+            &ns.name,
+            "addr",
+            "add",
+            &format!("{ip}/30"),
+            "dev",
+            &pod_if,
+        ]);
+        must(&["ip", "-n", &ns.name, "link", "set", &pod_if, "up"]);
+        must(&["ip", "-n", &ns.name, "route", "add", "default", "via", &gw]);
+        self.pods.push(Pod { ns, ip, host_if });
+        n
+    }
+
+    /// Load an nftables ruleset (text) into the node namespace.
+    pub fn nft(&self, ruleset: &str) {
+        let path = std::env::temp_dir().join(format!("{}.nft", self.ns.name));
+        std::fs::write(&path, ruleset).unwrap();
+        must(&[
+            "ip",
+            "netns",
+            "exec",
+            &self.ns.name,
+            "nft",
+            "-f",
+            path.to_str().unwrap(),
+        ]);
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        // Pods first: their veths (and peers in the node) go with them.
+        self.pods.clear();
+    }
+}
