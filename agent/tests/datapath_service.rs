@@ -7,6 +7,9 @@
 //! Service `db` (an endpoint it may not reach): `web` works over TCP and UDP, `db` is dropped
 //! as `service_deny` with an event, and a policy change revokes an established connection.
 //! Both Services are dual-stack: the same checks run on their IPv6 virtual addresses.
+//!
+//! The first test installs Plans written by hand (the datapath alone); the second compiles
+//! them from a cluster with the compiler's Service pass (the whole chain).
 mod datapath_support;
 
 use std::io::{Read, Write};
@@ -113,9 +116,9 @@ fn plan(client: &Ips, web: &Ips, db: &Ips, web_allowed: bool) -> Plan {
 }
 
 /// kube-proxy's part: DNAT in prerouting, after the tc hook on the client's veth.
-fn kube_proxy(web: &Ips, db: &Ips) -> String {
+fn kube_proxy(services: &[(&str, &str, &Ips)]) -> String {
     let mut rules = String::new();
-    for (vip, vip6, b) in [(WEB_VIP, WEB_VIP6, web), (DB_VIP, DB_VIP6, db)] {
+    for (vip, vip6, b) in services {
         for (l4, port) in [("tcp", 80), ("udp", 53)] {
             rules += &format!(
                 "    ip daddr {vip} {l4} dport {port} dnat ip to {}:{TARGET_PORT}\n",
@@ -246,7 +249,10 @@ fn service_vips_with_kube_proxy_dnat() {
     let ips = |i: usize| (node.pods[i].ip.clone(), node.pods[i].ip6.clone());
     let (client_ips, web_ips, db_ips) = (ips(client), ips(web), ips(db));
     let (client_ip, web_ip) = (client_ips.0.clone(), web_ips.0.clone());
-    node.nft(&kube_proxy(&web_ips, &db_ips));
+    node.nft(&kube_proxy(&[
+        (WEB_VIP, WEB_VIP6, &web_ips),
+        (DB_VIP, DB_VIP6, &db_ips),
+    ]));
     let stop = Arc::new(AtomicBool::new(false));
     echo_servers(&node.pods[web].ns.name, &stop);
     echo_servers(&node.pods[db].ns.name, &stop);
@@ -376,6 +382,136 @@ fn service_vips_with_kube_proxy_dnat() {
         let mut conn = connect(&client_ns, WEB_VIP).expect("TCP to the web VIP, re-allowed");
         assert!(exchange(&mut conn));
         drop(dp); // detach and unpin while the veths still exist
+    });
+    stop.store(true, Ordering::Relaxed);
+}
+
+const MIXED_VIP: &str = "10.201.0.3";
+const MIXED_VIP6: &str = "fd21::3";
+
+/// The cluster of [`compiled_plans_enforce_service_vips`]: `client` may reach pods `to_app`
+/// on 7777; Service `web` selects the web pod, `mixed` the web and the db pods (tier=backend).
+fn cluster(client: &Ips, web: &Ips, db: &Ips, to_app: &str) -> netward::model::Cluster {
+    use netward::testkit::{policy, rule, ClusterBuilder, Target};
+    let mut b = ClusterBuilder::new()
+        .pod("default", "client", &[("app", "client")], &client.0)
+        .ip(&client.1)
+        .pod(
+            "default",
+            "web",
+            &[("app", "web"), ("tier", "backend")],
+            &web.0,
+        )
+        .ip(&web.1)
+        .pod(
+            "default",
+            "db",
+            &[("app", "db"), ("tier", "backend")],
+            &db.0,
+        )
+        .ip(&db.1)
+        .policy(
+            policy("default", "client-egress")
+                .select(&[("app", "client")])
+                .egress(
+                    rule()
+                        .pods(&[("app", to_app)])
+                        .tcp(TARGET_PORT)
+                        .udp(TARGET_PORT),
+                ),
+        );
+    for (name, vips, selector) in [
+        ("web", [WEB_VIP, WEB_VIP6], ("app", "web")),
+        ("mixed", [MIXED_VIP, MIXED_VIP6], ("tier", "backend")),
+    ] {
+        b = b
+            .service("default", name, &vips)
+            .svc_port("http", Protocol::Tcp, 80, Target::Num(TARGET_PORT))
+            .svc_port("dns", Protocol::Udp, 53, Target::Num(TARGET_PORT))
+            .svc_selector(&[selector]);
+    }
+    b.build()
+}
+
+/// The Plans of the compiler: `web` is allowed while the client may reach the web pod; `mixed`
+/// never is (the db endpoint is not allowed), even though kube-proxy here always picks its
+/// web endpoint; a policy change revokes.
+#[test]
+fn compiled_plans_enforce_service_vips() {
+    use netward::compiler::compile;
+    let mut node = Node::new("svcc");
+    let (client, web, db) = (node.pod(), node.pod(), node.pod());
+    let ips = |i: usize| (node.pods[i].ip.clone(), node.pods[i].ip6.clone());
+    let (client_ips, web_ips, db_ips) = (ips(client), ips(web), ips(db));
+    node.nft(&kube_proxy(&[
+        (WEB_VIP, WEB_VIP6, &web_ips),
+        (MIXED_VIP, MIXED_VIP6, &web_ips),
+    ]));
+    let stop = Arc::new(AtomicBool::new(false));
+    echo_servers(&node.pods[web].ns.name, &stop);
+    let client_ns = node.pods[client].ns.name.clone();
+    let ifaces: Vec<String> = node.pods.iter().map(|p| p.host_if.clone()).collect();
+
+    in_ns(&node.ns.name.clone(), move || {
+        let to_web = compile(&cluster(&client_ips, &web_ips, &db_ips, "web"), None);
+        assert!(!to_web.services.is_empty() && !to_web.service_policy.is_empty());
+        let mut dp = open(test_config("svccomp"));
+        dp.apply(&to_web).unwrap();
+        for i in &ifaces {
+            dp.attach(i).unwrap();
+        }
+        let pods = [&client_ips, &web_ips, &db_ips];
+        resolve_neighbours(
+            &pods
+                .iter()
+                .flat_map(|p| [p.0.as_str(), p.1.as_str()])
+                .collect::<Vec<_>>(),
+        );
+        let mut reader = dp.events().unwrap();
+
+        let before = dp.counters().unwrap();
+        let mut conns = Vec::new();
+        for vip in [WEB_VIP, WEB_VIP6] {
+            let mut c = connect(&client_ns, vip).unwrap_or_else(|| panic!("TCP to {vip}"));
+            assert!(exchange(&mut c), "echo through {vip}");
+            assert!(udp_round_trip(&client_ns, vip, 3), "UDP through {vip}");
+            conns.push(c);
+        }
+        for vip in [MIXED_VIP, MIXED_VIP6] {
+            assert!(connect(&client_ns, vip).is_none(), "TCP to {vip}");
+            assert!(!udp_round_trip(&client_ns, vip, 1), "UDP to {vip}");
+        }
+        assert!(
+            delta(&dp, &before, reason::SERVICE_DENY) >= 4,
+            "{:?}",
+            dp.counters()
+        );
+        let ev = events_until(&mut reader, |e| e.reason == "service_deny");
+        let e = ev
+            .iter()
+            .find(|e| e.reason == "service_deny")
+            .unwrap_or_else(|| panic!("{ev:?}"));
+        assert!(
+            e.service
+                .as_deref()
+                .is_some_and(|s| s.starts_with("default/mixed:")),
+            "{e:?}"
+        );
+
+        // The client may now reach the db pod only: web's connections are revoked.
+        let before = dp.counters().unwrap();
+        let to_db = compile(&cluster(&client_ips, &web_ips, &db_ips, "db"), None);
+        dp.apply(&to_db).unwrap();
+        for c in &mut conns {
+            assert!(!exchange(c), "revoked connection still works");
+        }
+        assert!(
+            delta(&dp, &before, reason::REVOKED) >= 2,
+            "{:?}",
+            dp.counters()
+        );
+        assert!(connect(&client_ns, WEB_VIP).is_none());
+        drop(dp);
     });
     stop.store(true, Ordering::Relaxed);
 }
