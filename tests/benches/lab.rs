@@ -10,6 +10,7 @@
 //!   ESTABLISHED accept, N source rules, the client rule, drop), and ipset-based as
 //!   kube-router does (one hash:net set holding the N sources and the client).
 //!
+//! The lab's `netward` (daemon, servers) is a `--release` build ([`use_release_binary`]).
 //! Ratios are to the mean of the two no-program runs. iptables rules live in a chain of
 //! their own, reached only for packets to the server's veth, and are removed afterwards.
 use std::io::{Read, Write};
@@ -20,7 +21,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use netward::lab::process::{self, Role};
 use netward::lab::{daemon, netns, LabPod};
-use netward_tests::lab::{is_root, namespace_yaml, netward_bin, pod_yaml, ManifestDir, TestLab};
+use netward_tests::lab::{
+    is_root, namespace_yaml, netward_bin, pod_yaml, use_release_binary, ManifestDir, TestLab,
+};
 
 const CONN_PORT: u16 = 7777;
 const IPERF_PORT: u16 = 5201;
@@ -238,6 +241,9 @@ fn main() -> Result<()> {
     if !is_root() {
         bail!("the lab benchmark needs root (network namespaces, BPF, iptables)");
     }
+    // The daemon and servers are part of what is measured: an optimised build of them.
+    let bin = use_release_binary();
+    eprintln!("netward binary: {}", bin.display());
     let dir = ManifestDir::new("bench");
     dir.write(
         "pods.yaml",

@@ -1,6 +1,9 @@
 //! Helpers for lab tests: a lab that is torn down when the test ends (also on panic), pods
-//! built in a line, and the `netward` executable the lab's background processes run.
-use std::net::IpAddr;
+//! built in a line, the `netward` executable the lab's background processes run, and the
+//! shared fixture of the enforcing lab tests ([`Scenario`] -> [`LiveLab`]): manifests written
+//! to a directory of their own, a lab enforcing them, edits applied and awaited.
+use std::io::{BufRead, BufReader, Write};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::OnceLock;
@@ -8,34 +11,55 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use netward::lab::probe::{self, Target};
-use netward::lab::{lifecycle, LabName, LabState};
+use netward::lab::{lifecycle, netns, LabName, LabPod, LabState};
 use netward::model::{Cluster, ContainerPort, Namespace, Pod, Protocol, NAMESPACE_NAME_LABEL};
+
+static BIN: OnceLock<PathBuf> = OnceLock::new();
 
 /// The `netward` binary, built once per test process (`NETWARD_BIN` overrides). A library
 /// dependency does not build the package's binary, hence the nested `cargo build`.
 pub fn netward_bin() -> PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
-        if let Ok(p) = std::env::var("NETWARD_BIN") {
-            return PathBuf::from(p);
-        }
-        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .expect("tests/ sits in the workspace")
-            .to_path_buf();
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "--quiet", "-p", "netward", "--bin", "netward"])
-            .current_dir(&root)
-            .status()
-            .expect("running cargo build");
-        assert!(status.success(), "building netward failed");
-        let target = std::env::var("CARGO_TARGET_DIR")
+        std::env::var("NETWARD_BIN")
             .map(PathBuf::from)
-            .unwrap_or_else(|_| root.join("target"));
-        target.join("debug/netward")
+            .unwrap_or_else(|_| build_netward(false))
     })
     .clone()
+}
+
+/// Make every lab of this process run an optimised `netward` (benchmarks): builds it with
+/// `--release` unless `NETWARD_BIN` names one. Call before anything starts a lab.
+pub fn use_release_binary() -> PathBuf {
+    let bin = std::env::var("NETWARD_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| build_netward(true));
+    assert!(
+        BIN.set(bin.clone()).is_ok() || BIN.get() == Some(&bin),
+        "a lab already runs another netward binary"
+    );
+    bin
+}
+
+fn build_netward(release: bool) -> PathBuf {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ sits in the workspace")
+        .to_path_buf();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.args(["build", "--quiet", "-p", "netward", "--bin", "netward"])
+        .current_dir(&root);
+    if release {
+        cmd.arg("--release");
+    }
+    let status = cmd.status().expect("running cargo build");
+    assert!(status.success(), "building netward failed");
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| root.join("target"));
+    target
+        .join(if release { "release" } else { "debug" })
+        .join("netward")
 }
 
 /// Whether this process may build labs (root: namespaces, veths, BPF).
@@ -262,4 +286,141 @@ impl Drop for TestLab {
             eprintln!("lab {} down: {e:#}", self.name);
         }
     }
+}
+
+/// Skip the calling test (return) unless this process is root.
+#[macro_export]
+macro_rules! require_root {
+    () => {
+        if !$crate::lab::is_root() {
+            eprintln!("skipped: needs root");
+            return;
+        }
+    };
+}
+
+/// The manifests of an enforcing lab test, built up before the lab exists.
+pub struct Scenario {
+    test: String,
+    dir: ManifestDir,
+    pods: String,
+}
+
+impl Scenario {
+    /// A scenario for lab `test` (also the lab's name; one address range per test).
+    pub fn new(test: &str) -> Self {
+        Scenario {
+            test: test.into(),
+            dir: ManifestDir::new(test),
+            pods: String::new(),
+        }
+    }
+
+    pub fn namespace(mut self, name: &str, labels: &[(&str, &str)]) -> Self {
+        self.pods.push_str(&namespace_yaml(name, labels));
+        self
+    }
+
+    /// A running pod: `ns/name`, labels, addresses, ports `(name, port, protocol)`.
+    pub fn pod(
+        mut self,
+        key: &str,
+        labels: &[(&str, &str)],
+        ips: &[&str],
+        ports: &[(&str, u16, &str)],
+    ) -> Self {
+        self.pods.push_str(&pod_yaml(key, labels, ips, ports));
+        self
+    }
+
+    /// Another manifest file (policies, more pods).
+    pub fn file(self, name: &str, yaml: &str) -> Self {
+        self.dir.write(name, yaml);
+        self
+    }
+
+    /// Bring the lab up, enforcing; namespaces and pods go to `pods.yaml`.
+    pub fn up(self) -> LiveLab {
+        self.dir.write("pods.yaml", &self.pods);
+        let lab = TestLab::up_enforced(&self.test, &self.dir).expect("lab up");
+        LiveLab { lab, dir: self.dir }
+    }
+}
+
+/// An enforcing lab and its manifest directory; edits wait until the daemon applied them.
+/// Dereferences to the [`TestLab`].
+pub struct LiveLab {
+    // Dropped in this order: the lab goes down before its manifests go.
+    pub lab: TestLab,
+    pub dir: ManifestDir,
+}
+
+impl std::ops::Deref for LiveLab {
+    type Target = TestLab;
+    fn deref(&self) -> &TestLab {
+        &self.lab
+    }
+}
+
+impl LiveLab {
+    /// Write manifest `file` and wait until the daemon applied the change; the lab's pods
+    /// are reloaded from its state (pods may have come or gone).
+    pub fn edit(&mut self, file: &str, yaml: &str) {
+        let before = self.lab.applied();
+        self.dir.write(file, yaml);
+        self.settle(before);
+    }
+
+    /// Remove manifest `file` and wait until the daemon applied the change.
+    pub fn remove(&mut self, file: &str) {
+        let before = self.lab.applied();
+        self.dir.remove(file);
+        self.settle(before);
+    }
+
+    fn settle(&mut self, before: u64) {
+        self.lab.wait_applied(before);
+        self.lab.state = LabState::require(&self.lab.name).expect("lab state");
+    }
+}
+
+/// A line echo server on `port` inside `pod` (runs until the test process ends).
+pub fn echo_server(pod: &LabPod, port: u16) {
+    let listener = {
+        let _in = netns::enter(&pod.netns).expect("entering the pod");
+        TcpListener::bind(("0.0.0.0", port)).expect("binding the echo server")
+    };
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let Ok(mut w) = conn.try_clone() else { return };
+                for line in BufReader::new(conn).lines() {
+                    let Ok(line) = line else { break };
+                    if writeln!(w, "{line}").is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+}
+
+/// A TCP connection from `from` to `to`, None when it does not open within 700 ms.
+pub fn connect(from: &LabPod, to: SocketAddr) -> Option<TcpStream> {
+    let _in = netns::enter(&from.netns).expect("entering the pod");
+    let c = TcpStream::connect_timeout(&to, Duration::from_millis(700)).ok()?;
+    c.set_read_timeout(Some(Duration::from_millis(700))).ok()?;
+    Some(c)
+}
+
+/// Send a line on `conn` and whether the same line came back.
+pub fn echo(conn: &mut TcpStream, msg: &str) -> bool {
+    if writeln!(conn, "{msg}").is_err() {
+        return false;
+    }
+    let Ok(read) = conn.try_clone() else {
+        return false;
+    };
+    let mut line = String::new();
+    BufReader::new(read).read_line(&mut line).is_ok() && line.trim() == msg
 }

@@ -6,28 +6,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use netward::model::Protocol::Tcp;
-use netward_tests::lab::{is_root, namespace_yaml, pod_yaml, ManifestDir, TestLab};
+use netward_tests::lab::Scenario;
+use netward_tests::require_root;
 
 #[test]
 fn daemon_restart_under_iperf3_breaks_nothing_and_opens_nothing() {
-    if !is_root() {
-        eprintln!("skipped: needs root");
-        return;
-    }
-    let dir = ManifestDir::new("restart");
-    dir.write(
-        "pods.yaml",
-        &[
-            namespace_yaml("r", &[]),
-            pod_yaml("r/client", &[("app", "client")], &["10.218.0.1"], &[]),
-            pod_yaml("r/server", &[("app", "server")], &["10.218.0.2"], &[]),
-            pod_yaml("r/intruder", &[("app", "intruder")], &["10.218.0.3"], &[]),
-        ]
-        .concat(),
-    );
-    dir.write(
-        "policy.yaml",
-        r#"
+    require_root!();
+    let mut lab = Scenario::new("restart")
+        .namespace("r", &[])
+        .pod("r/client", &[("app", "client")], &["10.218.0.1"], &[])
+        .pod("r/server", &[("app", "server")], &["10.218.0.2"], &[])
+        .pod("r/intruder", &[("app", "intruder")], &["10.218.0.3"], &[])
+        .file(
+            "policy.yaml",
+            r#"
 apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
 metadata: {namespace: r, name: server}
@@ -37,8 +29,8 @@ spec:
   - from: [{podSelector: {matchLabels: {app: client}}}]
     ports: [{port: 5201}]
 "#,
-    );
-    let lab = TestLab::up_enforced("restart", &dir).expect("lab up");
+        )
+        .up();
     let server_ip = lab.pod("r/server").ips[0].to_string();
     let mut server = Command::new("ip")
         .args([
@@ -115,8 +107,6 @@ spec:
         "a denied connection passed during restarts"
     );
     // The new daemon follows edits: removing the policy opens the intruder's way.
-    let before = lab.applied();
-    dir.remove("policy.yaml");
-    lab.wait_applied(before);
+    lab.remove("policy.yaml");
     assert!(lab.reach("r/intruder", "r/server", 5201, Tcp));
 }

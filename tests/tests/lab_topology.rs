@@ -2,7 +2,7 @@
 //! UDP and SCTP between pods, over IPv4 and IPv6; `lab down` leaves nothing behind.
 use std::time::Duration;
 
-use netward::lab::probe::{self, Target};
+use netward::lab::probe::{self, Family, Target};
 use netward::lab::{netns, topology};
 use netward::model::Protocol::{Sctp, Tcp, Udp};
 use netward_tests::lab::{cluster, is_root, pod, TestLab};
@@ -77,18 +77,21 @@ fn pods_reach_each_other_on_every_protocol_and_down_cleans_up() {
     )
     .unwrap());
 
-    // Whole matrix, both directions.
-    let obs = probe::observe(
-        &lab.state,
-        Target {
-            port: 80,
-            protocol: Tcp,
-        },
-        None,
-        Default::default(),
-    );
-    assert_eq!(obs.len(), 2);
+    // Whole matrix, both directions, over both families of the dual-stack pods.
+    let target = Target {
+        port: 80,
+        protocol: Tcp,
+    };
+    let obs = probe::observe(&lab.state, target, None, Default::default());
+    assert_eq!(obs.len(), 4, "{obs:?}");
     assert!(obs.iter().all(|o| o.reached), "{obs:?}");
+    let reports = probe::probe(&lab.state, &c, target, None, Default::default()).unwrap();
+    let families: Vec<Family> = reports.iter().map(|r| r.family).collect();
+    assert_eq!(families, [Family::IPv4, Family::IPv6]);
+    for r in &reports {
+        assert_eq!(r.matrix.values().map(|row| row.len()).sum::<usize>(), 2);
+        assert!(r.differences.is_empty(), "{r:?}");
+    }
 
     let name = lab.name.clone();
     let (ns, veth) = (server.netns.clone(), server.host_veth.clone());

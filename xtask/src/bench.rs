@@ -21,7 +21,9 @@ pub enum Bench {
     /// (test API server + real agent; eBPF maps when root). BENCH_PODS / BENCH_ROUNDS override.
     Agent,
     /// iperf3 throughput and short-connection rate between two lab pods: no program vs
-    /// netward (0 and N rules) vs iptables (linear and ipset). Needs root.
+    /// netward (0 and N rules) vs iptables (linear and ipset), as ratios to no program.
+    /// Optimised throughout: the bench binary and the `netward` it drives (built with
+    /// `--release`). Needs root.
     Lab(LabArgs),
 }
 

@@ -187,28 +187,29 @@ pub fn run(args: LabArgs) -> Result<ExitCode> {
                 timeout: std::time::Duration::from_millis(timeout_ms),
                 ..Default::default()
             };
-            let reports = if all_ports {
-                probe::declared_targets(&state)
-                    .into_iter()
-                    .map(|(t, dests)| probe::probe(&state, &cluster, t, Some(&dests), opts))
-                    .collect::<Result<Vec<_>>>()?
+            let reports: Vec<probe::Report> = if all_ports {
+                let mut out = Vec::new();
+                for (t, dests) in probe::declared_targets(&state) {
+                    out.extend(probe::probe(&state, &cluster, t, Some(&dests), opts)?);
+                }
+                out
             } else {
-                vec![probe::probe(
+                probe::probe(
                     &state,
                     &cluster,
                     probe::Target { port, protocol },
                     None,
                     opts,
-                )?]
+                )?
             };
             match output {
-                Output::Json if all_ports => {
-                    println!("{}", serde_json::to_string_pretty(&reports)?)
-                }
-                Output::Json => println!("{}", serde_json::to_string_pretty(&reports[0])?),
+                Output::Json => println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({ "ports": reports }))?
+                ),
                 Output::Table => {
                     for r in &reports {
-                        println!("{}", probe::table(r));
+                        println!("{}", report_table(r));
                     }
                 }
             }
@@ -249,4 +250,115 @@ fn init_background_logging() {
         )
         .with_ansi(false)
         .try_init();
+}
+
+/// One probe report as the numbered grid of `netward matrix`: the observed verdict per cell,
+/// `!` where it differs from the prediction, then the differing cells spelled out.
+pub fn report_table(r: &probe::Report) -> String {
+    let mut keys: Vec<&String> = r
+        .matrix
+        .iter()
+        .flat_map(|(from, row)| std::iter::once(from).chain(row.keys()))
+        .collect();
+    keys.sort();
+    keys.dedup();
+    let names: Vec<(&str, &str)> = keys
+        .iter()
+        .map(|k| k.split_once('/').unwrap_or(("", k.as_str())))
+        .collect();
+    let probed: usize = r.matrix.values().map(|row| row.len()).sum();
+    let mut footer = if r.differences.is_empty() {
+        format!("observed == predicted on all {probed} probed pairs")
+    } else {
+        format!(
+            "{} of {probed} probed pairs differ from the prediction:",
+            r.differences.len()
+        )
+    };
+    for d in &r.differences {
+        footer.push_str(&format!(
+            "\nDIFFERS {} -> {}: observed {}, predicted {}",
+            d.from,
+            d.to,
+            if d.observed { "reached" } else { "blocked" },
+            if d.predicted { "allowed" } else { "denied" }
+        ));
+    }
+    super::matrix::grid_of(
+        &names,
+        &format!(
+            "{}/{} over {}, observed with real packets",
+            r.protocol, r.port, r.family
+        ),
+        "\u{2713} reached, \u{b7} blocked, ! differs from the prediction, - not probed",
+        |i, j| {
+            let observed = r.matrix.get(keys[i]).and_then(|row| row.get(keys[j]));
+            let predicted = r.predicted.get(keys[i]).and_then(|row| row.get(keys[j]));
+            match observed {
+                None => "-".to_string(),
+                Some(&o) => {
+                    let mut m = if o { "\u{2713}" } else { "\u{b7}" }.to_string();
+                    if predicted != Some(&o) {
+                        m.push('!');
+                    }
+                    m
+                }
+            }
+        },
+        &footer,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lab::probe::{Difference, Family, Matrix, Report};
+
+    #[test]
+    fn report_table_numbers_pods_and_marks_differences() {
+        let mut matrix = Matrix::new();
+        let mut predicted = Matrix::new();
+        for (from, to, o, p) in [
+            ("a/x", "a/y", true, true),
+            ("a/y", "a/x", false, true),
+            ("a/x", "b/z", false, false),
+        ] {
+            matrix.entry(from.into()).or_default().insert(to.into(), o);
+            predicted
+                .entry(from.into())
+                .or_default()
+                .insert(to.into(), p);
+        }
+        let r = Report {
+            port: 80,
+            protocol: Protocol::Tcp,
+            family: Family::IPv6,
+            matrix,
+            predicted,
+            differences: vec![Difference {
+                from: "a/y".into(),
+                to: "a/x".into(),
+                observed: false,
+                predicted: true,
+            }],
+        };
+        let t = report_table(&r);
+        assert!(t.starts_with("TCP/80 over IPv6"), "{t}");
+        let lines: Vec<&str> = t.lines().collect();
+        // Header numbers the three pods; rows: x (to y reached, to z blocked), y (to x
+        // blocked but predicted allowed), z (not probed from).
+        assert!(lines.iter().any(|l| l.trim() == "1  2   3"), "{t}");
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.trim() == "1 x  -  \u{2713}   \u{b7}"),
+            "{t}"
+        );
+        assert!(
+            lines.iter().any(|l| l.trim() == "2 y \u{b7}!  -   -"),
+            "{t}"
+        );
+        assert!(t.contains("DIFFERS a/y -> a/x: observed blocked, predicted allowed"));
+        assert!(t.contains("1 of 3 probed pairs differ"));
+    }
 }

@@ -204,11 +204,20 @@ fn title(args: &Args) -> String {
 
 /// Runs of equal namespaces in the (sorted) pod list: (namespace, first index, end index).
 fn groups(pods: &[&Pod]) -> Vec<(String, usize, usize)> {
+    let names: Vec<(&str, &str)> = pods
+        .iter()
+        .map(|p| (p.namespace.as_str(), p.name.as_str()))
+        .collect();
+    groups_of(&names)
+}
+
+/// [`groups`] over (namespace, name) pairs.
+fn groups_of(pods: &[(&str, &str)]) -> Vec<(String, usize, usize)> {
     let mut out: Vec<(String, usize, usize)> = Vec::new();
-    for (i, p) in pods.iter().enumerate() {
+    for (i, (namespace, _)) in pods.iter().enumerate() {
         match out.last_mut() {
-            Some((ns, _, end)) if *ns == p.namespace => *end = i + 1,
-            _ => out.push((p.namespace.clone(), i, i + 1)),
+            Some((ns, _, end)) if ns == namespace => *end = i + 1,
+            _ => out.push((namespace.to_string(), i, i + 1)),
         }
     }
     out
@@ -234,9 +243,9 @@ pub fn pod_table(m: &Matrix, title: &str) -> String {
     )
 }
 
-/// The pod x pod layout with any one-character mark per cell (also for the lab, which shows
-/// observed next to predicted verdicts): `title`, a legend, numbered columns, rows grouped by
-/// namespace, then `footer`. `pods` must be sorted by namespace.
+/// The pod x pod layout with a short mark per cell (also for the lab, which shows observed
+/// verdicts and where they differ from the prediction): `title`, a legend, numbered columns,
+/// rows grouped by namespace, then `footer`. `pods` must be sorted by namespace.
 pub fn grid(
     pods: &[&Pod],
     title: &str,
@@ -244,18 +253,44 @@ pub fn grid(
     mark: impl Fn(usize, usize) -> String,
     footer: &str,
 ) -> String {
+    let names: Vec<(&str, &str)> = pods
+        .iter()
+        .map(|p| (p.namespace.as_str(), p.name.as_str()))
+        .collect();
+    grid_of(&names, title, legend, mark, footer)
+}
+
+/// [`grid`] over (namespace, name) pairs. Columns are as wide as the widest mark or number.
+pub fn grid_of(
+    pods: &[(&str, &str)],
+    title: &str,
+    legend: &str,
+    mark: impl Fn(usize, usize) -> String,
+    footer: &str,
+) -> String {
     use std::fmt::Write;
     let n = pods.len();
-    let w = n.to_string().len();
-    let groups = groups(pods);
+    let marks: Vec<Vec<String>> = (0..n)
+        .map(|i| (0..n).map(|j| mark(i, j)).collect())
+        .collect();
+    let w = marks
+        .iter()
+        .flatten()
+        .map(|m| m.chars().count())
+        .chain([n.to_string().len()])
+        .max()
+        .unwrap_or(1);
+    let nw = n.to_string().len();
+    let groups = groups_of(pods);
     let label_width = pods
         .iter()
-        .map(|p| p.name.len() + w + 3)
+        .map(|p| p.1.len() + nw + 3)
         .chain(groups.iter().map(|g| g.0.len()))
         .max()
         .unwrap_or(0);
     let group_starts: Vec<usize> = groups.iter().map(|g| g.1).collect();
-    // A cell: an extra space before each namespace group, then the mark right-aligned to `w`.
+    // A cell: an extra space before each namespace group, then the mark right-aligned to `w`
+    // (`{:>w$}` counts characters, so the check marks align too).
     let cells = |f: &dyn Fn(usize) -> String| -> String {
         let mut s = String::new();
         for j in 0..n {
@@ -281,9 +316,9 @@ pub fn grid(
     for (ns, start, end) in &groups {
         let _ = writeln!(out, "{ns}");
         for (i, pod) in pods.iter().enumerate().take(*end).skip(*start) {
-            let label = format!("  {:>w$} {}", i + 1, pod.name);
-            let marks = cells(&|j| mark(i, j));
-            let _ = writeln!(out, "{label:label_width$}{marks}");
+            let label = format!("  {:>nw$} {}", i + 1, pod.1);
+            let row = cells(&|j| marks[i][j].clone());
+            let _ = writeln!(out, "{label:label_width$}{row}");
         }
     }
     let _ = writeln!(out, "\n{footer}");

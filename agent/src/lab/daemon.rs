@@ -1,25 +1,30 @@
 //! `lab daemon`: the lab's agent. It enforces the manifests' policies on every lab pod's host
 //! veth with the same code as the agent in a cluster: `compiler::compile` (every lab pod is
 //! local to this node), then [`Datapath`] map sync and TCX attachment. It watches the
-//! manifests and applies edits live.
+//! manifests and applies edits live, pods included: like a kubelet and CNI plugin next to the
+//! agent, it creates the namespace and veth of a pod that appears, removes those of a pod
+//! that goes, and recreates a pod whose addresses change (see [`Node::sync`] for the order
+//! that keeps every pod enforced meanwhile).
 //!
 //! Pins live under the lab's own bpffs directory, so labs never share maps. The daemon
 //! leaves everything pinned when it stops: a restarted daemon adopts the pinned maps and
 //! links, and enforcement never pauses (`lab down` removes the pins).
 //!
 //! Progress is visible to tools and tests in the state directory: `daemon.ready` once the
-//! first Plan is applied and every veth attached, and `daemon.applied`, the number of Plans
-//! applied by this daemon process so far (a test waits for it to grow after an edit).
+//! first Plan is applied and every veth attached, and `daemon.applied`, the number of syncs
+//! that changed something (Plan or pods) by this daemon process so far (a test waits for it
+//! to grow after an edit).
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use notify::{RecursiveMode, Watcher};
 use tracing::{error, info, warn};
 
-use super::{load_manifests, process, LabName, LabState};
+use super::{load_manifests, process, reconcile, topology, LabName, LabPod, LabState};
 use crate::datapath::{Datapath, DatapathConfig, Verdict};
+use crate::model::Cluster;
 use crate::plan::Plan;
 
 /// The datapath configuration of lab `name`: its own pin directory, fail closed for local
@@ -44,48 +49,166 @@ pub fn applied(name: &LabName) -> u64 {
         .unwrap_or(0)
 }
 
-fn load_plan(state: &LabState) -> Result<Plan> {
-    let cluster = load_manifests(&state.manifests, |line| info!("{line}"))?;
-    let pods: Vec<String> = cluster
-        .pods
-        .iter()
-        .filter(|p| !p.host_network && !p.ips.is_empty())
-        .map(|p| p.key())
-        .collect();
-    let lab_pods: Vec<&String> = state.pods.iter().map(|p| &p.key).collect();
-    if pods.iter().collect::<Vec<_>>() != lab_pods {
-        warn!("the manifests' pods changed: policies follow, but the lab's pods do not (run `lab down` and `lab up` to rebuild them)");
+/// The node as the daemon keeps it: the lab's pods, the datapath enforcing on them, and the
+/// last Plan applied.
+struct Node {
+    state: LabState,
+    dp: Datapath,
+    last: Option<Plan>,
+}
+
+impl Node {
+    fn name(&self) -> &LabName {
+        &self.state.name
     }
-    Ok(crate::compiler::compile(&cluster, None))
+
+    /// Bring the node to what `cluster` asks for; true when anything changed.
+    ///
+    /// Order matters for the pods that stay: a removed pod's veth is deleted before the Plan
+    /// forgets it (its traffic stops first), a new pod is created closed (host side down),
+    /// the Plan that knows it is applied, the programs are attached, and only then is it
+    /// connected. Other pods' entries change only through the Plan's atomic switch.
+    fn sync(&mut self, cluster: &Cluster) -> Result<bool> {
+        let desired = self.state.desired(cluster)?;
+        let diff = reconcile::diff(&self.state, &desired);
+        for pod in &diff.remove {
+            let idx = topology::ifindex(&pod.host_veth).ok();
+            if let Err(e) = topology::remove_pod(pod) {
+                error!("removing pod {}: {e:#}", pod.key);
+            }
+            if let Some(idx) = idx {
+                if let Err(e) = self.dp.detach_index(idx) {
+                    warn!("unpinning the links of pod {}: {e:#}", pod.key);
+                }
+            }
+            info!("pod {} removed", pod.key);
+        }
+        let mut created = Vec::new();
+        let mut failed = Vec::new();
+        for pod in &diff.create {
+            // Same names as a leftover of a crash mid-sync? They are this lab's: remove.
+            let made = topology::preflight_pod(pod)
+                .and_then(|()| topology::remove_pod(pod))
+                .and_then(|()| topology::create_pod(self.name(), pod));
+            match made {
+                Ok(()) => created.push(pod.clone()),
+                Err(e) => {
+                    error!("pod {} not created: {e:#}", pod.key);
+                    let _ = topology::remove_pod(pod);
+                    failed.push(pod.key.clone());
+                }
+            }
+        }
+        let pods_changed = !diff.is_empty();
+        if pods_changed {
+            let mut next = desired;
+            next.pods.retain(|p| !failed.contains(&p.key));
+            next.revision = self.state.revision + 1;
+            next.save()?;
+            self.state = next;
+            self.wait_for_servers();
+        }
+
+        let plan = crate::compiler::compile(cluster, None);
+        let mut plan_changed = false;
+        if self.last.as_ref() != Some(&plan) {
+            match self.dp.apply(&plan) {
+                Ok(r) => {
+                    info!(
+                        "applied Plan generation {} (+{} -{} ipcache, +{} -{} policy) in {:?}",
+                        r.generation,
+                        r.ipcache_written,
+                        r.ipcache_deleted,
+                        r.policy_written,
+                        r.policy_deleted,
+                        r.duration
+                    );
+                    self.last = Some(plan);
+                    plan_changed = true;
+                }
+                // New pods below still get their programs: without their endpoints in the
+                // maps they fail closed.
+                Err(e) => error!("{e}"),
+            }
+        }
+        for pod in &created {
+            self.open(pod)?;
+            info!("pod {} created", pod.key);
+        }
+        Ok(pods_changed || plan_changed)
+    }
+
+    /// Enforce on a pod's veth (unless a pinned link already does), then connect it.
+    fn open(&mut self, pod: &LabPod) -> Result<()> {
+        let attached = self.dp.attached().context("listing pinned links")?;
+        if !attached.contains(&topology::ifindex(&pod.host_veth)?) {
+            self.dp
+                .attach(&pod.host_veth)
+                .with_context(|| format!("attaching to {} (pod {})", pod.host_veth, pod.key))?;
+        }
+        topology::connect_pod(self.name(), pod)
+            .with_context(|| format!("connecting pod {}", pod.key))
+    }
+
+    /// Wait (bounded) until the servers serve the current revision, so that a pod answers
+    /// once the daemon reports the change applied.
+    fn wait_for_servers(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while process::running(process::Role::Serve, self.name()).is_some()
+            && super::serve::revision(self.name()) < self.state.revision
+        {
+            if Instant::now() > deadline {
+                warn!(
+                    "the servers did not pick up revision {} within 10 s",
+                    self.state.revision
+                );
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+fn load(state: &LabState) -> Result<Cluster> {
+    load_manifests(&state.manifests, |line| info!("{line}"))
 }
 
 /// Run the daemon of lab `name` until killed.
 pub fn run(name: &LabName) -> Result<()> {
-    let state = LabState::require(name)?;
-    let plan = load_plan(&state).context("initial manifests")?;
-    let mut dp = Datapath::open_or_create(datapath_config(name)).context("loading the datapath")?;
-    // The Plan first, then the programs: a veth never enforces an empty Plan.
-    let report = dp.apply(&plan).context("applying the initial Plan")?;
+    let mut state = LabState::require(name)?;
+    let cluster = load(&state).context("initial manifests")?;
+    let dp = Datapath::open_or_create(datapath_config(name)).context("loading the datapath")?;
+    // A pod of the state that is not (fully) on the machine is made again by the first sync.
+    state.pods.retain(|p| {
+        let present = super::netns::exists(&p.netns)
+            && Path::new("/sys/class/net").join(&p.host_veth).exists();
+        if !present {
+            warn!(
+                "pod {} is missing on this machine: creating it again",
+                p.key
+            );
+        }
+        present
+    });
+    let mut node = Node {
+        state,
+        dp,
+        last: None,
+    };
+    // The Plan first, then the programs, then the routes: a veth never enforces an empty
+    // Plan and no pod is reachable before its programs run. A restarted daemon finds its
+    // links pinned and already switched to the programs it just loaded (open_or_create).
+    node.sync(&cluster).context("initial sync")?;
+    if node.last.is_none() {
+        anyhow::bail!("the initial Plan could not be applied (see above)");
+    }
+    for pod in node.state.pods.clone() {
+        node.open(&pod)?;
+    }
     let mut count = 1u64;
     std::fs::write(applied_file(name), count.to_string())?;
-    info!(
-        "applied Plan generation {} ({} ipcache, {} policy entries)",
-        report.generation,
-        plan.ipcache.len(),
-        plan.policy.len()
-    );
-    // A restarted daemon finds its links pinned and already switched to the programs it
-    // just loaded (open_or_create); attaching those again would be refused.
-    let attached = dp.attached().context("listing pinned links")?;
-    for pod in &state.pods {
-        if attached.contains(&super::topology::ifindex(&pod.host_veth)?) {
-            continue;
-        }
-        dp.attach(&pod.host_veth)
-            .with_context(|| format!("attaching to {} (pod {})", pod.host_veth, pod.key))?;
-    }
-    info!("enforcing on {} veths", state.pods.len());
-    spawn_event_logger(&dp);
+    info!("enforcing on {} veths", node.state.pods.len());
+    spawn_event_logger(&node.dp);
 
     let (tx, rx) = mpsc::channel();
     let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
@@ -93,41 +216,29 @@ pub fn run(name: &LabName) -> Result<()> {
             let _ = tx.send(());
         }
     })?;
-    for path in &state.manifests {
+    let manifests = node.state.manifests.clone();
+    for path in &manifests {
         watch(&mut watcher, path)?;
     }
     process::mark_ready(process::Role::Daemon, name)?;
-    let mut last = plan;
     while rx.recv().is_ok() {
         // Editors write in several steps: settle, then take everything queued.
         std::thread::sleep(Duration::from_millis(150));
         while rx.try_recv().is_ok() {}
-        let plan = match load_plan(&state) {
-            Ok(p) => p,
+        let cluster = match load(&node.state) {
+            Ok(c) => c,
             Err(e) => {
-                error!("not applied, the previous Plan stays in force: {e:#}");
+                error!("not applied, the previous Plan and pods stay: {e:#}");
                 continue;
             }
         };
-        if plan == last {
-            continue;
-        }
-        match dp.apply(&plan) {
-            Ok(r) => {
+        match node.sync(&cluster) {
+            Ok(false) => {}
+            Ok(true) => {
                 count += 1;
                 std::fs::write(applied_file(name), count.to_string())?;
-                info!(
-                    "applied Plan generation {} (+{} -{} ipcache, +{} -{} policy) in {:?}",
-                    r.generation,
-                    r.ipcache_written,
-                    r.ipcache_deleted,
-                    r.policy_written,
-                    r.policy_deleted,
-                    r.duration
-                );
-                last = plan;
             }
-            Err(e) => error!("{e}"),
+            Err(e) => error!("{e:#}"),
         }
     }
     Ok(())

@@ -49,7 +49,7 @@ pub fn up(
     topology::preflight(&state)?;
     state.save()?;
     let result = (|| {
-        topology::create(&state)?;
+        topology::create(&state, !opts.enforce)?;
         process::spawn(&opts.exe, Role::Serve, name, &[])?;
         if opts.enforce {
             process::spawn(&opts.exe, Role::Daemon, name, &[])?;

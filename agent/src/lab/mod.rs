@@ -35,6 +35,7 @@ pub mod lifecycle;
 pub mod netns;
 pub mod probe;
 pub mod process;
+pub mod reconcile;
 pub mod sctp;
 pub mod serve;
 pub mod topology;
@@ -120,6 +121,9 @@ impl std::fmt::Display for LabName {
 pub struct LabPod {
     /// `namespace/name`.
     pub key: String,
+    /// Its slot in the lab: names and MAC addresses derive from it. A pod keeps its index
+    /// for as long as it exists; a new pod takes the lowest free one.
+    pub index: usize,
     pub netns: String,
     pub host_veth: String,
     pub ips: Vec<IpAddr>,
@@ -145,20 +149,38 @@ pub struct LabState {
     pub name: LabName,
     /// The manifest files or directories the lab was made from (absolute).
     pub manifests: Vec<PathBuf>,
+    /// Sorted by key.
     pub pods: Vec<LabPod>,
+    /// Grows whenever the pods change (added, removed, readdressed, other ports): the
+    /// servers report the revision they serve, so the daemon knows when a pod answers.
+    #[serde(default)]
+    pub revision: u64,
 }
 
 impl LabState {
-    /// Lay out `cluster` for lab `name`: which pods get a namespace, and their names.
+    /// Lay out `cluster` for a new lab `name`: which pods get a namespace, and their names.
     pub fn layout(name: &LabName, manifests: Vec<PathBuf>, cluster: &Cluster) -> Result<Self> {
-        let prefix = name.veth_prefix();
-        let mut pods = Vec::new();
+        LabState {
+            name: name.clone(),
+            manifests,
+            pods: Vec::new(),
+            revision: 0,
+        }
+        .desired(cluster)
+    }
+
+    /// The pods `cluster` asks for, laid out next to this state's: a pod that stays keeps
+    /// its index (namespace and veth names), a new pod takes the lowest free index. Fails,
+    /// naming both pods, when two pods claim the same address.
+    pub fn desired(&self, cluster: &Cluster) -> Result<Self> {
+        let prefix = self.name.veth_prefix();
         let mut seen: std::collections::BTreeMap<IpAddr, String> = Default::default();
-        for pod in cluster
+        let wanted: Vec<&crate::model::Pod> = cluster
             .pods
             .iter()
             .filter(|p| !p.host_network && !p.ips.is_empty())
-        {
+            .collect();
+        for pod in &wanted {
             for ip in &pod.ips {
                 if let Some(other) = seen.insert(*ip, pod.key()) {
                     bail!(
@@ -167,7 +189,22 @@ impl LabState {
                     );
                 }
             }
-            let index = pods.len();
+        }
+        let mut used: std::collections::BTreeSet<usize> = wanted
+            .iter()
+            .filter_map(|p| self.pod(&p.key()).map(|old| old.index))
+            .collect();
+        let mut pods = Vec::new();
+        for pod in wanted {
+            let key = pod.key();
+            let index = match self.pod(&key) {
+                Some(old) => old.index,
+                None => {
+                    let free = (0..).find(|i| !used.contains(i)).expect("unbounded");
+                    used.insert(free);
+                    free
+                }
+            };
             let mut ports: Vec<LabPort> = pod
                 .ports
                 .iter()
@@ -179,17 +216,20 @@ impl LabState {
             ports.sort_by_key(|p| (p.protocol, p.port));
             ports.dedup();
             pods.push(LabPod {
-                key: pod.key(),
-                netns: format!("{}{index}", name.netns_prefix()),
+                key,
+                index,
+                netns: format!("{}{index}", self.name.netns_prefix()),
                 host_veth: format!("{prefix}h{index}"),
                 ips: pod.ips.clone(),
                 ports,
             });
         }
+        pods.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(LabState {
-            name: name.clone(),
-            manifests,
+            name: self.name.clone(),
+            manifests: self.manifests.clone(),
             pods,
+            revision: self.revision,
         })
     }
 

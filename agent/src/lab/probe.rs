@@ -9,7 +9,8 @@
 //!
 //! A pod probing itself never leaves its namespace, so no node datapath can see it (as in a
 //! cluster); those cells are not probed and appear in neither matrix. A pair is probed over
-//! the first address family both pods have; pairs without one are left out.
+//! every address family both pods have (dual-stack pods over IPv4 and IPv6), one report per
+//! family; pairs without a common family are left out.
 use std::collections::BTreeMap;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
@@ -51,6 +52,34 @@ impl Default for Options {
 /// `from -> to -> reached`, the shape of `netward matrix`.
 pub type Matrix = BTreeMap<String, BTreeMap<String, bool>>;
 
+/// An address family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub enum Family {
+    IPv4,
+    IPv6,
+}
+
+impl Family {
+    pub fn of(ip: IpAddr) -> Family {
+        if ip.is_ipv4() {
+            Family::IPv4
+        } else {
+            Family::IPv6
+        }
+    }
+
+    pub const ALL: [Family; 2] = [Family::IPv4, Family::IPv6];
+}
+
+impl std::fmt::Display for Family {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Family::IPv4 => "IPv4",
+            Family::IPv6 => "IPv6",
+        })
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Difference {
     pub from: String,
@@ -59,11 +88,12 @@ pub struct Difference {
     pub predicted: bool,
 }
 
-/// One port's result: `matrix` is what real packets did.
+/// One port's result over one address family: `matrix` is what real packets did.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Report {
     pub port: u16,
     pub protocol: Protocol,
+    pub family: Family,
     pub matrix: Matrix,
     pub predicted: Matrix,
     pub differences: Vec<Difference>,
@@ -119,14 +149,15 @@ pub fn observe(
             if from.key == to.key {
                 continue;
             }
-            let pair = to.ips.iter().find_map(|dst| {
-                from.ips
-                    .iter()
-                    .find(|s| s.is_ipv4() == dst.is_ipv4())
-                    .map(|src| (*src, *dst))
-            });
-            if let Some((src, dst)) = pair {
-                jobs.push(Job { from, to, src, dst });
+            for dst in &to.ips {
+                if let Some(src) = from.ips.iter().find(|s| s.is_ipv4() == dst.is_ipv4()) {
+                    jobs.push(Job {
+                        from,
+                        to,
+                        src: *src,
+                        dst: *dst,
+                    });
+                }
             }
         }
     }
@@ -146,24 +177,41 @@ pub fn observe(
 }
 
 /// Observe `target` and compare with what the compiler and plan evaluator predict for
-/// `cluster` (every lab pod is local to this node).
+/// `cluster` (every lab pod is local to this node): one report per address family probed,
+/// IPv4 first.
 pub fn probe(
     state: &LabState,
     cluster: &Cluster,
     target: Target,
     destinations: Option<&[String]>,
     opts: Options,
-) -> Result<Report> {
+) -> Result<Vec<Report>> {
     let observations = observe(state, target, destinations, opts);
-    Ok(compare(cluster, target, &observations))
+    Ok(Family::ALL
+        .into_iter()
+        .filter_map(|family| {
+            let of_family: Vec<Observation> = observations
+                .iter()
+                .filter(|o| Family::of(o.dst) == family)
+                .cloned()
+                .collect();
+            (!of_family.is_empty()).then(|| compare(cluster, target, family, &of_family))
+        })
+        .collect())
 }
 
-/// Put observations next to the predicted verdicts of the same flows.
-pub fn compare(cluster: &Cluster, target: Target, observations: &[Observation]) -> Report {
+/// Put observations (of one address family) next to the predicted verdicts of the same flows.
+pub fn compare(
+    cluster: &Cluster,
+    target: Target,
+    family: Family,
+    observations: &[Observation],
+) -> Report {
     let plan = crate::compiler::compile(cluster, None);
     let mut report = Report {
         port: target.port,
         protocol: target.protocol,
+        family,
         matrix: Matrix::new(),
         predicted: Matrix::new(),
         differences: Vec::new(),
@@ -323,60 +371,4 @@ fn rand_u32() -> u32 {
             .unwrap_or(0),
     );
     h.finish() as u32
-}
-
-/// A human-readable table of a report: rows are sources, columns destinations; `.` reached,
-/// `X` blocked, and a trailing `!` where observation and prediction differ.
-pub fn table(report: &Report) -> String {
-    let mut cols: Vec<&String> = report.matrix.values().flat_map(|r| r.keys()).collect();
-    cols.sort();
-    cols.dedup();
-    let width = cols.iter().map(|c| c.len()).max().unwrap_or(4).max(4);
-    let rows_w = report
-        .matrix
-        .keys()
-        .map(|k| k.len())
-        .max()
-        .unwrap_or(4)
-        .max(9);
-    let mut out = format!(
-        "{}/{} observed ('.' reached, 'X' blocked, '!' differs from prediction)\n{:rows_w$}",
-        report.protocol, report.port, "from \\ to"
-    );
-    for c in &cols {
-        out.push_str(&format!("  {c:>width$}"));
-    }
-    out.push('\n');
-    for (from, row) in &report.matrix {
-        out.push_str(&format!("{from:rows_w$}"));
-        for c in &cols {
-            let cell = match row.get(*c) {
-                None => "-".to_string(),
-                Some(&o) => {
-                    let p = report.predicted.get(from).and_then(|r| r.get(*c)).copied();
-                    let mut s = if o { "." } else { "X" }.to_string();
-                    if p != Some(o) {
-                        s.push('!');
-                    }
-                    s
-                }
-            };
-            out.push_str(&format!("  {cell:>width$}"));
-        }
-        out.push('\n');
-    }
-    if report.differences.is_empty() {
-        out.push_str("observed == predicted\n");
-    } else {
-        for d in &report.differences {
-            out.push_str(&format!(
-                "DIFFERS {} -> {}: observed {}, predicted {}\n",
-                d.from,
-                d.to,
-                if d.observed { "reached" } else { "blocked" },
-                if d.predicted { "allowed" } else { "denied" }
-            ));
-        }
-    }
-    out
 }

@@ -90,28 +90,43 @@ pub fn preflight(state: &LabState) -> Result<()> {
         );
     }
     for pod in &state.pods {
-        for ip in &pod.ips {
-            let family = if ip.is_ipv4() { "-4" } else { "-6" };
-            let routes = ip_output(&[family, "route", "show", "exact", &host_prefix(*ip)])?;
-            let local = ip_output(&[family, "route", "show", "table", "local", &ip.to_string()])?;
-            if !routes.trim().is_empty() || !local.trim().is_empty() {
-                bail!(
-                    "pod {} address {ip} (status.podIPs) is already in use on this machine ({}): \
-                     another lab with the same addresses? use other addresses or `netward lab down`",
-                    pod.key,
-                    routes.trim().lines().chain(local.trim().lines()).next().unwrap_or("")
-                );
-            }
+        preflight_pod(pod)?;
+    }
+    Ok(())
+}
+
+/// Refuse a pod whose address this machine already routes (another lab with the same
+/// addresses, or a real network): the host routes would fight.
+pub fn preflight_pod(pod: &LabPod) -> Result<()> {
+    for ip in &pod.ips {
+        let family = if ip.is_ipv4() { "-4" } else { "-6" };
+        let routes = ip_output(&[family, "route", "show", "exact", &host_prefix(*ip)])?;
+        let local = ip_output(&[family, "route", "show", "table", "local", &ip.to_string()])?;
+        if !routes.trim().is_empty() || !local.trim().is_empty() {
+            bail!(
+                "pod {} address {ip} (status.podIPs) is already in use on this machine ({}): \
+                 another lab with the same addresses? use other addresses or `netward lab down`",
+                pod.key,
+                routes
+                    .trim()
+                    .lines()
+                    .chain(local.trim().lines())
+                    .next()
+                    .unwrap_or("")
+            );
         }
     }
     Ok(())
 }
 
-/// Create every pod of `state`. On error the caller tears the lab down.
-pub fn create(state: &LabState) -> Result<()> {
-    enable_forwarding(state)?;
-    for (index, pod) in state.pods.iter().enumerate() {
-        create_pod(&state.name, index, pod).with_context(|| format!("creating pod {}", pod.key))?;
+/// Create every pod of `state`; `connect` also opens their host side (see [`connect_pod`]).
+/// On error the caller tears the lab down.
+pub fn create(state: &LabState, connect: bool) -> Result<()> {
+    for pod in &state.pods {
+        create_pod(&state.name, pod).with_context(|| format!("creating pod {}", pod.key))?;
+        if connect {
+            connect_pod(&state.name, pod).with_context(|| format!("connecting pod {}", pod.key))?;
+        }
     }
     Ok(())
 }
@@ -121,19 +136,23 @@ fn write_sysctl(path: &str, value: &str) -> Result<()> {
 }
 
 /// Routing between pods needs forwarding; it is left on at `lab down` (other labs may run).
-fn enable_forwarding(state: &LabState) -> Result<()> {
+fn enable_forwarding(pod: &LabPod) -> Result<()> {
     write_sysctl("/proc/sys/net/ipv4/ip_forward", "1")?;
-    if state.pods.iter().flat_map(|p| &p.ips).any(IpAddr::is_ipv6) {
+    if pod.ips.iter().any(IpAddr::is_ipv6) {
         write_sysctl("/proc/sys/net/ipv6/conf/all/forwarding", "1")?;
     }
     Ok(())
 }
 
-fn create_pod(name: &LabName, index: usize, pod: &LabPod) -> Result<()> {
+/// Make a pod's namespace, its veth pair and everything inside the pod (addresses, gateway,
+/// routes). The host side stays down, without route nor neighbor: no packet crosses it until
+/// [`connect_pod`], so the daemon attaches the programs first and a new pod is never open.
+pub fn create_pod(name: &LabName, pod: &LabPod) -> Result<()> {
+    enable_forwarding(pod)?;
     let ns = pod.netns.as_str();
     let host = pod.host_veth.as_str();
-    let host_mac = mac(name, index, 1);
-    let pod_mac = mac(name, index, 2);
+    let host_mac = mac(name, pod.index, 1);
+    let pod_mac = mac(name, pod.index, 2);
     ip(&["netns", "add", ns])?;
     ip(&[
         "link", "add", host, "address", &host_mac, "type", "veth", "peer", "name", "eth0",
@@ -141,53 +160,48 @@ fn create_pod(name: &LabName, index: usize, pod: &LabPod) -> Result<()> {
     ])?;
     ip(&["-n", ns, "link", "set", "lo", "up"])?;
     ip(&["-n", ns, "link", "set", "eth0", "up"])?;
+    for addr in &pod.ips {
+        let prefix = host_prefix(*addr);
+        let (gateway, nodad, family): (&str, &[&str], &str) = match addr {
+            IpAddr::V4(_) => (GATEWAY_V4, &[], "-4"),
+            IpAddr::V6(_) => (GATEWAY_V6, &["nodad"], "-6"),
+        };
+        let mut add = vec!["-n", ns, "addr", "add", &prefix, "dev", "eth0"];
+        add.extend_from_slice(nodad);
+        ip(&add)?;
+        ip(&[
+            "-n",
+            ns,
+            "neigh",
+            "replace",
+            gateway,
+            "lladdr",
+            &host_mac,
+            "dev",
+            "eth0",
+            "nud",
+            "permanent",
+        ])?;
+        if addr.is_ipv4() {
+            ip(&[
+                "-n", ns, "route", "replace", GATEWAY_V4, "dev", "eth0", "scope", "link",
+            ])?;
+        }
+        ip(&[
+            "-n", ns, family, "route", "replace", "default", "via", gateway, "dev", "eth0",
+        ])?;
+    }
+    Ok(())
+}
+
+/// Open a created pod to the node: host side up, a static neighbor and a host route per
+/// pod address. Idempotent (a restarted daemon connects every pod again).
+pub fn connect_pod(name: &LabName, pod: &LabPod) -> Result<()> {
+    let host = pod.host_veth.as_str();
     ip(&["link", "set", host, "up"])?;
+    let pod_mac = mac(name, pod.index, 2);
     for addr in &pod.ips {
         let a = addr.to_string();
-        let prefix = host_prefix(*addr);
-        match addr {
-            IpAddr::V4(_) => {
-                ip(&["-n", ns, "addr", "add", &prefix, "dev", "eth0"])?;
-                ip(&[
-                    "-n",
-                    ns,
-                    "neigh",
-                    "replace",
-                    GATEWAY_V4,
-                    "lladdr",
-                    &host_mac,
-                    "dev",
-                    "eth0",
-                    "nud",
-                    "permanent",
-                ])?;
-                ip(&[
-                    "-n", ns, "route", "replace", GATEWAY_V4, "dev", "eth0", "scope", "link",
-                ])?;
-                ip(&[
-                    "-n", ns, "route", "replace", "default", "via", GATEWAY_V4, "dev", "eth0",
-                ])?;
-            }
-            IpAddr::V6(_) => {
-                ip(&["-n", ns, "addr", "add", &prefix, "dev", "eth0", "nodad"])?;
-                ip(&[
-                    "-n",
-                    ns,
-                    "neigh",
-                    "replace",
-                    GATEWAY_V6,
-                    "lladdr",
-                    &host_mac,
-                    "dev",
-                    "eth0",
-                    "nud",
-                    "permanent",
-                ])?;
-                ip(&[
-                    "-n", ns, "-6", "route", "replace", "default", "via", GATEWAY_V6, "dev", "eth0",
-                ])?;
-            }
-        }
         ip(&[
             "neigh",
             "replace",
@@ -199,8 +213,29 @@ fn create_pod(name: &LabName, index: usize, pod: &LabPod) -> Result<()> {
             "nud",
             "permanent",
         ])?;
-        ip(&["route", "add", &prefix, "dev", host])
+        ip(&["route", "replace", &host_prefix(*addr), "dev", host])
             .with_context(|| format!("routing pod address {a} to {host}"))?;
+    }
+    Ok(())
+}
+
+/// Remove one pod: its host veth first (that stops its traffic at once and takes the peer,
+/// the host route and the neighbor along), then its namespace. Idempotent.
+pub fn remove_pod(pod: &LabPod) -> Result<()> {
+    let link = std::path::Path::new("/sys/class/net").join(&pod.host_veth);
+    if link.exists() {
+        if let Err(e) = ip(&["link", "del", &pod.host_veth]) {
+            if link.exists() {
+                return Err(e);
+            }
+        }
+    }
+    if netns::exists(&pod.netns) {
+        if let Err(e) = ip(&["netns", "del", &pod.netns]) {
+            if netns::exists(&pod.netns) {
+                return Err(e);
+            }
+        }
     }
     Ok(())
 }
