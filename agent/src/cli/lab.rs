@@ -47,8 +47,9 @@ pub enum LabCommand {
         #[arg(long, value_enum, default_value_t)]
         output: Output,
     },
-    /// Connect every pod to every pod with real packets; compare with the prediction.
-    /// Exits 1 when observation and prediction differ.
+    /// Connect every pod to every pod with real packets (over each address family both
+    /// have), then every pod to every Service port's virtual address; compare with the
+    /// prediction. Exits 1 when observation and prediction differ.
     Probe {
         #[arg(long, default_value = lab::DEFAULT_NAME)]
         name: String,
@@ -62,6 +63,9 @@ pub enum LabCommand {
         /// How long one probe waits, in milliseconds.
         #[arg(long, default_value_t = 800)]
         timeout_ms: u64,
+        /// Leave out the Services' virtual addresses (probed after the pods by default).
+        #[arg(long)]
+        no_services: bool,
         #[arg(long, value_enum, default_value_t)]
         output: Output,
     },
@@ -178,6 +182,7 @@ pub fn run(args: LabArgs) -> Result<ExitCode> {
             protocol,
             all_ports,
             timeout_ms,
+            no_services,
             output,
         } => {
             let name = LabName::new(&name)?;
@@ -202,7 +207,11 @@ pub fn run(args: LabArgs) -> Result<ExitCode> {
                     opts,
                 )?
             };
-            let services = probe::probe_services(&state, &cluster, opts);
+            let services = if no_services {
+                Vec::new()
+            } else {
+                probe::probe_services(&state, &cluster, opts)
+            };
             match output {
                 Output::Json => println!(
                     "{}",
