@@ -8,10 +8,13 @@
 //! * `selectors`: pod/namespace selectors that match nothing, with near-miss suggestions.
 //! * `ports`: named ports that no pod receiving the traffic declares.
 //! * `shadow`: duplicate rules and rules fully covered by another (provable structurally).
+//! * `services`: Service ports some egress-isolated clients may reach on some endpoints but
+//!   not all (so never through the virtual address), virtual addresses equal to pod addresses.
 //! * here: validation errors, policies in namespaces without pods, ignored rule sections.
 //!
 //! Order is deterministic: policies in cluster order (namespace, name), and within a policy
-//! its errors, namespace, sections, podSelector, ingress rules, egress rules, then DNS.
+//! its errors, namespace, sections, podSelector, ingress rules, egress rules, then DNS; then
+//! Services in cluster order.
 use serde::Serialize;
 
 use crate::model::{Cluster, Direction, Policy};
@@ -21,6 +24,7 @@ mod dns;
 mod index;
 mod ports;
 mod selectors;
+mod services;
 mod shadow;
 mod similar;
 #[cfg(test)]
@@ -39,7 +43,8 @@ pub struct Finding {
     pub severity: Severity,
     /// Short stable identifier, e.g. `egress-without-dns`.
     pub code: &'static str,
-    /// `namespace/name` of the policy (or namespace) concerned.
+    /// `namespace/name` of the policy (or namespace) concerned; `Service namespace/name` for a
+    /// Service.
     pub object: String,
     /// e.g. `spec.ingress[0].from[1].namespaceSelector`.
     pub field: String,
@@ -69,6 +74,7 @@ pub fn lint(cluster: &Cluster) -> Vec<Finding> {
         }
         out.extend(dns.remove(&index).unwrap_or_default());
     }
+    out.extend(services::check(&ix));
     out
 }
 

@@ -15,6 +15,11 @@
 //!   ranges from a team's namespaces, cross-namespace access by team label, matchExpressions,
 //!   ipBlocks overlapping pod addresses (v4 and v6), node CIDRs.
 //!
+//! [`add_services`] adds Services to a generated cluster (kube-dns, one per app of a
+//! namespace selecting its pods with named or numeric targetPorts, some with manual endpoints
+//! outside the cluster, some without endpoints, dual-stack virtual addresses for a share);
+//! [`generate`] alone has none, so the compile benchmark measures what it always measured.
+//!
 //! Policy names start with their kind (`deny`, `app2app`, `monitoring`, `dns`, `internet`,
 //! `nodeports`, `crossns`, `tiers`, `nodes`, `podranges`) and end with their index. The same
 //! `(params, seed)` always gives the same cluster.
@@ -24,7 +29,11 @@ use crate::model::{
     Cluster, ContainerPort, Direction, LabelSelector, Labels, Namespace, Operator, Pod, Protocol,
     NAMESPACE_NAME_LABEL,
 };
-use crate::testkit::{policy, req, rule, sel_exprs, SCTP, TCP, UDP};
+use crate::model::{EndpointPort, Service, ServiceEndpoint, ServicePort};
+use crate::testkit::{
+    endpoints_from_pods, normalise_service, policy, req, rule, sel, sel_exprs, Target, SCTP, TCP,
+    UDP,
+};
 
 /// Size and mix of a synthetic cluster.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -362,6 +371,127 @@ fn make_policy(
     p
 }
 
+/// Add Services to `c` (deterministic for a seed): kube-dns (named targetPorts on the
+/// coredns pods), then for up to `per_namespace` apps of each namespace a Service selecting
+/// that app (targetPort by name or number; port 80 or the app's own), one Service in ten with
+/// manual endpoints (addresses outside the cluster and a pod address), one in ten without any
+/// endpoint. Virtual addresses come from 10.96.0.0/16, plus fd00:96::/112 for a quarter.
+pub fn add_services(c: &mut Cluster, per_namespace: usize, seed: u64) {
+    let mut rng = fastrand::Rng::with_seed(seed ^ 0x05e4_1ce5);
+    let mut next: u32 = 10;
+    let mut vip = |rng: &mut fastrand::Rng| {
+        next += 1;
+        let mut v = vec![IpAddr::V4(Ipv4Addr::from(
+            u32::from(Ipv4Addr::new(10, 96, 0, 0)) + next,
+        ))];
+        if rng.u32(0..4) == 0 {
+            v.push(IpAddr::V6(Ipv6Addr::from(
+                (0xfd00_0096u128 << 96) | u128::from(next),
+            )));
+        }
+        v
+    };
+    let mut services = Vec::new();
+    let dns_ports = [
+        (sp("dns", UDP, 53), Target::Name("dns".into())),
+        (sp("dns-tcp", TCP, 53), Target::Name("dns-tcp".into())),
+    ];
+    services.push(Service {
+        namespace: "kube-system".into(),
+        name: "kube-dns".into(),
+        vips: vec![IpAddr::V4(Ipv4Addr::new(10, 96, 0, 10))],
+        ports: dns_ports.iter().map(|p| p.0.clone()).collect(),
+        endpoints: endpoints_from_pods(
+            c,
+            "kube-system",
+            &sel(&[("k8s-app", "kube-dns")]),
+            &dns_ports,
+        ),
+    });
+    let pod_ips: Vec<IpAddr> = c.pods.iter().flat_map(|p| p.ips.clone()).collect();
+    let mut apps: Vec<(String, String)> = c
+        .pods
+        .iter()
+        .filter_map(|p| Some((p.namespace.clone(), p.labels.get("app")?.clone())))
+        .collect();
+    apps.sort();
+    apps.dedup();
+    let mut count_in: Option<(String, usize)> = None;
+    for (ns, app) in apps {
+        let n = match &mut count_in {
+            Some((cur, n)) if *cur == ns => {
+                *n += 1;
+                *n
+            }
+            _ => {
+                count_in = Some((ns.clone(), 1));
+                1
+            }
+        };
+        if n > per_namespace {
+            continue;
+        }
+        let Some(&(_, _, app_ports)) = APPS.iter().find(|a| a.0 == app) else {
+            continue;
+        };
+        let Some(&(pname, pnum, proto)) = app_ports.first() else {
+            continue;
+        };
+        let (port, target) = match rng.u8(..3) {
+            0 => (80, Target::Name(pname.into())),
+            1 => (pnum, Target::Num(pnum)),
+            _ => (pnum, Target::Name(pname.into())),
+        };
+        let ports = [(sp(pname, proto, port), target)];
+        let mut svc = Service {
+            namespace: ns.clone(),
+            name: app.clone(),
+            vips: vip(&mut rng),
+            ports: vec![ports[0].0.clone()],
+            endpoints: Vec::new(),
+        };
+        match rng.u8(..10) {
+            0 => {
+                // Manual endpoints: outside addresses and, sometimes, a pod address.
+                let mut addrs = vec![
+                    IpAddr::V4(Ipv4Addr::new(203, 0, 113, rng.u8(1..20))),
+                    IpAddr::V4(Ipv4Addr::new(198, 51, 100, rng.u8(1..20))),
+                ];
+                if rng.bool() && !pod_ips.is_empty() {
+                    addrs.push(pod_ips[rng.usize(..pod_ips.len())]);
+                }
+                svc.endpoints = addrs
+                    .into_iter()
+                    .map(|ip| ServiceEndpoint {
+                        ip,
+                        ports: vec![EndpointPort {
+                            name: pname.into(),
+                            protocol: proto,
+                            port: pnum,
+                        }],
+                    })
+                    .collect();
+            }
+            1 => {} // no endpoint (scaled to zero)
+            _ => svc.endpoints = endpoints_from_pods(c, &ns, &sel(&[("app", &app)]), &ports),
+        }
+        services.push(svc);
+    }
+    for svc in &mut services {
+        normalise_service(svc);
+    }
+    services.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    c.services = services;
+}
+
+fn sp(name: &str, protocol: Protocol, port: u16) -> ServicePort {
+    ServicePort {
+        name: name.into(),
+        protocol,
+        port,
+    }
+}
+
 /// Small, stable string hash (FNV-1a) for label values like pod-template-hash.
 fn fxhash(parts: &[&str]) -> u32 {
     let mut h: u32 = 0x811c_9dc5;
@@ -409,5 +539,36 @@ mod tests {
             .pods
             .iter()
             .all(|p| a.namespaces.contains_key(&p.namespace)));
+        assert!(a.services.is_empty());
+    }
+
+    #[test]
+    fn services_are_deterministic_and_varied() {
+        let p = SynthParams {
+            namespaces: 20,
+            pods: 300,
+            policies: 60,
+            nodes: 5,
+            dual_stack_percent: 30,
+            host_network_percent: 2,
+        };
+        let mut a = generate(&p, 7);
+        add_services(&mut a, 2, 7);
+        let mut b = generate(&p, 7);
+        add_services(&mut b, 2, 7);
+        assert_eq!(a, b);
+        let s = &a.services;
+        assert!(s.len() > 10);
+        assert!(s
+            .iter()
+            .any(|s| s.key() == "kube-system/kube-dns" && s.endpoints.len() >= 2));
+        assert!(s.iter().any(|s| s.endpoints.is_empty()));
+        assert!(s.iter().any(|s| s.vips.len() == 2));
+        assert!(s
+            .iter()
+            .any(|s| s.endpoints.iter().any(|e| a.pod_by_ip(e.ip).is_none())));
+        assert!(s
+            .windows(2)
+            .all(|w| (&w[0].namespace, &w[0].name) < (&w[1].namespace, &w[1].name)));
     }
 }

@@ -28,9 +28,9 @@ use ipnet::IpNet;
 
 use crate::eval::Flow;
 use crate::model::{
-    Cluster, ContainerPort, Direction, FieldError, LabelSelector, Labels, Namespace,
+    Cluster, ContainerPort, Direction, EndpointPort, FieldError, LabelSelector, Labels, Namespace,
     NamespaceScope, Operator, Peer, Pod, Policy, PortRef, PortSpec, Protocol, Requirement, Rule,
-    NAMESPACE_NAME_LABEL,
+    Service, ServiceEndpoint, ServicePort, NAMESPACE_NAME_LABEL,
 };
 
 pub const TCP: Protocol = Protocol::Tcp;
@@ -117,6 +117,72 @@ pub fn icmp(src: &str, dst: &str) -> Flow {
 #[derive(Clone, Debug, Default)]
 pub struct ClusterBuilder {
     cluster: Cluster,
+    services: Vec<ServiceDraft>,
+}
+
+/// spec.ports[].targetPort of a Service: a number, or a container port name resolved on each
+/// endpoint pod.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    Num(u16),
+    Name(String),
+}
+
+/// A Service being built: its endpoints are computed from `selector` at build time, as the
+/// EndpointSlice controller would, plus manual ones.
+#[derive(Clone, Debug)]
+struct ServiceDraft {
+    service: Service,
+    targets: Vec<Target>,
+    selector: Option<LabelSelector>,
+}
+
+/// The ready endpoints the EndpointSlice controller computes for a Service selecting pods:
+/// every addressable pod of `ns` the selector matches, one endpoint per address, serving each
+/// Service port whose targetPort resolves on the pod (a name the pod does not declare leaves
+/// that port out). Sorted by address.
+pub fn endpoints_from_pods(
+    cluster: &Cluster,
+    ns: &str,
+    selector: &LabelSelector,
+    ports: &[(ServicePort, Target)],
+) -> Vec<ServiceEndpoint> {
+    let mut out = Vec::new();
+    for pod in &cluster.pods {
+        if pod.namespace != ns || pod.host_network || !selector.matches(&pod.labels) {
+            continue;
+        }
+        let served: Vec<EndpointPort> = ports
+            .iter()
+            .filter_map(|(sp, target)| {
+                let port = match target {
+                    Target::Num(n) => Some(*n),
+                    Target::Name(name) => pod.resolve_named_port(name, sp.protocol),
+                }?;
+                Some(EndpointPort {
+                    name: sp.name.clone(),
+                    protocol: sp.protocol,
+                    port,
+                })
+            })
+            .collect();
+        for &ip in &pod.ips {
+            out.push(ServiceEndpoint {
+                ip,
+                ports: served.clone(),
+            });
+        }
+    }
+    out
+}
+
+/// Sort a Service's addresses and endpoints and drop duplicate addresses (first kept), as
+/// the source normalises them.
+pub fn normalise_service(svc: &mut Service) {
+    svc.vips.sort();
+    svc.vips.dedup();
+    svc.endpoints.sort_by_key(|e| e.ip);
+    svc.endpoints.dedup_by_key(|e| e.ip);
 }
 
 impl ClusterBuilder {
@@ -207,6 +273,64 @@ impl ClusterBuilder {
         self
     }
 
+    /// Add a Service with these virtual addresses (clusterIPs, externalIPs...), no ports and
+    /// no endpoints yet. Service modifiers (`svc_*`) apply to the Service added last.
+    pub fn service(mut self, ns: &str, name: &str, vips: &[&str]) -> Self {
+        self.services.push(ServiceDraft {
+            service: Service {
+                namespace: ns.to_string(),
+                name: name.to_string(),
+                vips: vips.iter().map(|a| ip(a)).collect(),
+                ports: Vec::new(),
+                endpoints: Vec::new(),
+            },
+            targets: Vec::new(),
+            selector: None,
+        });
+        self
+    }
+
+    fn last_service(&mut self) -> &mut ServiceDraft {
+        self.services
+            .last_mut()
+            .expect("testkit: add a service before modifying it")
+    }
+
+    /// A port of the last Service (`name` "" when unnamed) and its targetPort.
+    pub fn svc_port(mut self, name: &str, protocol: Protocol, port: u16, target: Target) -> Self {
+        let d = self.last_service();
+        d.service.ports.push(ServicePort {
+            name: name.to_string(),
+            protocol,
+            port,
+        });
+        d.targets.push(target);
+        self
+    }
+
+    /// spec.selector of the last Service: its endpoints are the matching pods (at build).
+    pub fn svc_selector(mut self, kv: &[(&str, &str)]) -> Self {
+        self.last_service().selector = Some(sel(kv));
+        self
+    }
+
+    /// A manual endpoint of the last Service (an EndpointSlice without selector): address and
+    /// (port name, protocol, target port) it serves.
+    pub fn svc_endpoint(mut self, addr: &str, ports: &[(&str, Protocol, u16)]) -> Self {
+        self.last_service().service.endpoints.push(ServiceEndpoint {
+            ip: ip(addr),
+            ports: ports
+                .iter()
+                .map(|&(name, protocol, port)| EndpointPort {
+                    name: name.to_string(),
+                    protocol,
+                    port,
+                })
+                .collect(),
+        });
+        self
+    }
+
     /// The cluster, normalised as the source normalises it.
     pub fn build(mut self) -> Cluster {
         let implied: Vec<String> = self
@@ -221,10 +345,30 @@ impl ClusterBuilder {
                 self = self.namespace(&ns, &[]);
             }
         }
+        for d in std::mem::take(&mut self.services) {
+            let mut svc = d.service;
+            if !self.cluster.namespaces.contains_key(&svc.namespace) {
+                self = self.namespace(&svc.namespace.clone(), &[]);
+            }
+            if let Some(selector) = &d.selector {
+                let ports: Vec<(ServicePort, Target)> =
+                    svc.ports.iter().cloned().zip(d.targets).collect();
+                svc.endpoints.extend(endpoints_from_pods(
+                    &self.cluster,
+                    &svc.namespace,
+                    selector,
+                    &ports,
+                ));
+            }
+            normalise_service(&mut svc);
+            self.cluster.services.push(svc);
+        }
         let c = &mut self.cluster;
         c.pods
             .sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
         c.policies
+            .sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        c.services
             .sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
         self.cluster
     }

@@ -2,13 +2,15 @@
 //! packets through the real eBPF programs (BPF_PROG_TEST_RUN). The verdict of each program
 //! (the source pod's egress, the destination pod's ingress) must equal the plan evaluator's
 //! (`eval::plan::evaluate`), which performs the lookups the program is specified to do.
+//! The clusters include Services: some packets go to their virtual addresses (served ports,
+//! unserved ports, port-less protocols), as the egress hook sees them before kube-proxy.
 mod datapath_support;
 
 use datapath_support::*;
 use netward::compiler::compile;
 use netward::eval::{plan::evaluate, Flow};
 use netward::model::Direction::{Egress, Ingress};
-use netward::model::Protocol;
+use netward::model::{EndpointPort, Protocol, Service, ServiceEndpoint, ServicePort};
 use netward::testkit::{policy, rule, ClusterBuilder, RuleBuilder};
 use netward_common::*;
 
@@ -117,6 +119,71 @@ fn random_cluster(r: &mut Rng) -> netward::model::Cluster {
     b.build()
 }
 
+/// Virtual addresses of the random Services (v4 and v6 pools).
+const VIPS_V4: [&str; 3] = ["10.96.0.1", "10.96.0.2", "10.96.0.3"];
+const VIPS_V6: [&str; 3] = ["fd96::1", "fd96::2", "fd96::3"];
+/// Service ports: (protocol, port) and the target ports endpoints may map them to.
+const SERVICE_PORTS: [(Protocol, u16); 4] = [
+    (Protocol::Tcp, 80),
+    (Protocol::Udp, 53),
+    (Protocol::Tcp, 8080),
+    (Protocol::Sctp, 9000),
+];
+const TARGET_PORTS: [u16; 6] = [80, 8080, 8050, 53, 1000, 9000];
+
+/// 0-3 Services, each of one family, with a random subset of the pods (of that family) as
+/// ready endpoints (sometimes none) and random target ports.
+fn random_services(r: &mut Rng, cluster: &mut netward::model::Cluster) {
+    for (i, (v4, v6)) in VIPS_V4.iter().zip(VIPS_V6).enumerate() {
+        if !r.chance(70) {
+            continue;
+        }
+        let ipv6 = r.chance(30);
+        let vip: std::net::IpAddr = if ipv6 { v6 } else { v4 }.parse().unwrap();
+        let mut ports: Vec<ServicePort> = Vec::new();
+        for (n, (protocol, port)) in SERVICE_PORTS.iter().enumerate() {
+            if ports.is_empty() || r.chance(40) {
+                ports.push(ServicePort {
+                    name: format!("p{n}"),
+                    protocol: *protocol,
+                    port: *port,
+                });
+            }
+        }
+        let mut endpoints: Vec<ServiceEndpoint> = Vec::new();
+        let wanted = r.below(4);
+        for _ in 0..wanted {
+            let pod = r.pick(&cluster.pods);
+            let Some(ip) = pod.ips.iter().find(|a| a.is_ipv6() == ipv6) else {
+                continue;
+            };
+            if endpoints.iter().any(|e| e.ip == *ip) {
+                continue;
+            }
+            let ports = ports
+                .iter()
+                .map(|p| EndpointPort {
+                    name: p.name.clone(),
+                    protocol: p.protocol,
+                    port: *r.pick(&TARGET_PORTS),
+                })
+                .collect();
+            endpoints.push(ServiceEndpoint { ip: *ip, ports });
+        }
+        endpoints.sort_by_key(|e| e.ip);
+        cluster.services.push(Service {
+            namespace: r.pick(&NAMESPACES).to_string(),
+            name: format!("svc{i}"),
+            vips: vec![vip],
+            ports,
+            endpoints,
+        });
+    }
+    cluster
+        .services
+        .sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+}
+
 fn random_addr(r: &mut Rng, v6: bool) -> String {
     let i = r.below(PODS + 3);
     match (v6, i) {
@@ -138,14 +205,24 @@ fn ebpf_verdicts_equal_the_plan_evaluator() {
     let mut r = Rng(0x9e37_79b9_7f4a_7c15);
     let mut sport: u16 = 20000;
     let (mut checked, mut denied) = (0usize, 0usize);
+    // Packets to virtual addresses, and those an isolated client's egress allowed.
+    let (mut to_vip, mut to_vip_allowed) = (0usize, 0usize);
+    let mut plans_with_services = 0;
     for round in 0..40 {
-        let cluster = random_cluster(&mut r);
+        let mut cluster = random_cluster(&mut r);
+        random_services(&mut r, &mut cluster);
         let plan = compile(&cluster, None);
+        plans_with_services += usize::from(!plan.services.is_empty());
         dp.apply(&plan)
             .unwrap_or_else(|e| panic!("round {round}: {e}"));
         for _ in 0..150 {
             let v6 = r.chance(30);
-            let (src, dst) = (random_addr(&mut r, v6), random_addr(&mut r, v6));
+            let src = random_addr(&mut r, v6);
+            let dst = if r.chance(25) {
+                r.pick(if v6 { &VIPS_V6 } else { &VIPS_V4 }).to_string()
+            } else {
+                random_addr(&mut r, v6)
+            };
             if src == dst {
                 continue;
             }
@@ -153,7 +230,7 @@ fn ebpf_verdicts_equal_the_plan_evaluator() {
             sport = if sport >= 60000 { 20000 } else { sport + 1 };
             let (proto, port, l4) = match r.below(5) {
                 0 | 1 => {
-                    let port = *r.pick(&[80u16, 81, 8000, 8050, 8080, 8100, 8101, 443]);
+                    let port = *r.pick(&[80u16, 81, 8000, 8050, 8080, 8100, 8101, 443, 9999]);
                     (PROTO_TCP, port, datapath_support::tcp(sport, port))
                 }
                 2 => {
@@ -193,13 +270,31 @@ fn ebpf_verdicts_equal_the_plan_evaluator() {
             );
             checked += 1;
             denied += usize::from(!egress || !ingress);
+            if dst.starts_with("10.96.") || dst.starts_with("fd96:") {
+                to_vip += 1;
+                to_vip_allowed += usize::from(matches!(
+                    want.egress,
+                    netward::eval::SideVerdict::Allowed { .. }
+                ));
+            }
         }
     }
-    eprintln!("{checked} packets compared, {denied} denied by some side");
+    let service_denied = dp.counters().unwrap().reason(reason::SERVICE_DENY);
+    eprintln!(
+        "{checked} packets compared, {denied} denied by some side; {to_vip} to virtual \
+         addresses ({to_vip_allowed} allowed by an isolating policy, {service_denied} \
+         service_deny); {plans_with_services} of 40 Plans with Services"
+    );
     // The random clusters must exercise both outcomes, or the test proves nothing.
     assert!(checked > 4000, "{checked}");
     assert!(
         denied > checked / 10 && denied < checked * 9 / 10,
         "{denied} of {checked} denied"
     );
+    assert!(to_vip > 1000, "{to_vip}");
+    if plans_with_services > 0 {
+        // The Service path must be exercised both ways.
+        assert!(service_denied > 50, "{service_denied}");
+        assert!(to_vip_allowed > 50, "{to_vip_allowed}");
+    }
 }

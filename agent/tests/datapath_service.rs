@@ -6,6 +6,7 @@
 //! through conntrack; its egress may reach Service `web` (all endpoints allowed) and not
 //! Service `db` (an endpoint it may not reach): `web` works over TCP and UDP, `db` is dropped
 //! as `service_deny` with an event, and a policy change revokes an established connection.
+//! Both Services are dual-stack: the same checks run on their IPv6 virtual addresses.
 mod datapath_support;
 
 use std::io::{Read, Write};
@@ -14,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use datapath_support::netns::{in_ns, Node};
+use datapath_support::netns::{in_ns, resolve_neighbours, Node};
 use datapath_support::*;
 use netward::datapath::{Datapath, EventReader, Verdict, VerdictEvent};
 use netward::model::Direction::{Egress, Ingress};
@@ -24,45 +25,61 @@ use netward_common::*;
 
 const WEB_VIP: &str = "10.201.0.1";
 const DB_VIP: &str = "10.201.0.2";
+const WEB_VIP6: &str = "fd21::1";
+const DB_VIP6: &str = "fd21::2";
 const TARGET_PORT: u16 = 7777;
 
 /// Service port ids in the Plan: web TCP 80, web UDP 53, db TCP 80, db UDP 53.
 const WEB_TCP: u32 = 1;
 const WEB_UDP: u32 = 2;
 
+/// A pod's (IPv4, IPv6) addresses.
+type Ips = (String, String);
+
 /// Pods: 0 client (subject 1, isolated both ways, peer class 2), 1 web backend (subject 2,
 /// isolated for ingress: the client's class on TCP/UDP 7777), 2 db backend (not isolated).
-fn plan(client: &str, web: &str, db: &str, web_allowed: bool) -> Plan {
+/// Both Services are dual-stack: one Service port id for both virtual addresses.
+fn plan(client: &Ips, web: &Ips, db: &Ips, web_allowed: bool) -> Plan {
     let mut p = PlanBuilder::new();
-    p.pod(client, 2, 1, EP_ISOLATED_INGRESS | EP_ISOLATED_EGRESS, 1)
-        .pod(web, 3, 2, EP_ISOLATED_INGRESS, 2)
-        .pod(db, 4, 0, 0, 3)
-        .service(
-            WEB_VIP,
+    for ip in [&client.0, &client.1] {
+        p.pod(ip, 2, 1, EP_ISOLATED_INGRESS | EP_ISOLATED_EGRESS, 1);
+    }
+    for ip in [&web.0, &web.1] {
+        p.pod(ip, 3, 2, EP_ISOLATED_INGRESS, 2);
+    }
+    for ip in [&db.0, &db.1] {
+        p.pod(ip, 4, 0, 0, 3);
+    }
+    for vip in [WEB_VIP, WEB_VIP6] {
+        p.service(
+            vip,
             1,
             &[(PROTO_TCP, 80, WEB_TCP), (PROTO_UDP, 53, WEB_UDP)],
-        )
-        .service(DB_VIP, 1, &[(PROTO_TCP, 80, 3), (PROTO_UDP, 53, 4)])
-        .allow(
-            POLICY_PREFIX_FULL,
-            DIR_INGRESS,
-            2,
-            2,
-            PROTO_TCP,
-            TARGET_PORT,
-            2,
-            0,
-        )
-        .allow(
-            POLICY_PREFIX_FULL,
-            DIR_INGRESS,
-            2,
-            2,
-            PROTO_UDP,
-            TARGET_PORT,
-            2,
-            0,
         );
+    }
+    for vip in [DB_VIP, DB_VIP6] {
+        p.service(vip, 1, &[(PROTO_TCP, 80, 3), (PROTO_UDP, 53, 4)]);
+    }
+    p.allow(
+        POLICY_PREFIX_FULL,
+        DIR_INGRESS,
+        2,
+        2,
+        PROTO_TCP,
+        TARGET_PORT,
+        2,
+        0,
+    )
+    .allow(
+        POLICY_PREFIX_FULL,
+        DIR_INGRESS,
+        2,
+        2,
+        PROTO_UDP,
+        TARGET_PORT,
+        2,
+        0,
+    );
     if web_allowed {
         p.service_allow(1, WEB_TCP, 1, 0)
             .service_allow(1, WEB_UDP, 1, 0);
@@ -75,13 +92,16 @@ fn plan(client: &str, web: &str, db: &str, web_allowed: bool) -> Plan {
             name: n.to_string(),
         })
         .collect();
-    let port = |name: &str, protocol, port, backend: &str| ServicePortRef {
+    let port = |name: &str, protocol, port, backend: &Ips| ServicePortRef {
         namespace: "default".into(),
         name: name.into(),
         port_name: String::new(),
         protocol,
         port,
-        backends: vec![(backend.parse().unwrap(), TARGET_PORT)],
+        backends: vec![
+            (backend.0.parse().unwrap(), TARGET_PORT),
+            (backend.1.parse().unwrap(), TARGET_PORT),
+        ],
     };
     plan.service_ports = vec![
         port("web", Protocol::Tcp, 80, web),
@@ -93,21 +113,29 @@ fn plan(client: &str, web: &str, db: &str, web_allowed: bool) -> Plan {
 }
 
 /// kube-proxy's part: DNAT in prerouting, after the tc hook on the client's veth.
-fn kube_proxy(web: &str, db: &str) -> String {
+fn kube_proxy(web: &Ips, db: &Ips) -> String {
     let mut rules = String::new();
-    for (vip, backend) in [(WEB_VIP, web), (DB_VIP, db)] {
-        rules += &format!("    ip daddr {vip} tcp dport 80 dnat to {backend}:{TARGET_PORT}\n");
-        rules += &format!("    ip daddr {vip} udp dport 53 dnat to {backend}:{TARGET_PORT}\n");
+    for (vip, vip6, b) in [(WEB_VIP, WEB_VIP6, web), (DB_VIP, DB_VIP6, db)] {
+        for (l4, port) in [("tcp", 80), ("udp", 53)] {
+            rules += &format!(
+                "    ip daddr {vip} {l4} dport {port} dnat ip to {}:{TARGET_PORT}\n",
+                b.0
+            );
+            rules += &format!(
+                "    ip6 daddr {vip6} {l4} dport {port} dnat ip6 to [{}]:{TARGET_PORT}\n",
+                b.1
+            );
+        }
     }
     format!(
-        "table ip netward_test_kube_proxy {{\n  chain prerouting {{\n    \
+        "table inet netward_test_kube_proxy {{\n  chain prerouting {{\n    \
          type nat hook prerouting priority dstnat; policy accept;\n{rules}  }}\n}}\n"
     )
 }
 
-/// TCP and UDP echo servers on `ip:TARGET_PORT` inside `ns`, until `stop`.
-fn echo_servers(ns: &str, ip: &str, stop: &Arc<AtomicBool>) {
-    let addr: SocketAddr = format!("{ip}:{TARGET_PORT}").parse().unwrap();
+/// TCP and UDP echo servers on TARGET_PORT (both families) inside `ns`, until `stop`.
+fn echo_servers(ns: &str, stop: &Arc<AtomicBool>) {
+    let addr: SocketAddr = format!("[::]:{TARGET_PORT}").parse().unwrap();
     let (listener, udp) = in_ns(ns, move || {
         (
             TcpListener::bind(addr).unwrap(),
@@ -155,7 +183,7 @@ fn echo_servers(ns: &str, ip: &str, stop: &Arc<AtomicBool>) {
 
 /// A TCP connection from the client pod to `vip:80` (None: not established within 1 s).
 fn connect(client_ns: &str, vip: &str) -> Option<TcpStream> {
-    let addr: SocketAddr = format!("{vip}:80").parse().unwrap();
+    let addr = SocketAddr::new(vip.parse().unwrap(), 80);
     in_ns(client_ns, move || {
         TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()
     })
@@ -173,9 +201,14 @@ fn exchange(c: &mut TcpStream) -> bool {
 /// `vip:53` (the connected socket ignores anything else): kube-proxy's reverse NAT and
 /// netward's conntrack both worked.
 fn udp_round_trip(client_ns: &str, vip: &str, tries: usize) -> bool {
-    let addr: SocketAddr = format!("{vip}:53").parse().unwrap();
+    let addr = SocketAddr::new(vip.parse().unwrap(), 53);
     let sock = in_ns(client_ns, move || {
-        let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+        let s = UdpSocket::bind(if addr.is_ipv6() {
+            "[::]:0"
+        } else {
+            "0.0.0.0:0"
+        })
+        .unwrap();
         s.connect(addr).unwrap();
         s
     });
@@ -210,23 +243,32 @@ fn delta(dp: &Datapath, before: &netward::datapath::Counters, r: u8) -> u64 {
 fn service_vips_with_kube_proxy_dnat() {
     let mut node = Node::new("svc");
     let (client, web, db) = (node.pod(), node.pod(), node.pod());
-    let ip = |i: usize| node.pods[i].ip.clone();
-    let (client_ip, web_ip, db_ip) = (ip(client), ip(web), ip(db));
-    node.nft(&kube_proxy(&web_ip, &db_ip));
+    let ips = |i: usize| (node.pods[i].ip.clone(), node.pods[i].ip6.clone());
+    let (client_ips, web_ips, db_ips) = (ips(client), ips(web), ips(db));
+    let (client_ip, web_ip) = (client_ips.0.clone(), web_ips.0.clone());
+    node.nft(&kube_proxy(&web_ips, &db_ips));
     let stop = Arc::new(AtomicBool::new(false));
-    echo_servers(&node.pods[web].ns.name, &web_ip, &stop);
-    echo_servers(&node.pods[db].ns.name, &db_ip, &stop);
+    echo_servers(&node.pods[web].ns.name, &stop);
+    echo_servers(&node.pods[db].ns.name, &stop);
     let client_ns = node.pods[client].ns.name.clone();
     let ifaces: Vec<String> = node.pods.iter().map(|p| p.host_if.clone()).collect();
 
     // The agent's part runs in the node namespace, where the pods' host-side veths are.
     in_ns(&node.ns.name.clone(), move || {
         let mut dp = open(test_config("svcns"));
-        dp.apply(&plan(&client_ip, &web_ip, &db_ip, true)).unwrap();
+        dp.apply(&plan(&client_ips, &web_ips, &db_ips, true))
+            .unwrap();
         for i in &ifaces {
             dp.attach(i).unwrap();
         }
         let mut reader = dp.events().unwrap();
+        let pods = [&client_ips, &web_ips, &db_ips];
+        resolve_neighbours(
+            &pods
+                .iter()
+                .flat_map(|p| [p.0.as_str(), p.1.as_str()])
+                .collect::<Vec<_>>(),
+        );
 
         // Allowed: TCP and UDP through the VIP, replies through conntrack.
         let before = dp.counters().unwrap();
@@ -250,6 +292,7 @@ fn service_vips_with_kube_proxy_dnat() {
         assert_eq!((out.verdict, out.reason), (Verdict::Allow, "policy_allow"));
         assert_eq!((out.dst.to_string(), out.dport), (WEB_VIP.to_string(), 80));
         assert_eq!(out.policy.as_ref().unwrap().name, "client-egress");
+        assert_eq!(out.service.as_deref(), Some("default/web:80/TCP"));
         // The backend's ingress saw the rewritten packet and judged it on its own policy.
         let inb = ev
             .iter()
@@ -260,6 +303,30 @@ fn service_vips_with_kube_proxy_dnat() {
             (web_ip.clone(), TARGET_PORT)
         );
         assert_eq!(inb.policy.as_ref().unwrap().name, "web-ingress");
+        assert_eq!(inb.service, None);
+
+        // The same over the IPv6 virtual addresses.
+        let before = dp.counters().unwrap();
+        let mut conn6 = connect(&client_ns, WEB_VIP6).expect("TCP to the web IPv6 VIP");
+        assert!(exchange(&mut conn6), "echo through the web IPv6 VIP");
+        assert!(
+            udp_round_trip(&client_ns, WEB_VIP6, 3),
+            "UDP through the web IPv6 VIP"
+        );
+        assert!(
+            connect(&client_ns, DB_VIP6).is_none(),
+            "TCP to the db IPv6 VIP"
+        );
+        assert!(
+            !udp_round_trip(&client_ns, DB_VIP6, 1),
+            "UDP to the db IPv6 VIP"
+        );
+        assert!(
+            delta(&dp, &before, reason::SERVICE_DENY) >= 2,
+            "{:?}",
+            dp.counters()
+        );
+        reader.drain();
 
         // Denied: db has an endpoint the client may not reach.
         let before = dp.counters().unwrap();
@@ -281,14 +348,22 @@ fn service_vips_with_kube_proxy_dnat() {
             assert_eq!((e.verdict, e.direction), (Verdict::Drop, Egress));
             assert_eq!(e.dst.to_string(), DB_VIP);
             assert_eq!(e.src.to_string(), client_ip);
+            let want = if proto == PROTO_TCP {
+                "default/db:80/TCP"
+            } else {
+                "default/db:53/UDP"
+            };
+            assert_eq!(e.service.as_deref(), Some(want));
         }
 
         // A policy change revokes: the established connection stops, new ones are denied.
         let before = dp.counters().unwrap();
-        dp.apply(&plan(&client_ip, &web_ip, &db_ip, false)).unwrap();
+        dp.apply(&plan(&client_ips, &web_ips, &db_ips, false))
+            .unwrap();
         assert!(!exchange(&mut conn), "revoked connection still works");
+        assert!(!exchange(&mut conn6), "revoked IPv6 connection still works");
         assert!(
-            delta(&dp, &before, reason::REVOKED) >= 1,
+            delta(&dp, &before, reason::REVOKED) >= 2,
             "{:?}",
             dp.counters()
         );
@@ -296,7 +371,8 @@ fn service_vips_with_kube_proxy_dnat() {
         assert!(!udp_round_trip(&client_ns, WEB_VIP, 1));
         assert!(delta(&dp, &before, reason::SERVICE_DENY) >= 2);
         // And allowed again.
-        dp.apply(&plan(&client_ip, &web_ip, &db_ip, true)).unwrap();
+        dp.apply(&plan(&client_ips, &web_ips, &db_ips, true))
+            .unwrap();
         let mut conn = connect(&client_ns, WEB_VIP).expect("TCP to the web VIP, re-allowed");
         assert!(exchange(&mut conn));
         drop(dp); // detach and unpin while the veths still exist

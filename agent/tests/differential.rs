@@ -8,15 +8,23 @@
 //! of addresses (pods and a few external ones), TCP/UDP/SCTP/ICMP, and ports at every range
 //! edge and named-port number. Each case is checked with node None and with a random node.
 //!
+//! Clusters also carry Services: virtual addresses from a small pool (outside the pod range,
+//! inside it so ipBlocks cover them, equal to a pod address, IPv6), shared between Services at
+//! times, ports by name and number, endpoints computed from a selector (named or numeric
+//! targetPorts), manual (pod and non-pod addresses) or none. Flows go to every virtual
+//! address on served and unserved ports, and the whole Decision must match (including the
+//! denied endpoints of a Service).
+//!
 //! `PROPTEST_CASES` raises the case count (default 48 to keep `cargo xtask test` fast).
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnet::IpNet;
 use netward::compiler::compile;
-use netward::eval::{plan, spec, Flow};
+use netward::eval::{plan, spec, Flow, SideVerdict};
 use netward::model::*;
-use netward::synth::{generate, SynthParams};
+use netward::synth::{add_services, generate, SynthParams};
+use netward::testkit::{endpoints_from_pods, normalise_service, Target};
 use netward_common::{PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP};
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
@@ -233,13 +241,141 @@ fn pod() -> impl Strategy<Value = PodDraft> {
         )
 }
 
+/// Virtual addresses: outside the pod range, inside it (10.0.0.20 is in 10.0.0.0/27 where
+/// ipBlocks are cut), equal to pod p2's address, and IPv6 (inside and outside fd00::/123).
+const VIPS: &[&str] = &[
+    "10.96.0.1",
+    "10.96.0.2",
+    "10.0.0.20",
+    "10.0.0.2",
+    "fd00:96::1",
+    "fd00::14",
+];
+const SERVICE_PORT_NAMES: &[&str] = &["", "http", "dns"];
+
+#[derive(Clone, Debug)]
+enum EndpointsDraft {
+    /// Selector over the Service's namespace; one targetPort per Service port.
+    Selector(LabelSelector, Vec<Target>),
+    /// Manual endpoints: pod number (1..=8, may not exist) or external, and whether each
+    /// serves every port (else only the first).
+    Manual(Vec<(u8, bool)>),
+    None,
+}
+
+#[derive(Clone, Debug)]
+struct ServiceDraft {
+    ns: &'static str,
+    vips: Vec<&'static str>,
+    ports: Vec<(&'static str, Protocol, u16)>,
+    endpoints: EndpointsDraft,
+}
+
+fn target() -> impl Strategy<Value = Target> {
+    prop_oneof![
+        proptest::sample::select(PORT_NAMES).prop_map(|n| Target::Name(n.to_string())),
+        proptest::sample::select(&[80u16, 8080, 9090][..]).prop_map(Target::Num),
+    ]
+}
+
+fn service() -> impl Strategy<Value = ServiceDraft> {
+    (
+        proptest::sample::select(NAMESPACES),
+        proptest::collection::vec(proptest::sample::select(VIPS), 1..=2),
+        proptest::collection::vec(
+            (
+                proptest::sample::select(SERVICE_PORT_NAMES),
+                protocol(),
+                proptest::sample::select(&[53u16, 80, 8080][..]),
+            ),
+            1..=2,
+        ),
+        prop_oneof![
+            3 => (selector(KEYS), proptest::collection::vec(target(), 2))
+                .prop_map(|(s, t)| EndpointsDraft::Selector(s, t)),
+            2 => proptest::collection::vec((0u8..=9, any::<bool>()), 1..=3)
+                .prop_map(EndpointsDraft::Manual),
+            1 => Just(EndpointsDraft::None),
+        ],
+    )
+        .prop_map(|(ns, vips, ports, endpoints)| ServiceDraft {
+            ns,
+            vips,
+            ports,
+            endpoints,
+        })
+}
+
+fn build_service(c: &Cluster, i: usize, d: ServiceDraft) -> Service {
+    // Port names are unique within a Service (the API requires it).
+    let mut ports: Vec<ServicePort> = Vec::new();
+    for (n, (name, protocol, port)) in d.ports.into_iter().enumerate() {
+        let name = if n == 0 {
+            name.to_string()
+        } else {
+            format!("{name}{n}")
+        };
+        ports.push(ServicePort {
+            name,
+            protocol,
+            port,
+        });
+    }
+    let endpoints = match d.endpoints {
+        EndpointsDraft::Selector(sel, targets) => {
+            let with_targets: Vec<(ServicePort, Target)> =
+                ports.iter().cloned().zip(targets).collect();
+            endpoints_from_pods(c, d.ns, &sel, &with_targets)
+        }
+        EndpointsDraft::Manual(list) => list
+            .into_iter()
+            .flat_map(|(n, all)| {
+                let ips: Vec<IpAddr> = if n == 0 {
+                    vec!["8.8.8.8".parse().unwrap(), "2001:db8::1".parse().unwrap()]
+                } else if n == 9 {
+                    vec!["10.0.0.30".parse().unwrap()]
+                } else {
+                    vec![
+                        IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + u32::from(n))),
+                        IpAddr::V6(Ipv6Addr::from(0xfd00u128 << 112 | u128::from(n))),
+                    ]
+                };
+                let served: Vec<EndpointPort> = ports
+                    .iter()
+                    .take(if all { ports.len() } else { 1 })
+                    .map(|p| EndpointPort {
+                        name: p.name.clone(),
+                        protocol: p.protocol,
+                        port: [8080u16, 9090, 80][usize::from(n) % 3],
+                    })
+                    .collect();
+                ips.into_iter().map(move |ip| ServiceEndpoint {
+                    ip,
+                    ports: served.clone(),
+                })
+            })
+            .collect(),
+        EndpointsDraft::None => Vec::new(),
+    };
+    let mut svc = Service {
+        namespace: d.ns.to_string(),
+        name: format!("svc{i}"),
+        vips: d.vips.iter().map(|v| v.parse().unwrap()).collect(),
+        ports,
+        endpoints,
+    };
+    normalise_service(&mut svc);
+    svc
+}
+
 fn cluster() -> impl Strategy<Value = Cluster> {
     (
         proptest::collection::vec(labels_strategy(NS_KEYS), NAMESPACES.len()),
         proptest::collection::vec(pod(), 1..=7),
         proptest::collection::vec(policy(), 0..=5),
+        proptest::collection::vec(service(), 0..=3),
     )
-        .prop_map(|(ns_labels, pods, policies)| {
+        .prop_map(|(ns_labels, pods, policies, services)| {
             let mut c = Cluster::default();
             for (name, mut l) in NAMESPACES.iter().zip(ns_labels) {
                 l.insert(NAMESPACE_NAME_LABEL.into(), name.to_string());
@@ -283,6 +419,12 @@ fn cluster() -> impl Strategy<Value = Cluster> {
                 .sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
             c.policies
                 .sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+            for (i, d) in services.into_iter().enumerate() {
+                let svc = build_service(&c, i, d);
+                c.services.push(svc);
+            }
+            c.services
+                .sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
             c
         })
 }
@@ -299,6 +441,10 @@ fn addresses(c: &Cluster) -> Vec<IpAddr> {
         "2001:db8::1",
     ] {
         v.insert(s.parse().unwrap());
+    }
+    for svc in &c.services {
+        v.extend(svc.vips.iter().copied());
+        v.extend(svc.endpoints.iter().map(|e| e.ip));
     }
     v.into_iter().collect()
 }
@@ -318,6 +464,14 @@ fn ports(c: &Cluster) -> Vec<u16> {
     }
     for pod in &c.pods {
         v.extend(pod.ports.iter().map(|p| p.port));
+    }
+    for svc in &c.services {
+        v.extend(svc.ports.iter().map(|p| p.port));
+        v.extend(
+            svc.endpoints
+                .iter()
+                .flat_map(|e| e.ports.iter().map(|p| p.port)),
+        );
     }
     v.into_iter().collect()
 }
@@ -392,6 +546,15 @@ fn describe(c: &Cluster) -> String {
             ports.join(",")
         );
     }
+    for svc in &c.services {
+        s += &format!(
+            "  service {} vips={:?} ports={:?}\n    endpoints={:?}\n",
+            svc.key(),
+            svc.vips,
+            svc.ports,
+            svc.endpoints
+        );
+    }
     for p in &c.policies {
         s += &format!(
             "  policy {} select {} ingress:{} egress:{}\n",
@@ -451,7 +614,22 @@ fn spec_and_plan_agree_on_synthetic_clusters() {
         host_network_percent: 3,
     };
     for seed in 0..3 {
-        let c = generate(&params, seed);
+        let mut c = generate(&params, seed);
+        add_services(&mut c, 2, seed);
+        // (virtual address, protocol, port) of every served Service port, probed besides.
+        let served: Vec<(IpAddr, u8, u16)> = c
+            .services
+            .iter()
+            .flat_map(|s| {
+                s.vips.iter().flat_map(move |&v| {
+                    s.ports
+                        .iter()
+                        .map(move |p| (v, p.protocol.number(), p.port))
+                })
+            })
+            .collect();
+        assert!(!served.is_empty());
+        let (mut vip_allowed, mut vip_denied) = (0usize, 0usize);
         for node in [None, Some("node-001")] {
             let plan = compile(&c, node);
             let addrs = addresses(&c);
@@ -471,6 +649,14 @@ fn spec_and_plan_agree_on_synthetic_clusters() {
                         ][rng.usize(..13)],
                     ),
                 };
+                let (dst, protocol, port) = if rng.u8(..3) == 0 {
+                    served[rng.usize(..served.len())]
+                } else {
+                    (dst, protocol, port)
+                };
+                if src.is_ipv4() != dst.is_ipv4() {
+                    continue;
+                }
                 let f = Flow {
                     src,
                     dst,
@@ -480,7 +666,23 @@ fn spec_and_plan_agree_on_synthetic_clusters() {
                 let want = spec::evaluate(&c, node, &f);
                 let got = plan::evaluate(&plan, &f);
                 assert_eq!(want, got, "seed {seed} node {node:?} flow {f:?}");
+                let to_service = c.pod_by_ip(dst).is_none()
+                    && Protocol::from_number(protocol)
+                        .and_then(|p| c.service_port(dst, p, port))
+                        .is_some();
+                if to_service {
+                    match want.egress {
+                        SideVerdict::Allowed { .. } => vip_allowed += 1,
+                        SideVerdict::ServiceDenied { .. } => vip_denied += 1,
+                        _ => {}
+                    }
+                }
             }
         }
+        // Isolated clients to Services: both outcomes occur.
+        assert!(
+            vip_allowed > 0 && vip_denied > 0,
+            "seed {seed}: {vip_allowed} allowed, {vip_denied} denied"
+        );
     }
 }

@@ -9,7 +9,9 @@
 //!   is set, else passed;
 //! * a local pod not isolated in this direction passes;
 //! * else the flow passes iff the policy trie has an entry covering (subject, dir, peer class,
-//!   proto, port) or (subject, dir, ANY_PEER, proto, port); port is 0 for port-less protocols.
+//!   proto, port) or (subject, dir, ANY_PEER, proto, port); port is 0 for port-less protocols;
+//! * except egress to a Service virtual address (`EP_SERVICE`) on a port it serves, decided
+//!   for the Service's endpoints by [`crate::service::check`].
 use aya_ebpf::maps::lpm_trie::Key;
 use netward_common::{
     reason, IpcacheKey, IpcacheValue, PolicyKey, ANY_PEER, CFG_FAIL_CLOSED_UNKNOWN, DIR_EGRESS,

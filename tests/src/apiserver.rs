@@ -3,8 +3,10 @@
 //!
 //! It speaks the real protocol to kube's unmodified client (plain HTTP on 127.0.0.1):
 //!
-//! * LIST of `/api/v1/namespaces`, `/api/v1/pods` (also `/api/v1/namespaces/{ns}/pods`) and
-//!   `/apis/networking.k8s.io/v1/networkpolicies` (also namespaced), with `resourceVersion`,
+//! * LIST of `/api/v1/namespaces`, `/api/v1/pods`, `/api/v1/services`,
+//!   `/apis/networking.k8s.io/v1/networkpolicies` and
+//!   `/apis/discovery.k8s.io/v1/endpointslices` (all but namespaces also under
+//!   `.../namespaces/{ns}/...`), with `resourceVersion`,
 //!   pagination (`limit` / `continue`, served from a snapshot like etcd does), and `410 Gone`
 //!   for a continue token older than the last compaction;
 //! * WATCH (`watch=true&resourceVersion=N`) as newline-delimited JSON `ADDED` / `MODIFIED` /
@@ -44,6 +46,8 @@ pub enum Kind {
     Namespace,
     Pod,
     NetworkPolicy,
+    Service,
+    EndpointSlice,
 }
 
 impl Kind {
@@ -52,6 +56,8 @@ impl Kind {
             "Namespace" => Some(Kind::Namespace),
             "Pod" => Some(Kind::Pod),
             "NetworkPolicy" => Some(Kind::NetworkPolicy),
+            "Service" => Some(Kind::Service),
+            "EndpointSlice" => Some(Kind::EndpointSlice),
             _ => None,
         }
     }
@@ -61,13 +67,16 @@ impl Kind {
             Kind::Namespace => "Namespace",
             Kind::Pod => "Pod",
             Kind::NetworkPolicy => "NetworkPolicy",
+            Kind::Service => "Service",
+            Kind::EndpointSlice => "EndpointSlice",
         }
     }
 
     fn api_version(self) -> &'static str {
         match self {
-            Kind::Namespace | Kind::Pod => "v1",
+            Kind::Namespace | Kind::Pod | Kind::Service => "v1",
             Kind::NetworkPolicy => "networking.k8s.io/v1",
+            Kind::EndpointSlice => "discovery.k8s.io/v1",
         }
     }
 
@@ -75,21 +84,43 @@ impl Kind {
         !matches!(self, Kind::Namespace)
     }
 
+    /// The plural resource name in paths.
+    fn plural(self) -> &'static str {
+        match self {
+            Kind::Namespace => "namespaces",
+            Kind::Pod => "pods",
+            Kind::NetworkPolicy => "networkpolicies",
+            Kind::Service => "services",
+            Kind::EndpointSlice => "endpointslices",
+        }
+    }
+
+    const ALL: [Kind; 5] = [
+        Kind::Namespace,
+        Kind::Pod,
+        Kind::NetworkPolicy,
+        Kind::Service,
+        Kind::EndpointSlice,
+    ];
+
     /// Parse a request path into (kind, namespace filter).
     fn route(path: &str) -> Option<(Kind, Option<String>)> {
         let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
-        match parts.as_slice() {
-            ["api", "v1", "namespaces"] => Some((Kind::Namespace, None)),
-            ["api", "v1", "pods"] => Some((Kind::Pod, None)),
-            ["api", "v1", "namespaces", ns, "pods"] => Some((Kind::Pod, Some(ns.to_string()))),
-            ["apis", "networking.k8s.io", "v1", "networkpolicies"] => {
-                Some((Kind::NetworkPolicy, None))
-            }
-            ["apis", "networking.k8s.io", "v1", "namespaces", ns, "networkpolicies"] => {
-                Some((Kind::NetworkPolicy, Some(ns.to_string())))
-            }
-            _ => None,
-        }
+        // `/api/v1/...` for the core group, `/apis/{group}/v1/...` for the others.
+        let (group, rest) = match parts.as_slice() {
+            ["api", "v1", rest @ ..] => ("v1", rest),
+            ["apis", group, "v1", rest @ ..] => (*group, rest),
+            _ => return None,
+        };
+        let (ns, plural) = match rest {
+            [plural] => (None, *plural),
+            ["namespaces", ns, plural] => (Some(ns.to_string()), *plural),
+            _ => return None,
+        };
+        let kind = Kind::ALL
+            .into_iter()
+            .find(|k| k.plural() == plural && k.api_version().trim_end_matches("/v1") == group)?;
+        (kind.namespaced() || ns.is_none()).then_some((kind, ns))
     }
 }
 
@@ -747,10 +778,15 @@ fn stream_response(backlog: Vec<Bytes>, rx: Option<mpsc::Receiver<Bytes>>) -> Re
 /// Concise k8s-openapi objects for tests.
 pub mod objects {
     use k8s_openapi::api::core::v1::{
-        Container, ContainerPort, Namespace, Pod, PodIP, PodSpec, PodStatus,
+        Container, ContainerPort, Namespace, Pod, PodIP, PodSpec, PodStatus, Service, ServicePort,
+        ServiceSpec,
+    };
+    use k8s_openapi::api::discovery::v1::{
+        Endpoint, EndpointConditions, EndpointPort, EndpointSlice,
     };
     use k8s_openapi::api::networking::v1::NetworkPolicy;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
     fn labels(l: &[(&str, &str)]) -> Option<std::collections::BTreeMap<String, String>> {
         Some(
@@ -811,6 +847,89 @@ pub mod objects {
                 pod_ips: Some(vec![PodIP { ip: ip.into() }]),
                 ..Default::default()
             }),
+        }
+    }
+
+    /// A ClusterIP Service `ns/name` at `cluster_ip` with TCP ports `(name, port, targetPort)`
+    /// selecting `selector` (the test writes the EndpointSlices itself).
+    pub fn service(
+        key: &str,
+        cluster_ip: &str,
+        selector: &[(&str, &str)],
+        ports: &[(&str, u16, u16)],
+    ) -> Service {
+        let (ns, name) = key.split_once('/').expect("ns/name");
+        Service {
+            metadata: ObjectMeta {
+                namespace: Some(ns.into()),
+                name: Some(name.into()),
+                ..Default::default()
+            },
+            spec: Some(ServiceSpec {
+                type_: Some("ClusterIP".into()),
+                cluster_ip: Some(cluster_ip.into()),
+                cluster_ips: Some(vec![cluster_ip.into()]),
+                selector: labels(selector),
+                ports: Some(
+                    ports
+                        .iter()
+                        .map(|(n, port, target)| ServicePort {
+                            name: (!n.is_empty()).then(|| n.to_string()),
+                            port: i32::from(*port),
+                            target_port: Some(IntOrString::Int(i32::from(*target))),
+                            protocol: Some("TCP".into()),
+                            ..Default::default()
+                        })
+                        .collect(),
+                ),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// An IPv4 EndpointSlice `ns/name` of Service `service` (same namespace): endpoints
+    /// `(address, ready)` serving TCP ports `(name, port)`.
+    pub fn endpoint_slice(
+        key: &str,
+        service: &str,
+        endpoints: &[(&str, bool)],
+        ports: &[(&str, u16)],
+    ) -> EndpointSlice {
+        let (ns, name) = key.split_once('/').expect("ns/name");
+        EndpointSlice {
+            metadata: ObjectMeta {
+                namespace: Some(ns.into()),
+                name: Some(name.into()),
+                labels: labels(&[("kubernetes.io/service-name", service)]),
+                ..Default::default()
+            },
+            address_type: "IPv4".into(),
+            endpoints: Some(
+                endpoints
+                    .iter()
+                    .map(|(ip, ready)| Endpoint {
+                        addresses: vec![ip.to_string()],
+                        conditions: Some(EndpointConditions {
+                            ready: Some(*ready),
+                            serving: Some(*ready),
+                            terminating: Some(false),
+                        }),
+                        ..Default::default()
+                    })
+                    .collect(),
+            ),
+            ports: Some(
+                ports
+                    .iter()
+                    .map(|(n, port)| EndpointPort {
+                        name: Some(n.to_string()),
+                        port: Some(i32::from(*port)),
+                        protocol: Some("TCP".into()),
+                        ..Default::default()
+                    })
+                    .collect(),
+            ),
         }
     }
 

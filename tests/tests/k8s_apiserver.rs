@@ -3,7 +3,8 @@
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service, ServicePort, ServiceSpec};
+use k8s_openapi::api::discovery::v1::{Endpoint, EndpointSlice};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, ListParams, WatchEvent, WatchParams};
@@ -279,7 +280,7 @@ async fn streaming_list_initial_events_end_marks_ready() {
 }
 
 #[tokio::test]
-async fn all_three_resources_and_namespaced_paths() {
+async fn every_resource_and_namespaced_paths() {
     let server = ApiServer::start().await.unwrap();
     server.apply(&namespace("a")).unwrap();
     server.apply(&pod("a", "p", "x")).unwrap();
@@ -305,7 +306,7 @@ async fn all_three_resources_and_namespaced_paths() {
         .unwrap();
     assert_eq!(in_a.items.len(), 1);
     assert_eq!(
-        Api::<Namespace>::all(client)
+        Api::<Namespace>::all(client.clone())
             .list(&Default::default())
             .await
             .unwrap()
@@ -313,6 +314,140 @@ async fn all_three_resources_and_namespaced_paths() {
             .len(),
         1
     );
+    server.apply(&service("a", "web")).unwrap();
+    server
+        .apply(&slice("a", "web-1", "web", "10.0.0.1"))
+        .unwrap();
+    server
+        .apply(&slice("b", "web-2", "web", "10.0.0.2"))
+        .unwrap();
+    assert_eq!(
+        Api::<Service>::namespaced(client.clone(), "a")
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items[0]
+            .spec
+            .as_ref()
+            .unwrap()
+            .cluster_ip
+            .as_deref(),
+        Some("10.96.0.10")
+    );
+    let slices = Api::<EndpointSlice>::all(client.clone())
+        .list(&Default::default())
+        .await
+        .unwrap();
+    assert_eq!(slices.items.len(), 2);
+    let in_b = Api::<EndpointSlice>::namespaced(client.clone(), "b")
+        .list(&Default::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        in_b.items[0].endpoints.as_ref().unwrap()[0].addresses,
+        ["10.0.0.2"]
+    );
+    assert!(Api::<Service>::namespaced(client, "b")
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .is_empty());
     // Bad input is refused with a clear error.
     assert!(server.apply(&pod("", "nameless-ns", "x")).is_err());
+}
+
+fn service(ns: &str, name: &str) -> Service {
+    Service {
+        metadata: ObjectMeta {
+            namespace: Some(ns.into()),
+            name: Some(name.into()),
+            ..Default::default()
+        },
+        spec: Some(ServiceSpec {
+            cluster_ip: Some("10.96.0.10".into()),
+            ports: Some(vec![ServicePort {
+                port: 80,
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn slice(ns: &str, name: &str, service: &str, ip: &str) -> EndpointSlice {
+    EndpointSlice {
+        metadata: ObjectMeta {
+            namespace: Some(ns.into()),
+            name: Some(name.into()),
+            labels: Some(
+                [(
+                    "kubernetes.io/service-name".to_string(),
+                    service.to_string(),
+                )]
+                .into(),
+            ),
+            ..Default::default()
+        },
+        address_type: "IPv4".into(),
+        endpoints: Some(vec![Endpoint {
+            addresses: vec![ip.into()],
+            ..Default::default()
+        }]),
+        ports: None,
+    }
+}
+
+/// Services and EndpointSlices are watched like the other kinds: changes, deletes, and a relist
+/// after 410 Gone.
+#[tokio::test]
+async fn endpoint_slice_reflector_follows_changes_and_expiry() {
+    let server = ApiServer::start().await.unwrap();
+    server
+        .apply(&slice("a", "web-1", "web", "10.0.0.1"))
+        .unwrap();
+    let (reader, writer) = reflector::store::<EndpointSlice>();
+    let task = tokio::spawn(
+        reflector::reflector(
+            writer,
+            watcher(
+                Api::<EndpointSlice>::all(server.client().unwrap()),
+                watcher::Config::default(),
+            ),
+        )
+        .default_backoff()
+        .for_each(|_| async {}),
+    );
+    tokio::time::timeout(Duration::from_secs(20), reader.wait_until_ready())
+        .await
+        .unwrap()
+        .unwrap();
+    let address = |name: &str| {
+        reader
+            .state()
+            .iter()
+            .find(|s| s.metadata.name.as_deref() == Some(name))
+            .and_then(|s| s.endpoints.as_ref()?.first()?.addresses.first().cloned())
+    };
+    assert_eq!(address("web-1").as_deref(), Some("10.0.0.1"));
+    server
+        .update::<EndpointSlice>(Some("a"), "web-1", |s| {
+            s.endpoints.as_mut().unwrap()[0].addresses = vec!["10.0.0.9".into()]
+        })
+        .unwrap();
+    eventually("modified slice", || {
+        address("web-1").as_deref() == Some("10.0.0.9")
+    })
+    .await;
+    server.expire();
+    server.delete::<EndpointSlice>(Some("a"), "web-1").unwrap();
+    server
+        .apply(&slice("a", "web-2", "web", "10.0.0.2"))
+        .unwrap();
+    eventually("changes after 410", || {
+        address("web-1").is_none() && address("web-2").is_some()
+    })
+    .await;
+    task.abort();
 }

@@ -110,7 +110,7 @@ fn kustomization_lists_every_manifest() {
 }
 
 #[test]
-fn cluster_role_grants_only_read_access_to_the_three_resources() {
+fn cluster_role_grants_only_read_access_to_the_watched_resources() {
     let role: ClusterRole = strict("clusterrole.yaml", &documents("clusterrole.yaml")[0]);
     let mut grants = Vec::new();
     for rule in role.rules.unwrap() {
@@ -127,7 +127,13 @@ fn cluster_role_grants_only_read_access_to_the_three_resources() {
     grants.sort();
     assert_eq!(
         grants,
-        ["/namespaces", "/pods", "networking.k8s.io/networkpolicies"]
+        [
+            "/namespaces",
+            "/pods",
+            "/services",
+            "discovery.k8s.io/endpointslices",
+            "networking.k8s.io/networkpolicies"
+        ]
     );
     let binding: ClusterRoleBinding = strict(
         "clusterrolebinding.yaml",

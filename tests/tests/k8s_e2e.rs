@@ -2,11 +2,14 @@
 //! netlink veth discovery) against the test API server, enforcing on a lab node (network
 //! namespaces with real servers). Creating, changing and deleting a NetworkPolicy, a pod
 //! label or a namespace label changes what real packets do; 410 expiry, an API server
-//! restart and a network cut keep enforcement in force. Needs root.
+//! restart and a network cut keep enforcement in force. A Service's virtual address, DNATed by
+//! an nftables rule playing kube-proxy, is allowed or denied as its endpoints and the client's
+//! egress policy change through the API. Needs root (and `nft` for the Service test).
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use netward::agent::api::MonitorFilter;
 use netward::agent::ebpf::EbpfEnforcer;
@@ -14,7 +17,7 @@ use netward::agent::{self, AgentConfig, LoopConfig, Shared};
 use netward::datapath::{Datapath, DatapathConfig};
 use netward::lab::probe::{probe_pair, Target};
 use netward::model::Protocol::Tcp;
-use netward_tests::apiserver::objects::{namespace, pod, policy};
+use netward_tests::apiserver::objects::{endpoint_slice, namespace, pod, policy, service};
 use netward_tests::apiserver::ApiServer;
 use netward_tests::lab::{cluster, is_root, pod as lab_pod, TestLab};
 
@@ -23,9 +26,10 @@ const WEB: &str = "10.79.0.1";
 const CLIENT: &str = "10.79.0.2";
 const OTHER: &str = "10.79.1.1";
 
-fn dp_config() -> DatapathConfig {
+/// `test` keeps the pinned maps of tests running in parallel apart.
+fn dp_config(test: &str) -> DatapathConfig {
     DatapathConfig {
-        bpffs_dir: format!("/sys/fs/bpf/netward-test-k8s-e2e-{}", std::process::id()).into(),
+        bpffs_dir: format!("/sys/fs/bpf/netward-test-k8s-{test}-{}", std::process::id()).into(),
         ipcache_max: 4096,
         policy_max: 16384,
         conntrack_max: 16384,
@@ -42,7 +46,19 @@ fn dp_config() -> DatapathConfig {
 /// Probe `from -> to:80` until it gives `want` (a Plan change takes effect within
 /// milliseconds; allow a little for the first attach). Returns how long it took.
 async fn expect(lab: &Arc<TestLab>, from: &str, to: &str, want: bool) -> Duration {
+    expect_at(lab, from, to, None, want).await
+}
+
+/// Like [`expect`], to address `dst` (a Service virtual address) instead of `to`'s own.
+async fn expect_at(
+    lab: &Arc<TestLab>,
+    from: &str,
+    to: &str,
+    dst: Option<&str>,
+    want: bool,
+) -> Duration {
     let start = Instant::now();
+    let dst: Option<std::net::IpAddr> = dst.map(|d| d.parse().unwrap());
     loop {
         let (lab2, f, t) = (lab.clone(), from.to_string(), to.to_string());
         let got = tokio::task::spawn_blocking(move || {
@@ -51,16 +67,18 @@ async fn expect(lab: &Arc<TestLab>, from: &str, to: &str, want: bool) -> Duratio
                 port: 80,
                 protocol: Tcp,
             };
-            probe_pair(fp, tp, tp.ips[0], target, Duration::from_millis(300)).unwrap()
+            let dst = dst.unwrap_or(tp.ips[0]);
+            probe_pair(fp, tp, dst, target, Duration::from_millis(300)).unwrap()
         })
         .await
         .unwrap();
         if got == want {
             return start.elapsed();
         }
+        let shown = dst.map_or(to.to_string(), |d| d.to_string());
         assert!(
             start.elapsed() < Duration::from_secs(10),
-            "{from} -> {to}:80 is {} but should be {}",
+            "{from} -> {shown}:80 is {} but should be {}",
             if got { "allowed" } else { "denied" },
             if want { "allowed" } else { "denied" },
         );
@@ -126,7 +144,7 @@ async fn real_packets_follow_kubernetes_changes() {
             .unwrap();
     }
 
-    let dpc = dp_config();
+    let dpc = dp_config("e2e");
     let enforcer = EbpfEnforcer::open(dpc.clone()).expect("datapath");
     let cfg = AgentConfig {
         node: NODE.into(),
@@ -256,6 +274,223 @@ spec: {podSelector: {}, policyTypes: [Ingress]}",
             metrics.contains("netward_verdicts_total{verdict=\"denied\"}"),
             "{metrics}"
         );
+    }
+    .await;
+    drop(running);
+    let _ = std::fs::remove_file(&cfg.socket);
+    if let Ok(dp) = Datapath::open_or_create(dpc) {
+        let _ = dp.destroy();
+    }
+    result
+}
+
+const SVC_WEB: &str = "10.78.0.1";
+const SVC_CLIENT: &str = "10.78.0.2";
+const SVC_ROGUE: &str = "10.78.0.3";
+/// The Service's cluster IP: no interface has it, only the DNAT rule below.
+const VIP: &str = "10.78.200.10";
+
+/// An nftables table in this (the node's) namespace playing kube-proxy: `VIP:80` is rewritten
+/// to the web pod. Deleted on drop.
+struct KubeProxy {
+    table: String,
+}
+
+impl KubeProxy {
+    fn install(vip: &str, backend: &str) -> KubeProxy {
+        let table = format!("netward_e2e_kube_proxy_{}", std::process::id());
+        let rules = format!(
+            "table ip {table} {{\n  chain prerouting {{\n    \
+             type nat hook prerouting priority dstnat; policy accept;\n    \
+             ip daddr {vip} tcp dport 80 dnat to {backend}:80\n  }}\n}}\n"
+        );
+        let mut child = std::process::Command::new("nft")
+            .args(["-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .expect("running nft");
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(rules.as_bytes())
+            .unwrap();
+        assert!(child.wait().unwrap().success(), "nft -f failed:\n{rules}");
+        KubeProxy { table }
+    }
+}
+
+impl Drop for KubeProxy {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("nft")
+            .args(["delete", "table", "ip", &self.table])
+            .status();
+    }
+}
+
+/// Egress to a Service virtual address is decided against the Service's endpoints, and follows
+/// the API: the client's egress policy allows the web pods only, kube-proxy (nftables) rewrites
+/// the VIP to the web pod, and the VIP is allowed iff every ready endpoint is allowed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_vip_follows_endpoints_and_policies() {
+    if !is_root() {
+        eprintln!("skipped: needs root (BPF, network namespaces)");
+        return;
+    }
+    if std::process::Command::new("nft")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("skipped: needs nft");
+        return;
+    }
+    let lab = Arc::new(
+        TestLab::up(
+            "k8ssvc",
+            &[],
+            &cluster(vec![
+                lab_pod("a/web", &[("app", "web")], &[SVC_WEB], &[("http", 80, Tcp)]),
+                lab_pod(
+                    "a/client",
+                    &[("app", "client")],
+                    &[SVC_CLIENT],
+                    &[("http", 80, Tcp)],
+                ),
+                lab_pod(
+                    "a/rogue",
+                    &[("app", "rogue")],
+                    &[SVC_ROGUE],
+                    &[("http", 80, Tcp)],
+                ),
+            ]),
+            false,
+        )
+        .expect("lab up"),
+    );
+    let _kube_proxy = KubeProxy::install(VIP, SVC_WEB);
+    let server = ApiServer::start().await.unwrap();
+    server.apply(&namespace("a", &[])).unwrap();
+    for (key, ip, app) in [
+        ("a/web", SVC_WEB, "web"),
+        ("a/client", SVC_CLIENT, "client"),
+        ("a/rogue", SVC_ROGUE, "rogue"),
+    ] {
+        server
+            .apply(&pod(key, NODE, ip, &[("app", app)], &[("http", 80)]))
+            .unwrap();
+    }
+    server
+        .apply(&policy(
+            "metadata: {name: client-to-web, namespace: a}
+spec:
+  podSelector: {matchLabels: {app: client}}
+  policyTypes: [Egress]
+  egress: [{to: [{podSelector: {matchLabels: {app: web}}}], ports: [{port: 80}]}]",
+        ))
+        .unwrap();
+    server
+        .apply(&service("a/web", VIP, &[("app", "web")], &[("", 80, 80)]))
+        .unwrap();
+    server
+        .apply(&endpoint_slice(
+            "a/web-1",
+            "web",
+            &[(SVC_WEB, true)],
+            &[("", 80)],
+        ))
+        .unwrap();
+
+    let dpc = dp_config("svc");
+    let enforcer = EbpfEnforcer::open(dpc.clone()).expect("datapath");
+    let cfg = AgentConfig {
+        node: NODE.into(),
+        kubeconfig: None,
+        bpffs: dpc.bpffs_dir.clone(),
+        metrics_addr: "127.0.0.1:0".parse().unwrap(),
+        socket: std::env::temp_dir().join(format!("netward-e2e-svc-{}.sock", std::process::id())),
+        loop_config: LoopConfig {
+            debounce: Duration::from_millis(20),
+            rescan: Duration::from_millis(250),
+            ..Default::default()
+        },
+        plan_only: false,
+    };
+    let running = agent::start(&cfg, server.client().unwrap(), enforcer)
+        .await
+        .unwrap();
+    let result = async {
+        wait_attached(&running.shared, 3).await;
+        // The policy allows the only endpoint: the VIP works (DNAT, conntrack, the lot).
+        expect_at(&lab, "a/client", "a/web", Some(VIP), true).await;
+        expect(&lab, "a/client", "a/rogue", false).await;
+
+        // The backend loses the label the policy allows: the VIP is denied too.
+        server
+            .update::<Pod>(Some("a"), "web", |p| {
+                p.metadata.labels = Some([("app".to_string(), "web-v2".to_string())].into())
+            })
+            .unwrap();
+        let t = expect_at(&lab, "a/client", "a/web", Some(VIP), false).await;
+        eprintln!("backend relabelled -> VIP denied after {t:?}");
+        server
+            .update::<Pod>(Some("a"), "web", |p| {
+                p.metadata.labels = Some([("app".to_string(), "web".to_string())].into())
+            })
+            .unwrap();
+        let t = expect_at(&lab, "a/client", "a/web", Some(VIP), true).await;
+        eprintln!("label restored -> VIP allowed after {t:?}");
+
+        // A ready endpoint the client may not reach: kube-proxy could pick it, so the VIP is
+        // denied (even though this DNAT rule still only goes to web).
+        server
+            .apply(&endpoint_slice(
+                "a/web-2",
+                "web",
+                &[(SVC_ROGUE, true)],
+                &[("", 80)],
+            ))
+            .unwrap();
+        let t = expect_at(&lab, "a/client", "a/web", Some(VIP), false).await;
+        eprintln!("non-allowed endpoint added -> VIP denied after {t:?}");
+        // Not ready: kube-proxy does not use it, and neither does the verdict.
+        server
+            .apply(&endpoint_slice(
+                "a/web-2",
+                "web",
+                &[(SVC_ROGUE, false)],
+                &[("", 80)],
+            ))
+            .unwrap();
+        let t = expect_at(&lab, "a/client", "a/web", Some(VIP), true).await;
+        eprintln!("endpoint not ready -> VIP allowed after {t:?}");
+
+        // The Service goes away: its address is nothing the policy allows.
+        server.delete::<Service>(Some("a"), "web").unwrap();
+        let t = expect_at(&lab, "a/client", "a/web", Some(VIP), false).await;
+        eprintln!("Service deleted -> VIP denied after {t:?}");
+        server.delete::<EndpointSlice>(Some("a"), "web-2").unwrap();
+        server
+            .apply(&service("a/web", VIP, &[("app", "web")], &[("", 80, 80)]))
+            .unwrap();
+        expect_at(&lab, "a/client", "a/web", Some(VIP), true).await;
+        // status reports the new watches (refreshed on the rescan tick).
+        let start = Instant::now();
+        while !running
+            .shared
+            .status()
+            .watches
+            .iter()
+            .any(|w| w.resource == "endpointslices" && w.objects == 1)
+        {
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "{:?}",
+                running.shared.status().watches
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
     .await;
     drop(running);

@@ -351,6 +351,7 @@ impl<E: Enforcer> Controller<E> {
             }
             self.attached.remove(&name);
         }
+        self.detach_stale(&wanted);
         self.devices = devices;
         let endpoints: Vec<EndpointStatus> = plan
             .endpoints
@@ -372,6 +373,42 @@ impl<E: Enforcer> Controller<E> {
             .collect();
         self.shared.metrics.set_attached(self.attached.len());
         self.shared.update_status(|s| s.endpoints = endpoints);
+    }
+
+    /// Detach links on interfaces that are not local pods' veths now. The datapath adopts
+    /// every pinned link at startup (enforcement never lapses across a restart), including
+    /// those on interfaces whose pod went away while no agent ran: the interface may live on,
+    /// be renamed or be reused for something else, and would keep enforcing a Plan that no
+    /// longer describes it. Runs after each reconcile, once `wanted` is known from a Plan and
+    /// the routes.
+    fn detach_stale(&mut self, wanted: &BTreeMap<String, u32>) {
+        let attached = match self.enforcer.attached() {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(
+                    error = format!("{e:#}"),
+                    "listing attached interfaces failed"
+                );
+                return;
+            }
+        };
+        for ifindex in attached {
+            if wanted.values().any(|w| *w == ifindex) {
+                continue;
+            }
+            match self.enforcer.detach_index(ifindex) {
+                Ok(()) => tracing::info!(
+                    ifindex,
+                    "detached a link left on an interface that is no local pod's veth"
+                ),
+                Err(e) => tracing::warn!(
+                    ifindex,
+                    error = format!("{e:#}"),
+                    "detaching a stale link failed"
+                ),
+            }
+            self.attached.retain(|_, i| *i != ifindex);
+        }
     }
 
     /// Counters, map fill and watch statistics into status and metrics.

@@ -48,6 +48,10 @@ impl Enforcer for EbpfEnforcer {
         self.dp.detach(ifname)
     }
 
+    fn detach_index(&mut self, ifindex: u32) -> Result<()> {
+        self.dp.detach_index(ifindex)
+    }
+
     fn attached(&self) -> Result<Vec<u32>> {
         self.dp.attached()
     }

@@ -21,6 +21,9 @@ pub trait Enforcer: Send + 'static {
     fn attach(&mut self, ifname: &str) -> Result<()>;
     /// Stop enforcing on a veth (idempotent; the veth may already be gone).
     fn detach(&mut self, ifname: &str) -> Result<()>;
+    /// Stop enforcing on the interface with this index (for links left by a previous agent,
+    /// known only by index).
+    fn detach_index(&mut self, ifindex: u32) -> Result<()>;
     /// Interfaces with programs attached (by index), also those left by a previous agent.
     fn attached(&self) -> Result<Vec<u32>>;
     fn counters(&self) -> Result<Counters>;
@@ -52,6 +55,9 @@ impl Enforcer for PlanOnly {
     }
     fn detach(&mut self, ifname: &str) -> Result<()> {
         self.attached.remove(ifname);
+        Ok(())
+    }
+    fn detach_index(&mut self, _ifindex: u32) -> Result<()> {
         Ok(())
     }
     fn attached(&self) -> Result<Vec<u32>> {

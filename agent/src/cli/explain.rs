@@ -4,6 +4,11 @@
 //! from the spec evaluator, which reads policies directly and can name policies and rules.
 //! The two are independent implementations: if they ever disagree that is a netward bug, and
 //! the command says so loudly and exits 2 rather than guess.
+//!
+//! Toward a Service virtual address on a port the Service serves, the egress side is decided
+//! against every endpoint kube-proxy may rewrite the connection to: the output lists the
+//! Service, each endpoint (address, target port, pod) and its own verdict. The ingress side is
+//! not enforced at the virtual address; each endpoint's ingress applies after the rewrite.
 use std::net::IpAddr;
 use std::process::ExitCode;
 
@@ -15,7 +20,7 @@ use super::describe;
 use super::{EXIT_DENIED, EXIT_ERROR};
 use crate::compiler;
 use crate::eval::{self, Flow, SideVerdict};
-use crate::model::{Cluster, Direction, Pod, Policy};
+use crate::model::{Cluster, Direction, Pod, Policy, Service, ServicePort};
 use crate::plan::PolicyRef;
 
 #[derive(clap::Args, Debug)]
@@ -54,9 +59,31 @@ struct JsonRule {
     text: String,
 }
 
+/// One endpoint of the Service port a flow to a virtual address is rewritten for.
+#[derive(Serialize)]
+struct JsonBackend {
+    address: IpAddr,
+    /// Target port on the endpoint.
+    port: u16,
+    pod: Option<String>,
+    /// `allowed`, `denied`, or `not_isolated` when the client's egress is not isolated.
+    verdict: &'static str,
+    allowed_by: Option<JsonRule>,
+}
+
+#[derive(Serialize)]
+struct JsonService {
+    namespace: String,
+    name: String,
+    port_name: String,
+    protocol: String,
+    port: u16,
+    backends: Vec<JsonBackend>,
+}
+
 #[derive(Serialize)]
 struct JsonSide {
-    /// `allowed`, `denied`, `not_isolated` or `not_enforced`.
+    /// `allowed`, `denied`, `service_denied`, `not_isolated` or `not_enforced`.
     verdict: &'static str,
     isolated_by: Vec<String>,
     allowed_by: Option<JsonRule>,
@@ -71,6 +98,9 @@ struct Json {
     protocol: String,
     port: u16,
     allowed: bool,
+    /// Set when the destination is a Service virtual address serving this protocol and port.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    service: Option<JsonService>,
     egress: JsonSide,
     ingress: JsonSide,
 }
@@ -122,17 +152,30 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     } else {
         args.protocol.to_string()
     };
+    let src_pod = cluster.pod_by_ip(src);
+    let dst_pod = cluster.pod_by_ip(dst);
+    let service = dst_pod
+        .is_none()
+        .then(|| eval::spec::served_port(cluster, &flow))
+        .flatten();
     let ctx = Context {
         cluster,
         node,
         flow_text: &flow_text,
-        src_pod: cluster.pod_by_ip(src),
-        dst_pod: cluster.pod_by_ip(dst),
+        src_pod,
+        dst_pod,
         from_text: from.describe(src),
         to_text: to.describe(dst),
+        service,
+        flow,
     };
-    let egress = ctx.side(Direction::Egress, &why.egress);
+    let mut egress = ctx.side(Direction::Egress, &why.egress);
     let ingress = ctx.side(Direction::Ingress, &why.ingress);
+    let json_service = service.map(|(svc, sp)| {
+        let (text, json) = ctx.service_block(svc, sp, &why.egress);
+        egress.text.push_str(&text);
+        json
+    });
     let allowed = verdict.allowed();
     match args.output {
         Output::Json => common::print_json(&Json {
@@ -147,6 +190,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             protocol: args.protocol.to_string(),
             port,
             allowed,
+            service: json_service,
             egress: egress.json,
             ingress: ingress.json,
         })?,
@@ -184,6 +228,9 @@ struct Context<'a> {
     dst_pod: Option<&'a Pod>,
     from_text: String,
     to_text: String,
+    /// The Service port the destination virtual address serves for this flow.
+    service: Option<(&'a Service, &'a ServicePort)>,
+    flow: Flow,
 }
 
 struct Side {
@@ -219,7 +266,7 @@ impl Context<'_> {
         let mut text = String::new();
         let (verdict, isolated_by, allowed_by, reason) = match v {
             SideVerdict::NotEnforced => {
-                let reason = self.not_enforced_reason(local, local_text);
+                let reason = self.not_enforced_reason(dir, local, local_text);
                 text.push_str(&format!("{head}: allowed ({reason})\n"));
                 ("not_enforced", vec![], None, reason)
             }
@@ -293,6 +340,40 @@ impl Context<'_> {
                     reason,
                 )
             }
+            SideVerdict::ServiceDenied {
+                isolated_by,
+                service,
+                backends,
+                denied,
+            } => {
+                let names: Vec<String> = isolated_by.iter().map(|r| self.policy_name(r)).collect();
+                text.push_str(&format!("{head}: DENIED\n"));
+                text.push_str(&format!("  isolated by: {}\n", names.join(", ")));
+                let reason = if *backends == 0 {
+                    format!(
+                        "denied: {} has no ready endpoint of this address family to connect to",
+                        service.describe()
+                    )
+                } else {
+                    format!(
+                        "denied: {} of the {backends} endpoints of {} are not allowed, and kube-proxy may pick any of them",
+                        denied.len(),
+                        service.describe()
+                    )
+                };
+                text.push_str(&format!("  {reason}\n"));
+                if *backends > 0 {
+                    text.push_str(
+                        "  to allow it, let an egress rule of these policies allow every endpoint below (address and target port)\n",
+                    );
+                }
+                (
+                    "service_denied",
+                    isolated_by.iter().map(PolicyRef::key).collect(),
+                    None,
+                    reason,
+                )
+            }
         };
         Side {
             text,
@@ -305,13 +386,104 @@ impl Context<'_> {
         }
     }
 
-    /// Why a side is not enforced: self traffic, a pod on another node, or not a pod.
-    fn not_enforced_reason(&self, local: Option<&Pod>, local_text: &str) -> String {
+    /// The Service block of the egress side: the Service port and every endpoint with its
+    /// own verdict (the connection is allowed only when all are).
+    fn service_block(
+        &self,
+        svc: &Service,
+        sp: &ServicePort,
+        egress: &SideVerdict,
+    ) -> (String, JsonService) {
+        let target = eval::spec::service_target(svc, sp);
+        let client = self.src_pod;
+        let isolated = matches!(
+            egress,
+            SideVerdict::Allowed { .. } | SideVerdict::ServiceDenied { .. }
+        );
+        let rules = match client {
+            Some(c) if isolated => {
+                eval::spec::service_backend_rules(self.cluster, c, svc, sp, &self.flow)
+            }
+            _ => eval::spec::service_backends(svc, sp, self.flow.dst)
+                .into_iter()
+                .map(|b| (b, None))
+                .collect(),
+        };
+        let mut text = format!(
+            "  {} (virtual address {}): every endpoint must be allowed, kube-proxy may pick any of them\n",
+            target.describe(),
+            self.flow.dst
+        );
+        if rules.is_empty() {
+            text.push_str("    no ready endpoint of this address family\n");
+        }
+        let mut backends = Vec::new();
+        for ((ip, port), hit) in rules {
+            let pod = self.cluster.pod_by_ip(ip).map(Pod::key);
+            let who = pod.clone().unwrap_or_else(|| "not a pod".into());
+            let (verdict, allowed_by) = match (&hit, isolated) {
+                (_, false) => ("not_isolated", None),
+                (None, true) => ("denied", None),
+                (Some((policy, rule)), true) => {
+                    let line = match self.policy(policy) {
+                        Some(p) => describe::rule_line(p, Direction::Egress, *rule as usize),
+                        None => format!("{} egress[{rule}]", policy.key()),
+                    };
+                    (
+                        "allowed",
+                        Some(JsonRule {
+                            policy: policy.key(),
+                            rule: *rule,
+                            text: line,
+                        }),
+                    )
+                }
+            };
+            let shown = match (&allowed_by, verdict) {
+                (Some(r), _) => format!("allowed by {}", r.text),
+                (None, "denied") => "DENIED: no egress rule allows it".into(),
+                _ => "allowed (not isolated)".into(),
+            };
+            let addr = match ip {
+                IpAddr::V4(_) => format!("{ip}:{port}"),
+                IpAddr::V6(_) => format!("[{ip}]:{port}"),
+            };
+            text.push_str(&format!("    {addr} ({who}): {shown}\n"));
+            backends.push(JsonBackend {
+                address: ip,
+                port,
+                pod,
+                verdict,
+                allowed_by,
+            });
+        }
+        let json = JsonService {
+            namespace: target.namespace.clone(),
+            name: target.name.clone(),
+            port_name: target.port_name.clone(),
+            protocol: target.protocol.to_string(),
+            port: target.port,
+            backends,
+        };
+        (text, json)
+    }
+
+    /// Why a side is not enforced: self traffic, a pod on another node, a Service virtual
+    /// address, or not a pod.
+    fn not_enforced_reason(&self, dir: Direction, local: Option<&Pod>, local_text: &str) -> String {
         let same_pod =
             matches!((self.src_pod, self.dst_pod), (Some(a), Some(b)) if std::ptr::eq(a, b));
+        let at_vip = dir == Direction::Ingress;
         match local {
             _ if same_pod => {
                 "not enforced: a pod's traffic to itself never leaves its network namespace".into()
+            }
+            None if at_vip && self.service.is_some() => {
+                let (svc, sp) = self.service.expect("checked");
+                format!(
+                    "not enforced here: {local_text} is a virtual address of {}; the endpoint kube-proxy picks enforces its own ingress after the rewrite, on its veth",
+                    eval::spec::service_target(svc, sp).describe()
+                )
             }
             Some(p) => format!(
                 "not enforced: {} runs on {}, not on node {}",

@@ -1,21 +1,24 @@
 //! `netward plan`: what the compiler would install in the maps, sized and (with `--dump`)
 //! decoded: addresses to classes, (subject, direction, peer, protocol, ports) to the policy
-//! rule that allows them, and the class tables that give the numbers a meaning.
+//! rule that allows them, and the class tables that give the numbers a meaning. Service
+//! virtual addresses add three tables: (address, protocol, port) -> Service port, (subject
+//! class, Service port) -> the rule allowing every endpoint, and the Service ports with their
+//! endpoints.
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::process::ExitCode;
 
 use ipnet::IpNet;
 use netward_common::{
-    IpcacheKey, IpcacheValue, PolicyKey, PolicyValue, ANY_PEER, EP_ISOLATED_EGRESS,
-    EP_ISOLATED_INGRESS, EP_LOCAL, FAMILY_V4, POLICY_PREFIX_ANY_PORT, POLICY_PREFIX_ANY_PROTO,
-    POLICY_PREFIX_FULL,
+    IpcacheKey, IpcacheValue, PolicyKey, PolicyValue, ServiceKey, ServicePolicyKey, ServiceValue,
+    ANY_PEER, EP_ISOLATED_EGRESS, EP_ISOLATED_INGRESS, EP_LOCAL, EP_SERVICE, FAMILY_V4,
+    POLICY_PREFIX_ANY_PORT, POLICY_PREFIX_ANY_PROTO, POLICY_PREFIX_FULL,
 };
 use serde::Serialize;
 
 use super::common::{self, Input, Output, ProtocolArg};
 use crate::compiler;
 use crate::model::Direction;
-use crate::plan::{Endpoint, PeerClass, Plan, PlanStats, SubjectClass};
+use crate::plan::{Endpoint, PeerClass, Plan, PlanStats, ServicePortRef, SubjectClass};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -56,10 +59,35 @@ pub struct PolicyRow {
     pub rule: u16,
 }
 
+/// One `SERVICES` entry, decoded.
+#[derive(Serialize)]
+pub struct ServiceRow {
+    pub address: IpAddr,
+    pub protocol: String,
+    pub port: u16,
+    /// Index+1 into `service_ports`.
+    pub service_port: u32,
+    /// `namespace/name`.
+    pub service: String,
+}
+
+/// One `SERVICE_POLICY` entry, decoded.
+#[derive(Serialize)]
+pub struct ServicePolicyRow {
+    pub subject_class: u32,
+    pub service_port: u32,
+    pub service: String,
+    pub policy: String,
+    pub rule: u16,
+}
+
 #[derive(Serialize)]
 struct Dump<'a> {
     ipcache: Vec<IpcacheRow>,
     policy: Vec<PolicyRow>,
+    services: Vec<ServiceRow>,
+    service_policy: Vec<ServicePolicyRow>,
+    service_ports: &'a [ServicePortRef],
     endpoints: &'a [Endpoint],
     subject_classes: &'a [SubjectClass],
     peer_classes: &'a [PeerClass],
@@ -93,6 +121,17 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             });
             entries.into_iter().map(|e| policy_row(&plan, e)).collect()
         },
+        services: plan
+            .services
+            .iter()
+            .map(|e| service_row(&plan, e))
+            .collect(),
+        service_policy: plan
+            .service_policy
+            .iter()
+            .map(|e| service_policy_row(&plan, e))
+            .collect(),
+        service_ports: &plan.service_ports,
         endpoints: &plan.endpoints,
         subject_classes: &plan.subject_classes,
         peer_classes: &plan.peer_classes,
@@ -119,6 +158,7 @@ fn ipcache_row(plan: &Plan, (k, v): &(IpcacheKey, IpcacheValue)) -> IpcacheRow {
         (EP_LOCAL, "local"),
         (EP_ISOLATED_INGRESS, "isolated-ingress"),
         (EP_ISOLATED_EGRESS, "isolated-egress"),
+        (EP_SERVICE, "service"),
     ]
     .into_iter()
     .filter(|(bit, _)| v.flags & bit != 0)
@@ -130,6 +170,40 @@ fn ipcache_row(plan: &Plan, (k, v): &(IpcacheKey, IpcacheValue)) -> IpcacheRow {
         subject_class: v.subject_class,
         flags,
         endpoint: plan.endpoint(v.endpoint).map(Endpoint::key),
+    }
+}
+
+fn service_name(plan: &Plan, id: u32) -> String {
+    crate::eval::plan::service_port(plan, id)
+        .map(|s| format!("{}/{}", s.namespace, s.name))
+        .unwrap_or_else(|| format!("<service port {id}>"))
+}
+
+fn service_row(plan: &Plan, (k, v): &(ServiceKey, ServiceValue)) -> ServiceRow {
+    let address = if k.family == FAMILY_V4 {
+        IpAddr::V4(Ipv4Addr::new(k.addr[0], k.addr[1], k.addr[2], k.addr[3]))
+    } else {
+        IpAddr::V6(Ipv6Addr::from(k.addr))
+    };
+    ServiceRow {
+        address,
+        protocol: ProtocolArg(k.proto).to_string(),
+        port: k.port,
+        service_port: v.service_port,
+        service: service_name(plan, v.service_port),
+    }
+}
+
+fn service_policy_row(plan: &Plan, (k, v): &(ServicePolicyKey, PolicyValue)) -> ServicePolicyRow {
+    ServicePolicyRow {
+        subject_class: k.subject,
+        service_port: k.service_port,
+        service: service_name(plan, k.service_port),
+        policy: plan
+            .policy_ref(v)
+            .map(|r| r.key())
+            .unwrap_or_else(|| format!("<policy {}>", v.policy)),
+        rule: v.rule,
     }
 }
 
@@ -186,6 +260,9 @@ fn table(plan: &Plan, node: Option<&str>, dump: Option<&Dump>) -> String {
         ("peer classes", s.peer_classes),
         ("ipcache entries", s.ipcache_entries),
         ("policy entries", s.policy_entries),
+        ("service ports", plan.service_ports.len()),
+        ("service entries", s.service_entries),
+        ("service policy", s.service_policy_entries),
     ] {
         let _ = writeln!(out, "  {name:<16} {n:>8}");
     }
@@ -241,6 +318,64 @@ fn table(plan: &Plan, node: Option<&str>, dump: Option<&Dump>) -> String {
             "  subject {} {} {peer} {what} -> {} {}[{}]",
             r.subject_class, r.direction, r.policy, r.direction, r.rule
         );
+    }
+    if !plan.service_ports.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nservices (virtual address proto/port -> service port):"
+        );
+        for r in &d.services {
+            let addr = match r.address {
+                IpAddr::V4(a) => a.to_string(),
+                IpAddr::V6(a) => format!("[{a}]"),
+            };
+            let _ = writeln!(
+                out,
+                "  {addr} {}/{} -> {} {}",
+                r.protocol, r.port, r.service_port, r.service
+            );
+        }
+        let _ = writeln!(
+            out,
+            "\nservice policy (subject -> service port: policy rule allowing every endpoint):"
+        );
+        for r in &d.service_policy {
+            let _ = writeln!(
+                out,
+                "  subject {} -> {} {}: {} egress[{}]",
+                r.subject_class, r.service_port, r.service, r.policy, r.rule
+            );
+        }
+        let _ = writeln!(out, "\nservice ports (endpoint:target port):");
+        for (i, sp) in d.service_ports.iter().enumerate() {
+            let backends: Vec<String> = sp
+                .backends
+                .iter()
+                .map(|(ip, port)| match ip {
+                    IpAddr::V4(a) => format!("{a}:{port}"),
+                    IpAddr::V6(a) => format!("[{a}]:{port}"),
+                })
+                .collect();
+            let name = if sp.port_name.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", sp.port_name)
+            };
+            let _ = writeln!(
+                out,
+                "  {}: {}/{} {}/{}{name} -> {}",
+                i + 1,
+                sp.namespace,
+                sp.name,
+                sp.port,
+                sp.protocol,
+                if backends.is_empty() {
+                    "no endpoints".to_string()
+                } else {
+                    backends.join(", ")
+                }
+            );
+        }
     }
     let _ = writeln!(out, "\nendpoints:");
     for (i, e) in d.endpoints.iter().enumerate() {

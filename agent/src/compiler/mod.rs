@@ -29,6 +29,12 @@
 //! Protocols without ports (ICMP, ...) are looked up with port 0 and only match prefix-80
 //! entries: NetworkPolicy allows them only through rules without `ports`.
 //!
+//! # Service virtual addresses
+//!
+//! Egress to a Service's virtual address is checked before kube-proxy's rewrite; the pass in
+//! [`services`] decides it per (subject class, Service port) from this Plan's own lookups on
+//! every endpoint, and flags the addresses in the ipcache (`EP_SERVICE`).
+//!
 //! # Why not the alternatives
 //!
 //! * Cilium: identities per distinct label set, so a high-cardinality label (pod-template-hash,
@@ -66,6 +72,7 @@ mod classes;
 mod emit;
 mod index;
 mod ports;
+mod services;
 
 use crate::model::{Cluster, Direction, Peer};
 use crate::plan::{Endpoint, PeerClass, Plan, PolicyRef, SubjectClass};
@@ -149,7 +156,7 @@ pub fn compile(cluster: &Cluster, node: Option<&str>) -> Plan {
         })
         .collect();
 
-    Plan {
+    let mut plan = Plan {
         node: node.map(str::to_string),
         ipcache,
         policy,
@@ -164,11 +171,13 @@ pub fn compile(cluster: &Cluster, node: Option<&str>) -> Plan {
         endpoints,
         subject_classes,
         peer_classes,
-        // Filled by the Service pass (egress to virtual addresses); none yet.
+        // Filled by the Service pass below, from this Plan's own lookups.
         services: Vec::new(),
         service_policy: Vec::new(),
         service_ports: Vec::new(),
-    }
+    };
+    services::fill(cluster, &mut plan);
+    plan
 }
 
 fn describe_feature(

@@ -7,12 +7,12 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use aya::maps::{Map, MapData, RingBuf};
-use netward_common::{reason, Event, DIR_EGRESS, FAMILY_V4, VERDICT_ALLOW};
+use netward_common::{reason, Event, ServiceKey, DIR_EGRESS, FAMILY_V4, VERDICT_ALLOW};
 use serde::Serialize;
 
 use super::{Datapath, PlanHistory};
 use crate::model::Direction;
-use crate::plan::PolicyRef;
+use crate::plan::{Plan, PolicyRef};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -39,6 +39,9 @@ pub struct VerdictEvent {
     pub rule: Option<u16>,
     /// `namespace/name` of the local pod, when known.
     pub endpoint: Option<String>,
+    /// Egress to a Service virtual address on a port it serves: the Service port, as
+    /// `namespace/name:port/PROTO` (decided for its endpoints, see `model::Service`).
+    pub service: Option<String>,
     pub ifindex: u32,
     pub generation: u64,
     pub ktime_ns: u64,
@@ -72,6 +75,10 @@ impl VerdictEvent {
             .as_ref()
             .and_then(|p| p.endpoint(e.endpoint))
             .map(|ep| ep.key());
+        let service = plan
+            .as_ref()
+            .filter(|_| e.dir == DIR_EGRESS)
+            .and_then(|p| service_of(p, e));
         VerdictEvent {
             src: addr(e.family, &e.saddr),
             dst: addr(e.family, &e.daddr),
@@ -92,11 +99,32 @@ impl VerdictEvent {
             rule: (e.policy != 0).then_some(e.rule),
             policy,
             endpoint,
+            service,
             ifindex: e.ifindex,
             generation: e.generation,
             ktime_ns: e.ktime_ns,
         }
     }
+}
+
+/// The Service port an event's destination (virtual address, protocol, port) belongs to.
+fn service_of(plan: &Plan, e: &Event) -> Option<String> {
+    let key = ServiceKey {
+        slot: 0,
+        family: e.family,
+        proto: e.proto,
+        _pad: 0,
+        port: e.dport,
+        _pad2: [0; 2],
+        addr: e.daddr,
+    };
+    let i = plan.services.binary_search_by(|(k, _)| k.cmp(&key)).ok()?;
+    let id = plan.services[i].1.service_port as usize;
+    let sp = plan.service_ports.get(id.checked_sub(1)?)?;
+    Some(format!(
+        "{}/{}:{}/{}",
+        sp.namespace, sp.name, sp.port, sp.protocol
+    ))
 }
 
 /// A reader of the pinned `EVENTS` ring buffer. Several readers may exist (each opens the

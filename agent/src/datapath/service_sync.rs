@@ -64,8 +64,11 @@ fn in_slot<K: SlotKey, V: Copy>(entries: &[(K, V)], slot: u8) -> Vec<(K, V)> {
         .collect()
 }
 
-/// What both maps held before the write (both slots), for the diff.
-pub(super) struct ServiceCurrent {
+/// What both maps held before the write (both slots), for the diff; None: the loaded object
+/// has no Service maps (an older build, benchmarks) and the Plan has no Services.
+pub(super) struct ServiceCurrent(Option<ServiceMaps>);
+
+struct ServiceMaps {
     services: BTreeMap<ServiceKey, ServiceValue>,
     policy: BTreeMap<ServicePolicyKey, PolicyValue>,
 }
@@ -87,6 +90,11 @@ fn map_err(map: &'static str, e: impl Into<anyhow::Error>) -> SyncError {
 }
 
 impl Datapath {
+    /// Whether the loaded object has the Service maps (every build since they exist does).
+    fn has_service_maps(&self) -> bool {
+        self.bpf.map(SERVICES).is_some() && self.bpf.map(SERVICE_POLICY).is_some()
+    }
+
     /// One of the Service hash maps and its capacity.
     fn service_map<K: SlotKey, V: aya::Pod>(
         &mut self,
@@ -123,11 +131,14 @@ impl Datapath {
         t: &ServiceTables,
         live: Option<u8>,
     ) -> Result<ServiceCurrent, SyncError> {
+        if !self.has_service_maps() && t.services.is_empty() && t.policy.is_empty() {
+            return Ok(ServiceCurrent(None));
+        }
         let (services, cap) = self.service_read::<ServiceKey, ServiceValue>(SERVICES)?;
         fits(SERVICES, &services, live, t.services.len(), cap)?;
         let (policy, cap) = self.service_read::<ServicePolicyKey, PolicyValue>(SERVICE_POLICY)?;
         fits(SERVICE_POLICY, &policy, live, t.policy.len(), cap)?;
-        Ok(ServiceCurrent { services, policy })
+        Ok(ServiceCurrent(Some(ServiceMaps { services, policy })))
     }
 
     /// Step 2: make `slot` hold exactly the new tables.
@@ -138,6 +149,7 @@ impl Datapath {
         t: &ServiceTables,
         counts: &mut ServiceCounts,
     ) -> Result<(), SyncError> {
+        let Some(cur) = &cur.0 else { return Ok(()) };
         let (mut h, _) = self.service_map::<ServiceKey, ServiceValue>(SERVICES)?;
         write_slot(&mut h, SERVICES, slot, &cur.services, &t.services, counts)?;
         let (mut h, _) = self.service_map::<ServicePolicyKey, PolicyValue>(SERVICE_POLICY)?;
@@ -146,6 +158,9 @@ impl Datapath {
 
     /// Steps 2 (on failure) and 4: delete every entry of `slot` from both maps.
     pub(super) fn services_clear(&mut self, slot: u8) -> Result<usize, SyncError> {
+        if !self.has_service_maps() {
+            return Ok(0);
+        }
         let (all, _) = self.service_read::<ServiceKey, ServiceValue>(SERVICES)?;
         let (mut h, _) = self.service_map::<ServiceKey, ServiceValue>(SERVICES)?;
         let mut n = clear_slot(&mut h, SERVICES, slot, all.keys())?;

@@ -1261,3 +1261,498 @@ fn examples_agree_on_every_pair() {
     // Both verdicts occur (the scenarios neither allow nor deny everything).
     assert!(allowed > 0 && allowed < checked, "{allowed}/{checked}");
 }
+
+// ---------------------------------------------------------------------------------------
+// Egress to Service virtual addresses (model::Service; DESIGN "Known limitation" resolved
+// in the compiler): the egress hook sees the virtual address before kube-proxy's DNAT, so a
+// connection to (VIP, protocol, service port) is allowed iff the client's egress allows
+// every ready endpoint of that port (endpoint address + target port); the ingress side is
+// enforced post-DNAT by the endpoint itself.
+// ---------------------------------------------------------------------------------------
+
+mod services {
+    use std::net::IpAddr;
+
+    use super::*;
+    use crate::eval::{ServiceTarget, SideVerdict};
+    use crate::model::NAMESPACE_NAME_LABEL;
+
+    const DNS_VIP: &str = "10.96.0.10";
+    const WEB_VIP: &str = "10.96.0.1";
+    const WEB_VIP6: &str = "fd00:96::1";
+    const EMPTY_VIP: &str = "10.96.0.20";
+    const EXT_VIP: &str = "10.96.0.30";
+    const WEB2: &str = "10.0.1.4";
+
+    /// The base cluster plus prod/web2 (app=web, `http` = 8081: the named targetPort
+    /// resolves differently per endpoint) and Services: kube-system/kube-dns (selector, named
+    /// targetPorts), prod/web (dual stack, selector app=web, targetPort `http`), prod/empty
+    /// (no endpoints), prod/external (manual endpoints outside the cluster).
+    fn svc_base() -> ClusterBuilder {
+        base()
+            .pod("prod", "web2", &[("app", "web")], WEB2)
+            .port("http", 8081, TCP)
+            .node("n1")
+            .service("kube-system", "kube-dns", &[DNS_VIP])
+            .svc_port("dns", UDP, 53, Target::Name("dns".into()))
+            .svc_port("dns-tcp", TCP, 53, Target::Name("dns-tcp".into()))
+            .svc_selector(&[("k8s-app", "kube-dns")])
+            .service("prod", "web", &[WEB_VIP, WEB_VIP6])
+            .svc_port("", TCP, 80, Target::Name("http".into()))
+            .svc_selector(&[("app", "web")])
+            .service("prod", "empty", &[EMPTY_VIP])
+            .svc_port("", TCP, 80, Target::Num(8080))
+            .service("prod", "external", &[EXT_VIP])
+            .svc_port("https", TCP, 443, Target::Num(8443))
+            .svc_endpoint("192.0.2.10", &[("https", TCP, 8443)])
+            .svc_endpoint("192.0.2.11", &[("https", TCP, 8443)])
+    }
+
+    /// Both evaluators return exactly `want` for the egress side and NotEnforced for the
+    /// ingress side (the virtual address is no pod).
+    #[track_caller]
+    fn check_vip(c: &Cluster, node: Option<&str>, f: Flow, want: SideVerdict) {
+        let s = spec::evaluate(c, node, &f);
+        let p = plan::evaluate(&compiler::compile(c, node), &f);
+        assert_eq!(s.egress, want, "spec evaluator, {f:?}");
+        assert_eq!(s.ingress, SideVerdict::NotEnforced, "spec evaluator, {f:?}");
+        assert_eq!(p, s, "plan evaluator disagrees with the spec on {f:?}");
+    }
+
+    fn refs(names: &[&str]) -> Vec<PolicyRef> {
+        names
+            .iter()
+            .map(|k| {
+                let (ns, name) = k.split_once('/').unwrap();
+                PolicyRef {
+                    namespace: ns.into(),
+                    name: name.into(),
+                }
+            })
+            .collect()
+    }
+
+    fn allowed(isolated_by: &[&str], policy: &str, rule: u16) -> SideVerdict {
+        SideVerdict::Allowed {
+            isolated_by: refs(isolated_by),
+            policy: refs(&[policy]).remove(0),
+            rule,
+        }
+    }
+
+    fn service_denied(
+        isolated_by: &[&str],
+        service: (&str, &str, &str, Protocol, u16),
+        backends: usize,
+        denied: &[(&str, u16)],
+    ) -> SideVerdict {
+        SideVerdict::ServiceDenied {
+            isolated_by: refs(isolated_by),
+            service: ServiceTarget {
+                namespace: service.0.into(),
+                name: service.1.into(),
+                port_name: service.2.into(),
+                protocol: service.3,
+                port: service.4,
+            },
+            backends,
+            denied: denied.iter().map(|&(a, p)| (ip(a), p)).collect(),
+        }
+    }
+
+    use crate::model::Protocol;
+    use crate::plan::PolicyRef;
+
+    /// The motivating case: "allow DNS to the kube-dns pods" must cover queries sent
+    /// to the kube-dns Service address, on both of its ports.
+    #[test]
+    fn s01_dns_to_kube_dns_vip_allowed_by_pod_selector_rule() {
+        let c = svc_base()
+            .policy(
+                policy("prod", "client-dns")
+                    .select(&[("app", "client")])
+                    .egress(
+                        rule()
+                            .pods_in(
+                                &[(NAMESPACE_NAME_LABEL, "kube-system")],
+                                &[("k8s-app", "kube-dns")],
+                            )
+                            .udp(53)
+                            .tcp(53),
+                    ),
+            )
+            .build();
+        let by = ["prod/client-dns"];
+        check_vip(
+            &c,
+            None,
+            udp(CLIENT, DNS_VIP, 53),
+            allowed(&by, "prod/client-dns", 0),
+        );
+        check_vip(
+            &c,
+            None,
+            tcp(CLIENT, DNS_VIP, 53),
+            allowed(&by, "prod/client-dns", 0),
+        );
+        check(&c, udp(CLIENT, DNS, 53), Allow);
+        // A port the Service does not serve: the VIP is a plain address, no rule allows it.
+        let d = spec::evaluate(&c, None, &tcp(CLIENT, DNS_VIP, 80));
+        assert_eq!(
+            d.egress,
+            SideVerdict::Denied {
+                isolated_by: refs(&by)
+            }
+        );
+        check(&c, tcp(CLIENT, DNS_VIP, 80), DenyEgress);
+        // A client the rule does not cover (prod/db, isolated by its own egress policy)
+        // is denied with SERVICE_DENY, naming the kube-dns endpoint it may not reach.
+        let locked = svc_base()
+            .policy(
+                policy("prod", "db-out")
+                    .select(&[("app", "db")])
+                    .egress(rule().ip_block("198.51.100.0/24", &[])),
+            )
+            .build();
+        let want = service_denied(
+            &["prod/db-out"],
+            ("kube-system", "kube-dns", "dns", UDP, 53),
+            1,
+            &[(DNS, 53)],
+        );
+        assert_eq!(
+            want.deny_reason(),
+            Some(netward_common::reason::SERVICE_DENY)
+        );
+        check_vip(&locked, None, udp(DB, DNS_VIP, 53), want);
+    }
+
+    /// Some endpoints allowed, some not: kube-proxy may pick a denied one, so the Service
+    /// port is denied, naming the denied endpoints.
+    #[test]
+    fn s02_partially_allowed_service_is_denied() {
+        let c = svc_base()
+            .policy(
+                policy("prod", "client-web")
+                    .select(&[("app", "client")])
+                    .egress(rule().pods(&[("app", "web")]).tcp(8080)),
+            )
+            .build();
+        let want = service_denied(
+            &["prod/client-web"],
+            ("prod", "web", "", TCP, 80),
+            2,
+            &[(WEB2, 8081)],
+        );
+        check_vip(&c, None, tcp(CLIENT, WEB_VIP, 80), want);
+        // Straight to the pods, each as the rule says.
+        check(&c, tcp(CLIENT, WEB, 8080), Allow);
+        check(&c, tcp(CLIENT, WEB2, 8081), DenyEgress);
+    }
+
+    /// A Service port without any ready endpoint: nothing could answer; denied for an
+    /// isolated client even by an allow-all egress rule.
+    #[test]
+    fn s03_service_without_endpoints_is_denied() {
+        let c = svc_base()
+            .policy(
+                policy("prod", "client-all")
+                    .select(&[("app", "client")])
+                    .egress(rule()),
+            )
+            .build();
+        check_vip(
+            &c,
+            None,
+            tcp(CLIENT, EMPTY_VIP, 80),
+            service_denied(&["prod/client-all"], ("prod", "empty", "", TCP, 80), 0, &[]),
+        );
+        // The other Services' endpoints are all allowed by the allow-all rule.
+        check_vip(
+            &c,
+            None,
+            tcp(CLIENT, WEB_VIP, 80),
+            allowed(&["prod/client-all"], "prod/client-all", 0),
+        );
+    }
+
+    /// The Service's targetPort is a name: it resolves on each endpoint pod (web 8080, web2
+    /// 8081); an egress rule with the named port resolves on each destination alike.
+    #[test]
+    fn s04_named_target_port_resolves_per_endpoint() {
+        let named = svc_base()
+            .policy(
+                policy("prod", "client-http")
+                    .select(&[("app", "client")])
+                    .egress(rule().pods(&[("app", "web")]).named_port(TCP, "http")),
+            )
+            .build();
+        check_vip(
+            &named,
+            None,
+            tcp(CLIENT, WEB_VIP, 80),
+            allowed(&["prod/client-http"], "prod/client-http", 0),
+        );
+        // Numeric rules must cover both resolutions; the attribution is the rule allowing
+        // the first endpoint (10.0.1.1:8080).
+        let numeric = svc_base()
+            .policy(
+                policy("prod", "client-ports")
+                    .select(&[("app", "client")])
+                    .egress(rule().pods(&[("app", "web")]).tcp(8081))
+                    .egress(rule().pods(&[("app", "web")]).tcp(8080)),
+            )
+            .build();
+        check_vip(
+            &numeric,
+            None,
+            tcp(CLIENT, WEB_VIP, 80),
+            allowed(&["prod/client-ports"], "prod/client-ports", 1),
+        );
+        // The Service port (80) itself is not what the rules are about.
+        let on_80 = svc_base()
+            .policy(
+                policy("prod", "client-80")
+                    .select(&[("app", "client")])
+                    .egress(rule().pods(&[("app", "web")]).tcp(80)),
+            )
+            .build();
+        check_vip(
+            &on_80,
+            None,
+            tcp(CLIENT, WEB_VIP, 80),
+            service_denied(
+                &["prod/client-80"],
+                ("prod", "web", "", TCP, 80),
+                2,
+                &[(WEB, 8080), (WEB2, 8081)],
+            ),
+        );
+    }
+
+    /// Ports and protocols the Service does not serve see the virtual address as a plain
+    /// address: ipBlocks containing it decide.
+    #[test]
+    fn s05_unserved_port_of_a_vip_falls_back_to_ip_block() {
+        let c = svc_base()
+            .policy(
+                policy("prod", "client-svc-range")
+                    .select(&[("app", "client")])
+                    .egress(rule().ip_block("10.96.0.0/12", &[]).tcp(443))
+                    .egress(rule().ip_block("10.96.0.0/12", &[]).tcp(80)),
+            )
+            .build();
+        let by = ["prod/client-svc-range"];
+        let d = spec::evaluate(&c, None, &tcp(CLIENT, WEB_VIP, 443));
+        assert_eq!(d.egress, allowed(&by, "prod/client-svc-range", 0));
+        check(&c, tcp(CLIENT, WEB_VIP, 443), Allow);
+        // UDP/80 and ICMP are not served either: plain address, no UDP or portless rule.
+        check(&c, udp(CLIENT, WEB_VIP, 80), DenyEgress);
+        check(&c, icmp(CLIENT, WEB_VIP), DenyEgress);
+        // TCP/80 is served: the ipBlock covering the VIP does not matter, the endpoints do.
+        check_vip(
+            &c,
+            None,
+            tcp(CLIENT, WEB_VIP, 80),
+            service_denied(
+                &by,
+                ("prod", "web", "", TCP, 80),
+                2,
+                &[(WEB, 8080), (WEB2, 8081)],
+            ),
+        );
+    }
+
+    /// A client no egress policy isolates may connect to any Service port, endpoints or not;
+    /// a client on another node is not enforced here.
+    #[test]
+    fn s06_not_isolated_or_not_local_client() {
+        let c = svc_base()
+            .policy(
+                policy("prod", "client-none")
+                    .select(&[("app", "client")])
+                    .types(&[Direction::Egress]),
+            )
+            .build();
+        check_vip(&c, None, tcp(LONE, EMPTY_VIP, 80), SideVerdict::NotIsolated);
+        check_vip(
+            &c,
+            None,
+            tcp(DEV_CLIENT, WEB_VIP, 80),
+            SideVerdict::NotIsolated,
+        );
+        // prod/client is isolated but runs on n1: the Plan for n2 does not enforce it.
+        check_vip(
+            &c,
+            Some("n2"),
+            tcp(CLIENT, WEB_VIP, 80),
+            SideVerdict::NotEnforced,
+        );
+        check_vip(
+            &c,
+            Some("n1"),
+            tcp(CLIENT, WEB_VIP, 80),
+            service_denied(
+                &["prod/client-none"],
+                ("prod", "web", "", TCP, 80),
+                2,
+                &[(WEB, 8080), (WEB2, 8081)],
+            ),
+        );
+    }
+
+    /// Endpoints that are not pods (manual EndpointSlices) are matched by ipBlock on their
+    /// address and target port; selectors never match them.
+    #[test]
+    fn s07_non_pod_endpoints_by_ip_block() {
+        let all = svc_base()
+            .policy(
+                policy("prod", "client-ext")
+                    .select(&[("app", "client")])
+                    .egress(rule().pods(&[]).namespaces(&[]))
+                    .egress(rule().ip_block("192.0.2.0/24", &[]).tcp(8443)),
+            )
+            .build();
+        check_vip(
+            &all,
+            None,
+            tcp(CLIENT, EXT_VIP, 443),
+            allowed(&["prod/client-ext"], "prod/client-ext", 1),
+        );
+        let one = svc_base()
+            .policy(
+                policy("prod", "client-ext")
+                    .select(&[("app", "client")])
+                    .egress(rule().ip_block("192.0.2.10/32", &[]).tcp(8443)),
+            )
+            .build();
+        check_vip(
+            &one,
+            None,
+            tcp(CLIENT, EXT_VIP, 443),
+            service_denied(
+                &["prod/client-ext"],
+                ("prod", "external", "https", TCP, 443),
+                2,
+                &[("192.0.2.11", 8443)],
+            ),
+        );
+    }
+
+    /// A dual-stack Service: kube-proxy rewrites a virtual address only to endpoints of its
+    /// own family, so each family is decided on its own endpoints.
+    #[test]
+    fn s08_dual_stack_vips_use_their_family_endpoints() {
+        let v4_only = svc_base()
+            .policy(
+                policy("prod", "client-v4")
+                    .select(&[("app", "client")])
+                    .egress(rule().ip_block("10.0.0.0/8", &[])),
+            )
+            .build();
+        let by = ["prod/client-v4"];
+        check_vip(
+            &v4_only,
+            None,
+            tcp(CLIENT, WEB_VIP, 80),
+            allowed(&by, "prod/client-v4", 0),
+        );
+        check_vip(
+            &v4_only,
+            None,
+            tcp(CLIENT6, WEB_VIP6, 80),
+            service_denied(&by, ("prod", "web", "", TCP, 80), 1, &[(WEB6, 8080)]),
+        );
+        // web2 has no IPv6 address: only web's serves the v6 VIP.
+        let web_8080 = svc_base()
+            .policy(
+                policy("prod", "client-web")
+                    .select(&[("app", "client")])
+                    .egress(rule().pods(&[("app", "web")]).tcp(8080)),
+            )
+            .build();
+        let by = ["prod/client-web"];
+        check_vip(
+            &web_8080,
+            None,
+            tcp(CLIENT6, WEB_VIP6, 80),
+            allowed(&by, "prod/client-web", 0),
+        );
+        check_vip(
+            &web_8080,
+            None,
+            tcp(CLIENT, WEB_VIP, 80),
+            service_denied(&by, ("prod", "web", "", TCP, 80), 2, &[(WEB2, 8081)]),
+        );
+    }
+
+    /// A virtual address equal to a pod address: the pod wins (the address reaches the pod,
+    /// whose ingress is enforced), the Service is ignored for it.
+    #[test]
+    fn s09_vip_colliding_with_a_pod_address_is_the_pod() {
+        let c = svc_base()
+            .service("prod", "clash", &[DB])
+            .svc_port("", TCP, 5432, Target::Num(8080))
+            .svc_selector(&[("app", "web")])
+            .policy(
+                policy("prod", "db-in")
+                    .select(&[("app", "db")])
+                    .ingress(rule().pods(&[("app", "client")]).tcp(5432)),
+            )
+            .policy(
+                policy("prod", "client-db")
+                    .select(&[("app", "client")])
+                    .egress(rule().pods(&[("app", "db")]).tcp(5432)),
+            )
+            .build();
+        check(&c, tcp(CLIENT, DB, 5432), Allow);
+        check(&c, tcp(WEB, DB, 5432), DenyIngress);
+        let plan = compiler::compile(&c, None);
+        let db: IpAddr = ip(DB);
+        assert_eq!(plan::service_lookup(&plan, db, 6, 5432), None);
+        assert!(plan.service_ports.iter().all(|s| s.name != "clash"));
+    }
+
+    /// The Plan's Service tables: every (VIP, protocol, port), the VIP ipcache entries keep
+    /// their plain class, and SERVICE_POLICY only holds egress-isolated classes.
+    #[test]
+    fn s10_plan_service_tables() {
+        let c = svc_base()
+            .policy(
+                policy("prod", "client-all")
+                    .select(&[("app", "client")])
+                    .egress(rule()),
+            )
+            .policy(deny_web_ingress())
+            .build();
+        let plan = compiler::compile(&c, None);
+        // dns x2, web v4 + v6, empty, external.
+        assert_eq!(plan.services.len(), 6);
+        assert_eq!(plan.service_ports.len(), 6);
+        assert!(plan.services.windows(2).all(|w| w[0].0 < w[1].0));
+        for vip in [DNS_VIP, WEB_VIP, WEB_VIP6, EMPTY_VIP, EXT_VIP] {
+            let v = plan::ipcache_lookup(&plan, ip(vip)).unwrap();
+            assert_eq!(v.flags, netward_common::EP_SERVICE, "{vip}");
+            assert_ne!(v.peer_class, 0);
+        }
+        // One egress-isolated class (client); every Service port but the empty one.
+        assert_eq!(plan.service_policy.len(), 5);
+        let client_class = plan
+            .endpoints
+            .iter()
+            .find(|e| e.key() == "prod/client")
+            .unwrap()
+            .subject_class;
+        assert!(plan
+            .service_policy
+            .iter()
+            .all(|(k, _)| k.subject == client_class));
+        assert_eq!(plan.stats().service_entries, 6);
+        // Without Services nothing changes.
+        let mut bare = c.clone();
+        bare.services.clear();
+        let p0 = compiler::compile(&bare, None);
+        assert!(p0.services.is_empty() && p0.service_policy.is_empty());
+        assert!(p0.ipcache.len() < plan.ipcache.len());
+    }
+}

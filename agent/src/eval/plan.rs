@@ -4,8 +4,6 @@
 //!
 //! 0. source and destination are the same local endpoint: the packet stays inside the pod's
 //!    network namespace and no program sees it (both sides not enforced);
-//! 0. source and destination are the same local endpoint: the packet stays inside the pod's
-//!    network namespace and no program sees it (both sides not enforced);
 //! 1. ipcache LPM of the local address: no entry with `EP_LOCAL` -> not enforced here;
 //! 2. not isolated in this direction (flags) -> allowed;
 //! 3. ipcache LPM of the peer address -> peer class;
@@ -13,20 +11,28 @@
 //!    allowed iff one hits. The eBPF program needs only "hit or not"; here the lower
 //!    (policy, rule) of the two hits is reported, which is the first rule that allows.
 //!
+//! On the egress side, when the peer's ipcache entry is flagged `EP_SERVICE` (a Service
+//! virtual address) and the protocol has ports, `SERVICES (family, proto, addr, port)` is
+//! looked up first: a hit gives the Service port id, and `SERVICE_POLICY (subject, id)`
+//! decides (hit: allowed with its attribution; miss: reason `SERVICE_DENY`); a miss falls back
+//! to step 4 with the address's plain peer class. For a denial the evaluator also names the
+//! endpoints the policy lookup denies (the datapath needs only the miss).
+//!
 //! The LPM is a longest-prefix search over the Plan's sorted entries: keys are canonical
 //! (bits past the prefix length are zero, as the compiler writes them), so for each candidate
 //! prefix length from the longest down, the masked key is looked up by binary search.
 use std::net::IpAddr;
 
 use netward_common::{
-    IpcacheKey, IpcacheValue, PolicyKey, PolicyValue, ANY_PEER, EP_ISOLATED_EGRESS,
-    EP_ISOLATED_INGRESS, EP_LOCAL, POLICY_PREFIX_ANY_PORT, POLICY_PREFIX_ANY_PROTO,
-    POLICY_PREFIX_FULL, PROTO_SCTP, PROTO_TCP, PROTO_UDP,
+    IpcacheKey, IpcacheValue, PolicyKey, PolicyValue, ServiceKey, ServicePolicyKey, ANY_PEER,
+    EP_ISOLATED_EGRESS, EP_ISOLATED_INGRESS, EP_LOCAL, EP_SERVICE, FAMILY_V4, FAMILY_V6,
+    POLICY_PREFIX_ANY_PORT, POLICY_PREFIX_ANY_PROTO, POLICY_PREFIX_FULL, PROTO_SCTP, PROTO_TCP,
+    PROTO_UDP,
 };
 
-use super::{Decision, Flow, SideVerdict};
+use super::{Decision, Flow, ServiceTarget, SideVerdict};
 use crate::model::Direction;
-use crate::plan::{Plan, PolicyRef};
+use crate::plan::{Plan, PolicyRef, ServicePortRef};
 
 /// The slot the compiler writes Plans for.
 const SLOT: u8 = 0;
@@ -94,12 +100,24 @@ fn side(
     let isolated_by = isolating_policies(plan, me.subject_class, dir);
     // The roots 0.0.0.0/0 and ::/0 give every address a class; without them only ANY_PEER
     // entries can match.
-    let peer_class = ipcache_lookup(plan, peer).map(|v| v.peer_class);
-    let hit = |class: u32| policy_lookup(plan, dir, me.subject_class, class, proto, port);
-    let best = [peer_class.and_then(hit), hit(ANY_PEER)]
-        .into_iter()
-        .flatten()
-        .min_by_key(|v| (v.policy, v.rule));
+    let peer_entry = ipcache_lookup(plan, peer);
+    let has_ports = matches!(proto, PROTO_TCP | PROTO_UDP | PROTO_SCTP);
+    if dir == Direction::Egress
+        && has_ports
+        && peer_entry.is_some_and(|v| v.flags & EP_SERVICE != 0)
+    {
+        if let Some(id) = service_lookup(plan, peer, proto, port) {
+            return service_verdict(plan, me.subject_class, id, isolated_by);
+        }
+    }
+    let best = allow_lookup(
+        plan,
+        dir,
+        me.subject_class,
+        peer_entry.map(|v| v.peer_class),
+        proto,
+        port,
+    );
     match best.and_then(|v| plan.policy_ref(&v).map(|r| (r.clone(), v.rule))) {
         Some((policy, rule)) => SideVerdict::Allowed {
             isolated_by,
@@ -108,6 +126,134 @@ fn side(
         },
         None => SideVerdict::Denied { isolated_by },
     }
+}
+
+/// The policy lookups of one side: with the peer's class (when the ipcache gave one) and with
+/// [`ANY_PEER`]; allowed iff either hits. Of two hits the lower (policy, rule) is returned:
+/// the first rule that allows.
+pub fn allow_lookup(
+    plan: &Plan,
+    dir: Direction,
+    subject: u32,
+    peer_class: Option<u32>,
+    proto: u8,
+    port: u16,
+) -> Option<PolicyValue> {
+    let hit = |class: u32| policy_lookup(plan, dir, subject, class, proto, port);
+    [peer_class.and_then(hit), hit(ANY_PEER)]
+        .into_iter()
+        .flatten()
+        .min_by_key(|v| (v.policy, v.rule))
+}
+
+/// A connection from subject class `subject` to Service port `id`: `SERVICE_POLICY` decides.
+fn service_verdict(plan: &Plan, subject: u32, id: u32, isolated_by: Vec<PolicyRef>) -> SideVerdict {
+    if let Some(v) = service_policy_lookup(plan, subject, id) {
+        if let Some(policy) = plan.policy_ref(&v) {
+            return SideVerdict::Allowed {
+                isolated_by,
+                policy: policy.clone(),
+                rule: v.rule,
+            };
+        }
+    }
+    let sp = service_port(plan, id);
+    let backends = sp.map(|s| s.backends.as_slice()).unwrap_or_default();
+    let denied = backends
+        .iter()
+        .copied()
+        .filter(|&(ip, port)| backend_allowed(plan, subject, ip, port, sp_proto(sp)).is_none())
+        .collect();
+    SideVerdict::ServiceDenied {
+        isolated_by,
+        service: sp.map(service_target).unwrap_or_else(|| ServiceTarget {
+            namespace: String::new(),
+            name: format!("<unknown service port {id}>"),
+            port_name: String::new(),
+            protocol: crate::model::Protocol::Tcp,
+            port: 0,
+        }),
+        backends: backends.len(),
+        denied,
+    }
+}
+
+fn sp_proto(sp: Option<&ServicePortRef>) -> u8 {
+    sp.map_or(0, |s| s.protocol.number())
+}
+
+/// Whether subject class `subject`'s egress allows the rewritten flow to one backend, with
+/// the datapath's lookups (the backend address's ipcache class, then the policy map).
+pub fn backend_allowed(
+    plan: &Plan,
+    subject: u32,
+    ip: IpAddr,
+    port: u16,
+    proto: u8,
+) -> Option<PolicyValue> {
+    let class = ipcache_lookup(plan, ip).map(|v| v.peer_class);
+    allow_lookup(plan, Direction::Egress, subject, class, proto, port)
+}
+
+fn service_target(sp: &ServicePortRef) -> ServiceTarget {
+    ServiceTarget {
+        namespace: sp.namespace.clone(),
+        name: sp.name.clone(),
+        port_name: sp.port_name.clone(),
+        protocol: sp.protocol,
+        port: sp.port,
+    }
+}
+
+/// The Service port table entry of id `id` (1-based).
+pub fn service_port(plan: &Plan, id: u32) -> Option<&ServicePortRef> {
+    (id as usize)
+        .checked_sub(1)
+        .and_then(|i| plan.service_ports.get(i))
+}
+
+/// The `SERVICES` key of (virtual address, protocol, port) in the compiler's slot.
+pub fn service_key(ip: IpAddr, proto: u8, port: u16) -> ServiceKey {
+    let (family, addr) = match ip {
+        IpAddr::V4(a) => {
+            let mut b = [0u8; 16];
+            b[..4].copy_from_slice(&a.octets());
+            (FAMILY_V4, b)
+        }
+        IpAddr::V6(a) => (FAMILY_V6, a.octets()),
+    };
+    ServiceKey {
+        slot: SLOT,
+        family,
+        proto,
+        _pad: 0,
+        port,
+        _pad2: [0; 2],
+        addr,
+    }
+}
+
+/// `SERVICES` lookup: the Service port id a connection to (ip, proto, port) is rewritten for.
+pub fn service_lookup(plan: &Plan, ip: IpAddr, proto: u8, port: u16) -> Option<u32> {
+    let key = service_key(ip, proto, port);
+    plan.services
+        .binary_search_by(|(k, _)| k.cmp(&key))
+        .ok()
+        .map(|i| plan.services[i].1.service_port)
+}
+
+/// `SERVICE_POLICY` lookup.
+pub fn service_policy_lookup(plan: &Plan, subject: u32, id: u32) -> Option<PolicyValue> {
+    let key = ServicePolicyKey {
+        slot: SLOT,
+        _pad: [0; 3],
+        subject,
+        service_port: id,
+    };
+    plan.service_policy
+        .binary_search_by(|(k, _)| k.cmp(&key))
+        .ok()
+        .map(|i| plan.service_policy[i].1)
 }
 
 /// Policies isolating subject class `class` in `dir`, from the Plan's class table.

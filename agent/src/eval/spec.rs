@@ -19,13 +19,23 @@
 //!   pod or not. Named ports resolve against the pod receiving the traffic (the local pod on
 //!   ingress, the destination pod on egress); toward an address that is no pod they match
 //!   nothing.
+//! * Egress to a Service virtual address on a port the Service serves (and that no pod owns)
+//!   is decided against every endpoint of that port in the address's family, as kube-proxy
+//!   may rewrite it to any of them: each (endpoint address, target port) is checked as a plain
+//!   egress flow (selectors against the endpoint's pod, named ports resolved on it, ipBlocks
+//!   against its address). All allowed: [`SideVerdict::Allowed`] by the rule allowing the
+//!   first endpoint; otherwise, or without endpoints, [`SideVerdict::ServiceDenied`]. The
+//!   ingress side is [`SideVerdict::NotEnforced`]: the endpoint's own ingress is enforced
+//!   after the rewrite, on its veth. Other ports and protocols see a plain address.
 //! * hostNetwork pods are neither enforced nor pod peers (their address is the node's); only
 //!   ipBlocks match them. With `node` set, only pods scheduled on that node are enforced: the
 //!   other end's side is then [`SideVerdict::NotEnforced`] unless it runs there too.
 use std::net::IpAddr;
 
-use super::{Decision, Flow, SideVerdict};
-use crate::model::{Cluster, Direction, Peer, Pod, Policy, PortRef, PortSpec, Protocol, Rule};
+use super::{Decision, Flow, ServiceTarget, SideVerdict};
+use crate::model::{
+    Cluster, Direction, Peer, Pod, Policy, PortRef, PortSpec, Protocol, Rule, Service, ServicePort,
+};
 use crate::plan::PolicyRef;
 
 /// Evaluate `flow` against `cluster`, treating every pod on `node` (all pods when None) as
@@ -41,10 +51,162 @@ pub fn evaluate(cluster: &Cluster, node: Option<&str>, flow: &Flow) -> Decision 
             };
         }
     }
+    if dst_pod.is_none() {
+        if let Some((svc, port)) = served_port(cluster, flow) {
+            return Decision {
+                egress: service_side(cluster, node, src_pod, svc, port, flow),
+                ingress: SideVerdict::NotEnforced,
+            };
+        }
+    }
     Decision {
         egress: side(cluster, node, Direction::Egress, src_pod, dst_pod, flow),
         ingress: side(cluster, node, Direction::Ingress, dst_pod, src_pod, flow),
     }
+}
+
+/// The Service port `flow` reaches when its destination is a virtual address serving its
+/// protocol and port.
+pub fn served_port<'a>(
+    cluster: &'a Cluster,
+    flow: &Flow,
+) -> Option<(&'a Service, &'a ServicePort)> {
+    let protocol = Protocol::from_number(flow.protocol)?;
+    cluster.service_port(flow.dst, protocol, flow.port)
+}
+
+/// The endpoints a connection to `vip` on `port` may be rewritten to: kube-proxy only picks
+/// endpoints of the virtual address's family.
+pub fn service_backends(svc: &Service, port: &ServicePort, vip: IpAddr) -> Vec<(IpAddr, u16)> {
+    svc.backends(port)
+        .filter(|(ip, _)| ip.is_ipv4() == vip.is_ipv4())
+        .collect()
+}
+
+pub fn service_target(svc: &Service, port: &ServicePort) -> ServiceTarget {
+    ServiceTarget {
+        namespace: svc.namespace.clone(),
+        name: svc.name.clone(),
+        port_name: port.name.clone(),
+        protocol: port.protocol,
+        port: port.port,
+    }
+}
+
+/// The client's egress for a connection to a Service virtual address: every backend must be
+/// allowed, each evaluated as the rewritten flow (endpoint address, target port).
+fn service_side(
+    cluster: &Cluster,
+    node: Option<&str>,
+    client: Option<&Pod>,
+    svc: &Service,
+    port: &ServicePort,
+    flow: &Flow,
+) -> SideVerdict {
+    let Some(client) = client.filter(|p| is_enforced(p, node)) else {
+        return SideVerdict::NotEnforced;
+    };
+    let isolating = isolating(cluster, Direction::Egress, client);
+    if isolating.is_empty() {
+        return SideVerdict::NotIsolated;
+    }
+    let isolated_by: Vec<PolicyRef> = isolating.iter().map(|p| policy_ref(p)).collect();
+    let verdicts = backend_rules(cluster, &isolating, svc, port, flow);
+    let first = verdicts.first().and_then(|(_, hit)| hit.clone());
+    let denied: Vec<(IpAddr, u16)> = verdicts
+        .iter()
+        .filter(|(_, hit)| hit.is_none())
+        .map(|(b, _)| *b)
+        .collect();
+    match first {
+        Some((policy, rule)) if denied.is_empty() => SideVerdict::Allowed {
+            isolated_by,
+            policy,
+            rule,
+        },
+        _ => SideVerdict::ServiceDenied {
+            isolated_by,
+            service: service_target(svc, port),
+            backends: verdicts.len(),
+            denied,
+        },
+    }
+}
+
+/// One backend (endpoint address, target port) and the first egress rule allowing it (None:
+/// no rule does).
+pub type BackendRule = ((IpAddr, u16), Option<(PolicyRef, u16)>);
+
+/// Per backend of the Service port `flow` reaches, in order: the first of `client`'s egress
+/// rules allowing the rewritten flow (endpoint address, target port), None when none does.
+pub fn service_backend_rules(
+    cluster: &Cluster,
+    client: &Pod,
+    svc: &Service,
+    port: &ServicePort,
+    flow: &Flow,
+) -> Vec<BackendRule> {
+    let isolating = isolating(cluster, Direction::Egress, client);
+    backend_rules(cluster, &isolating, svc, port, flow)
+}
+
+fn backend_rules(
+    cluster: &Cluster,
+    isolating: &[&Policy],
+    svc: &Service,
+    port: &ServicePort,
+    flow: &Flow,
+) -> Vec<BackendRule> {
+    service_backends(svc, port, flow.dst)
+        .into_iter()
+        .map(|(ip, target)| {
+            let pod = cluster.pod_by_ip(ip);
+            let rewritten = Flow {
+                dst: ip,
+                port: target,
+                ..*flow
+            };
+            let hit = first_allow(
+                cluster,
+                isolating,
+                Direction::Egress,
+                ip,
+                pod,
+                pod,
+                &rewritten,
+            );
+            ((ip, target), hit)
+        })
+        .collect()
+}
+
+/// The policies selecting `local` that isolate it for `dir`, in policy order.
+pub fn isolating<'a>(cluster: &'a Cluster, dir: Direction, local: &Pod) -> Vec<&'a Policy> {
+    cluster
+        .policies
+        .iter()
+        .filter(|p| p.isolates(dir) && p.selects(local))
+        .collect()
+}
+
+/// The first (policy, rule) of `policies` allowing the flow toward/from `peer_ip`.
+fn first_allow(
+    cluster: &Cluster,
+    policies: &[&Policy],
+    dir: Direction,
+    peer_ip: IpAddr,
+    peer: Option<&Pod>,
+    receiver: Option<&Pod>,
+    flow: &Flow,
+) -> Option<(PolicyRef, u16)> {
+    for policy in policies {
+        for (index, rule) in policy.rules(dir).iter().enumerate() {
+            if rule_matches(cluster, rule, peer_ip, peer, receiver, flow) {
+                return Some((policy_ref(policy), u16::try_from(index).unwrap_or(u16::MAX)));
+            }
+        }
+    }
+    None
 }
 
 /// The verdict of `local`'s `dir` policies for `flow`; `peer` is the pod at the other end, if
@@ -60,11 +222,7 @@ fn side(
     let Some(local) = local.filter(|p| is_enforced(p, node)) else {
         return SideVerdict::NotEnforced;
     };
-    let isolating: Vec<&Policy> = cluster
-        .policies
-        .iter()
-        .filter(|p| p.isolates(dir) && p.selects(local))
-        .collect();
+    let isolating = isolating(cluster, dir, local);
     if isolating.is_empty() {
         return SideVerdict::NotIsolated;
     }
@@ -79,18 +237,14 @@ fn side(
         Direction::Ingress => flow.src,
         Direction::Egress => flow.dst,
     };
-    for policy in &isolating {
-        for (index, rule) in policy.rules(dir).iter().enumerate() {
-            if rule_matches(cluster, rule, peer_ip, peer, receiver, flow) {
-                return SideVerdict::Allowed {
-                    isolated_by,
-                    policy: policy_ref(policy),
-                    rule: u16::try_from(index).unwrap_or(u16::MAX),
-                };
-            }
-        }
+    match first_allow(cluster, &isolating, dir, peer_ip, peer, receiver, flow) {
+        Some((policy, rule)) => SideVerdict::Allowed {
+            isolated_by,
+            policy,
+            rule,
+        },
+        None => SideVerdict::Denied { isolated_by },
     }
-    SideVerdict::Denied { isolated_by }
 }
 
 /// Whether `pod` is enforced by an agent responsible for `node` (None: every node).

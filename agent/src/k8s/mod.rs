@@ -1,19 +1,21 @@
 //! The Kubernetes source: kube-rs reflectors for NetworkPolicies (all namespaces), Namespaces
 //! and Pods (all pods: selectors and ipBlocks reach pods on other nodes; only this node's pods
-//! become endpoints, which is the compiler's job).
+//! become endpoints, which is the compiler's job), and Services and EndpointSlices (all
+//! namespaces: egress to a Service's virtual address is decided against its endpoints).
 //!
 //! kube's watcher does the protocol work: paginated LIST, WATCH from the listed version,
 //! bookmarks, and a relist on `410 Gone`; its reflector store buffers a relist and swaps it in
 //! at once (a store never looks empty while relisting). This module adds what the agent needs
 //! on top: one signal for "something changed, since when" (for debouncing and the sync latency
-//! metric), readiness of all three stores, counters of watch restarts and errors, and every
+//! metric), readiness of all stores, counters of watch restarts and errors, and every
 //! event converted once and sent to the control loop's event-driven [`Model`].
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{watcher, WatchStreamExt};
@@ -36,13 +38,20 @@ pub enum Resource {
     Namespaces,
     Pods,
     NetworkPolicies,
+    Services,
+    EndpointSlices,
 }
 
+/// Number of watched resources.
+pub const RESOURCES: usize = 5;
+
 impl Resource {
-    pub const ALL: [Resource; 3] = [
+    pub const ALL: [Resource; RESOURCES] = [
         Resource::Namespaces,
         Resource::Pods,
         Resource::NetworkPolicies,
+        Resource::Services,
+        Resource::EndpointSlices,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -50,6 +59,8 @@ impl Resource {
             Resource::Namespaces => "namespaces",
             Resource::Pods => "pods",
             Resource::NetworkPolicies => "networkpolicies",
+            Resource::Services => "services",
+            Resource::EndpointSlices => "endpointslices",
         }
     }
 
@@ -108,11 +119,11 @@ impl ChangeSignal {
 #[derive(Default)]
 pub struct WatchStats {
     /// Relists after the first list (410 Gone, API server restart, reconnect after a cut).
-    restarts: [AtomicU64; 3],
+    restarts: [AtomicU64; RESOURCES],
     /// Failed list/watch calls (the watcher retries with backoff).
-    errors: [AtomicU64; 3],
+    errors: [AtomicU64; RESOURCES],
     /// Objects applied or deleted by watch events.
-    events: [AtomicU64; 3],
+    events: [AtomicU64; RESOURCES],
 }
 
 impl WatchStats {
@@ -127,11 +138,13 @@ impl WatchStats {
     }
 }
 
-/// The three reflector stores, driven by background tasks (stopped on drop).
+/// The reflector stores, driven by background tasks (stopped on drop).
 pub struct Watchers {
     pub namespaces: Store<Namespace>,
     pub pods: Store<Pod>,
     pub policies: Store<NetworkPolicy>,
+    pub services: Store<Service>,
+    pub endpoint_slices: Store<EndpointSlice>,
     pub changes: Arc<ChangeSignal>,
     pub stats: Arc<WatchStats>,
     /// Converted watch events, in order per resource, for [`Model::apply`]. Each is sent
@@ -149,7 +162,7 @@ impl Drop for Watchers {
 }
 
 impl Watchers {
-    /// Start watching all three resources cluster-wide.
+    /// Start watching every resource cluster-wide.
     pub fn start(client: Client, config: watcher::Config) -> Watchers {
         let changes = Arc::new(ChangeSignal::default());
         let stats = Arc::new(WatchStats::default());
@@ -177,9 +190,25 @@ impl Watchers {
             &mut tasks,
         );
         let policies = spawn_reflector(
-            Api::<NetworkPolicy>::all(client),
+            Api::<NetworkPolicy>::all(client.clone()),
             Resource::NetworkPolicies,
             Object::policy,
+            config.clone(),
+            &out,
+            &mut tasks,
+        );
+        let services = spawn_reflector(
+            Api::<Service>::all(client.clone()),
+            Resource::Services,
+            Object::service,
+            config.clone(),
+            &out,
+            &mut tasks,
+        );
+        let endpoint_slices = spawn_reflector(
+            Api::<EndpointSlice>::all(client),
+            Resource::EndpointSlices,
+            Object::endpoint_slice,
             config,
             &out,
             &mut tasks,
@@ -188,6 +217,8 @@ impl Watchers {
             namespaces,
             pods,
             policies,
+            services,
+            endpoint_slices,
             changes,
             stats,
             events,
@@ -207,6 +238,8 @@ impl Watchers {
         let _ = self.namespaces.wait_until_ready().await;
         let _ = self.pods.wait_until_ready().await;
         let _ = self.policies.wait_until_ready().await;
+        let _ = self.services.wait_until_ready().await;
+        let _ = self.endpoint_slices.wait_until_ready().await;
     }
 
     /// Wait for readiness, up to `timeout`; names the stores still listing on failure.
@@ -227,6 +260,12 @@ impl Watchers {
         if futures::FutureExt::now_or_never(self.policies.wait_until_ready()).is_none() {
             missing.push("networkpolicies");
         }
+        if futures::FutureExt::now_or_never(self.services.wait_until_ready()).is_none() {
+            missing.push("services");
+        }
+        if futures::FutureExt::now_or_never(self.endpoint_slices.wait_until_ready()).is_none() {
+            missing.push("endpointslices");
+        }
         anyhow::bail!(
             "the initial list of {} did not complete within {timeout:?}",
             missing.join(", ")
@@ -234,11 +273,13 @@ impl Watchers {
     }
 
     /// Number of objects per store.
-    pub fn sizes(&self) -> [(Resource, usize); 3] {
+    pub fn sizes(&self) -> [(Resource, usize); RESOURCES] {
         [
             (Resource::Namespaces, self.namespaces.len()),
             (Resource::Pods, self.pods.len()),
             (Resource::NetworkPolicies, self.policies.len()),
+            (Resource::Services, self.services.len()),
+            (Resource::EndpointSlices, self.endpoint_slices.len()),
         ]
     }
 
@@ -259,7 +300,8 @@ impl Watchers {
             namespaces: sourced(&self.namespaces),
             pods: sourced(&self.pods),
             policies: sourced(&self.policies),
-            ..Default::default()
+            services: sourced(&self.services),
+            endpoint_slices: sourced(&self.endpoint_slices),
         }
     }
 }

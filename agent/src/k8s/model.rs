@@ -6,15 +6,21 @@
 //! namespaces, and an address index for event attribution. A relist (first list, 410 Gone,
 //! reconnect) replaces one resource's objects at once when it completes, like the reflector
 //! store does. The result equals `source::convert` over the stores' contents (tested below).
+//!
+//! Services are the exception to "convert once in the watch task": a Service's model depends
+//! on its EndpointSlices, so the raw Services and slices are kept here, indexed by owning
+//! Service, and an event recomputes only the one Service it touches.
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1 as corev1;
+use k8s_openapi::api::discovery::v1 as discoveryv1;
 use k8s_openapi::api::networking::v1 as netv1;
 
-use super::Resource;
+use super::{Resource, RESOURCES};
 use crate::model::{Cluster, Namespace, Pod, Policy, NAMESPACE_NAME_LABEL};
-use crate::source::convert::{convert_namespace, convert_pod, convert_policy};
+use crate::source::convert::service::slice_owner;
+use crate::source::convert::{convert_namespace, convert_pod, convert_policy, convert_service};
 
 /// Namespace used for namespaced objects without one (as `source::convert` does).
 const DEFAULT_NAMESPACE: &str = "default";
@@ -28,6 +34,9 @@ pub enum Object {
     Namespace(String, Option<Namespace>),
     Pod(Key, Option<Pod>),
     Policy(Key, Option<Policy>),
+    /// Raw: converted together with its slices by the model.
+    Service(Key, Option<Box<corev1::Service>>),
+    EndpointSlice(Key, Option<Box<discoveryv1::EndpointSlice>>),
 }
 
 impl Object {
@@ -44,12 +53,22 @@ impl Object {
         Object::Policy(key(&p.metadata), Some(convert_policy(p, super::ORIGIN)))
     }
 
+    pub fn service(s: &corev1::Service) -> Object {
+        Object::Service(key(&s.metadata), Some(Box::new(s.clone())))
+    }
+
+    pub fn endpoint_slice(s: &discoveryv1::EndpointSlice) -> Object {
+        Object::EndpointSlice(key(&s.metadata), Some(Box::new(s.clone())))
+    }
+
     /// The same object, deleted.
     pub fn deleted(self) -> Object {
         match self {
             Object::Namespace(k, _) => Object::Namespace(k, None),
             Object::Pod(k, _) => Object::Pod(k, None),
             Object::Policy(k, _) => Object::Policy(k, None),
+            Object::Service(k, _) => Object::Service(k, None),
+            Object::EndpointSlice(k, _) => Object::EndpointSlice(k, None),
         }
     }
 
@@ -58,14 +77,24 @@ impl Object {
             Object::Namespace(..) => Resource::Namespaces,
             Object::Pod(..) => Resource::Pods,
             Object::Policy(..) => Resource::NetworkPolicies,
+            Object::Service(..) => Resource::Services,
+            Object::EndpointSlice(..) => Resource::EndpointSlices,
+        }
+    }
+
+    /// (namespace, name); namespaces have an empty namespace.
+    fn key(&self) -> Key {
+        match self {
+            Object::Namespace(n, _) => (String::new(), n.clone()),
+            Object::Pod(k, _)
+            | Object::Policy(k, _)
+            | Object::Service(k, _)
+            | Object::EndpointSlice(k, _) => k.clone(),
         }
     }
 
     fn named(&self) -> bool {
-        match self {
-            Object::Namespace(n, _) => !n.is_empty(),
-            Object::Pod(k, _) | Object::Policy(k, _) => !k.1.is_empty(),
-        }
+        !self.key().1.is_empty()
     }
 }
 
@@ -97,11 +126,15 @@ pub struct Model {
     cluster: Cluster,
     /// Namespaces seen as objects (the others in `cluster.namespaces` are implicit).
     explicit: BTreeSet<String>,
-    /// Pods and policies per namespace name (implicit namespaces exist while referenced).
+    /// Pods, policies and Services per namespace name (implicit namespaces exist while referenced).
     refs: HashMap<String, usize>,
     pods_by_ip: HashMap<IpAddr, String>,
-    relists: [Option<Vec<Object>>; 3],
-    listed: [bool; 3],
+    /// Raw Services and EndpointSlices, and the slices of each Service (by owner label).
+    services: HashMap<Key, corev1::Service>,
+    slices: HashMap<Key, discoveryv1::EndpointSlice>,
+    slices_of: HashMap<Key, BTreeSet<Key>>,
+    relists: [Option<Vec<Object>>; RESOURCES],
+    listed: [bool; RESOURCES],
     /// Events applied since this was last reset (by the caller).
     pub applied: usize,
 }
@@ -175,13 +208,7 @@ impl Model {
 
     /// Make `objects` the complete set of resource `r` (later duplicates win).
     fn replace(&mut self, r: Resource, objects: Vec<Object>) {
-        let keep: HashSet<Key> = objects
-            .iter()
-            .map(|o| match o {
-                Object::Namespace(n, _) => (String::new(), n.clone()),
-                Object::Pod(k, _) | Object::Policy(k, _) => k.clone(),
-            })
-            .collect();
+        let keep: HashSet<Key> = objects.iter().map(Object::key).collect();
         let gone: Vec<Object> = match r {
             Resource::Namespaces => self
                 .explicit
@@ -204,6 +231,18 @@ impl Model {
                 .map(|p| (p.namespace.clone(), p.name.clone()))
                 .filter(|k| !keep.contains(k))
                 .map(|k| Object::Policy(k, None))
+                .collect(),
+            Resource::Services => self
+                .services
+                .keys()
+                .filter(|k| !keep.contains(*k))
+                .map(|k| Object::Service(k.clone(), None))
+                .collect(),
+            Resource::EndpointSlices => self
+                .slices
+                .keys()
+                .filter(|k| !keep.contains(*k))
+                .map(|k| Object::EndpointSlice(k.clone(), None))
                 .collect(),
         };
         for o in gone.into_iter().chain(objects) {
@@ -264,6 +303,66 @@ impl Model {
                     self.drop_ref(&old.namespace);
                 }
             }
+            Object::Service(k, svc) => {
+                match svc {
+                    Some(svc) => self.services.insert(k.clone(), *svc),
+                    None => self.services.remove(&k),
+                };
+                self.recompute_service(&k);
+            }
+            Object::EndpointSlice(k, slice) => {
+                let old_owner = self.slices.get(&k).and_then(slice_owner);
+                let new_owner = slice.as_deref().and_then(slice_owner);
+                if let Some(owner) = &old_owner {
+                    if let Some(set) = self.slices_of.get_mut(owner) {
+                        set.remove(&k);
+                        if set.is_empty() {
+                            self.slices_of.remove(owner);
+                        }
+                    }
+                }
+                match slice {
+                    Some(slice) => self.slices.insert(k.clone(), *slice),
+                    None => self.slices.remove(&k),
+                };
+                if let Some(owner) = &new_owner {
+                    self.slices_of
+                        .entry(owner.clone())
+                        .or_default()
+                        .insert(k.clone());
+                    self.recompute_service(owner);
+                }
+                if let Some(owner) = old_owner.filter(|o| Some(o) != new_owner.as_ref()) {
+                    self.recompute_service(&owner);
+                }
+            }
+        }
+    }
+
+    /// Convert one Service with its current slices into `cluster.services` (only Services with
+    /// a virtual address are there).
+    fn recompute_service(&mut self, k: &Key) {
+        let converted = self.services.get(k).map(|svc| {
+            let slices = self
+                .slices_of
+                .get(k)
+                .into_iter()
+                .flatten()
+                .filter_map(|sk| self.slices.get(sk));
+            let (draft, errors, _notices) = convert_service(svc, &k.0, &k.1, slices);
+            for (object, e) in errors {
+                tracing::warn!(object, field = e.field, "{}", e.message);
+            }
+            draft.service
+        });
+        let new = converted.filter(|s| !s.vips.is_empty());
+        if let Some(s) = &new {
+            self.add_ref(&s.namespace);
+        }
+        if let Some(old) = patch(&mut self.cluster.services, k, new, |s| {
+            (s.namespace.as_str(), s.name.as_str())
+        }) {
+            self.drop_ref(&old.namespace);
         }
     }
 
@@ -303,6 +402,8 @@ mod tests {
         ns: BTreeMap<String, corev1::Namespace>,
         pods: BTreeMap<Key, corev1::Pod>,
         pols: BTreeMap<Key, netv1::NetworkPolicy>,
+        svcs: BTreeMap<Key, corev1::Service>,
+        slices: BTreeMap<Key, discoveryv1::EndpointSlice>,
     }
 
     impl Store {
@@ -314,7 +415,8 @@ mod tests {
                 namespaces: self.ns.values().cloned().map(s).collect(),
                 pods: self.pods.values().cloned().map(s).collect(),
                 policies: self.pols.values().cloned().map(s).collect(),
-                ..Default::default()
+                services: self.svcs.values().cloned().map(s).collect(),
+                endpoint_slices: self.slices.values().cloned().map(s).collect(),
             };
             convert(&objects).cluster
         }
@@ -342,6 +444,20 @@ mod tests {
                     .map(|o| ModelEvent::InitApply(Object::policy(o))),
             );
             ev.push(ModelEvent::InitDone(Resource::NetworkPolicies));
+            ev.push(ModelEvent::Init(Resource::Services));
+            ev.extend(
+                self.svcs
+                    .values()
+                    .map(|o| ModelEvent::InitApply(Object::service(o))),
+            );
+            ev.push(ModelEvent::InitDone(Resource::Services));
+            ev.push(ModelEvent::Init(Resource::EndpointSlices));
+            ev.extend(
+                self.slices
+                    .values()
+                    .map(|o| ModelEvent::InitApply(Object::endpoint_slice(o))),
+            );
+            ev.push(ModelEvent::InitDone(Resource::EndpointSlices));
             ev
         }
 
@@ -375,6 +491,26 @@ mod tests {
             let o = self.pols.remove(&(ns.into(), name.into())).unwrap();
             ModelEvent::Apply(Object::policy(&o).deleted())
         }
+        fn put_svc(&mut self, s: &str) -> ModelEvent {
+            let o: corev1::Service = yaml(s);
+            let e = ModelEvent::Apply(Object::service(&o));
+            self.svcs.insert(key(&o.metadata), o);
+            e
+        }
+        fn del_svc(&mut self, ns: &str, name: &str) -> ModelEvent {
+            let o = self.svcs.remove(&(ns.into(), name.into())).unwrap();
+            ModelEvent::Apply(Object::service(&o).deleted())
+        }
+        fn put_slice(&mut self, s: &str) -> ModelEvent {
+            let o: discoveryv1::EndpointSlice = yaml(s);
+            let e = ModelEvent::Apply(Object::endpoint_slice(&o));
+            self.slices.insert(key(&o.metadata), o);
+            e
+        }
+        fn del_slice(&mut self, ns: &str, name: &str) -> ModelEvent {
+            let o = self.slices.remove(&(ns.into(), name.into())).unwrap();
+            ModelEvent::Apply(Object::endpoint_slice(&o).deleted())
+        }
     }
 
     fn pod(ns: &str, name: &str, app: &str, ip: &str, phase: &str) -> String {
@@ -382,6 +518,22 @@ mod tests {
             "metadata: {{name: {name}, namespace: {ns}, labels: {{app: {app}}}}}
 spec: {{nodeName: n1, containers: [{{name: c, ports: [{{name: http, containerPort: 80}}]}}]}}
 status: {{phase: {phase}, podIP: {ip}, podIPs: [{{ip: {ip}}}]}}"
+        )
+    }
+
+    fn svc(ns: &str, name: &str, ip: &str) -> String {
+        format!(
+            "metadata: {{name: {name}, namespace: {ns}}}
+spec: {{clusterIP: {ip}, ports: [{{name: http, port: 80}}]}}"
+        )
+    }
+
+    fn slice(ns: &str, name: &str, service: &str, ip: &str, ready: bool) -> String {
+        format!(
+            "metadata: {{name: {name}, namespace: {ns}, labels: {{kubernetes.io/service-name: {service}}}}}
+addressType: IPv4
+ports: [{{name: http, port: 8080}}]
+endpoints: [{{addresses: [{ip}], conditions: {{ready: {ready}}}}}]"
         )
     }
 
@@ -413,6 +565,9 @@ spec: {podSelector: {}, ingress: [{ports: [{port: http}]}]}",
             "metadata: {name: bad, namespace: a}
 spec: {podSelector: {}, ingress: [{from: [{ipBlock: {cidr: nonsense}}]}]}",
         );
+        store.put_svc(&svc("a", "web", "10.96.0.1"));
+        store.put_slice(&slice("a", "web-1", "web", "10.0.0.1", true));
+        store.put_slice(&slice("a", "orphan-1", "gone", "10.0.0.7", true));
         let mut model = Model::default();
         for e in store.relist() {
             assert!(!model.ready());
@@ -420,6 +575,7 @@ spec: {podSelector: {}, ingress: [{from: [{ipBlock: {cidr: nonsense}}]}]}",
         }
         assert!(model.ready());
         check(&model, &store, "the first list");
+        assert_eq!(model.cluster().services[0].endpoints.len(), 1);
         assert!(model
             .cluster()
             .policies
@@ -468,6 +624,29 @@ spec: {podSelector: {matchLabels: {app: web}}, ingress: [{}]}",
                 s.del_pol("e", "q")
             }),
             ("unreferenced namespace deleted", |s| s.del_ns("b")),
+            ("second slice", |s| {
+                s.put_slice(&slice("a", "web-2", "web", "10.0.0.3", true))
+            }),
+            ("endpoint not ready", |s| {
+                s.put_slice(&slice("a", "web-2", "web", "10.0.0.3", false))
+            }),
+            ("orphan slice's Service appears", |s| {
+                s.put_svc(&svc("a", "gone", "10.96.0.2"))
+            }),
+            ("slice moves to another Service", |s| {
+                s.put_slice(&slice("a", "web-1", "gone", "10.0.0.1", true))
+            }),
+            ("invalid slice fails its Service closed", |s| {
+                s.put_slice(&slice("a", "web-2", "web", "10.0.0.300", true))
+            }),
+            ("Service in an implicit namespace", |s| {
+                s.put_svc(&svc("i", "api", "10.96.0.3"))
+            }),
+            ("Service becomes headless", |s| {
+                s.put_svc(&svc("i", "api", "None"))
+            }),
+            ("slice deleted", |s| s.del_slice("a", "web-2")),
+            ("Service deleted, slices stay", |s| s.del_svc("a", "gone")),
         ];
         for (step, f) in steps {
             let e = f(&mut store);
@@ -485,6 +664,11 @@ spec: {podSelector: {matchLabels: {app: web}}, ingress: [{}]}",
             s.put_ns("metadata: {name: g}");
             s.del_pol("b", "p");
             s.put_pol("metadata: {name: r, namespace: h}\nspec: {podSelector: {}}");
+            s.put_svc(&svc("a", "gone", "10.96.0.4"));
+            s.put_slice(&slice("a", "web-3", "web", "10.0.0.5", true));
+            s.del_slice("a", "orphan-1");
+            s.del_svc("i", "api");
+            s.put_svc(&svc("j", "new", "10.96.0.5"));
             s
         };
         let events = missed.relist();

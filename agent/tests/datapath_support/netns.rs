@@ -73,14 +73,16 @@ impl Drop for Netns {
     }
 }
 
-/// A pod: its namespace, address, and the host-side veth in the node namespace.
+/// A pod: its namespace, addresses, and the host-side veth in the node namespace.
 pub struct Pod {
     pub ns: Netns,
     pub ip: String,
+    pub ip6: String,
     pub host_if: String,
 }
 
-/// A routed node: forwarding on, each pod behind a /30 veth pair (10.200.0.4*n + 2).
+/// A routed node: forwarding on, each pod behind a veth pair with a /30 (10.200.0.4n+2) and a
+/// /126 (fd20::4n+2).
 pub struct Node {
     pub ns: Netns,
     pub pods: Vec<Pod>,
@@ -94,6 +96,8 @@ impl Node {
             "net.ipv4.ip_forward=1",
             "net.ipv4.conf.all.rp_filter=0",
             "net.ipv4.conf.default.rp_filter=0",
+            "net.ipv6.conf.all.forwarding=1",
+            "net.ipv6.conf.default.forwarding=1",
         ] {
             must(&["ip", "netns", "exec", &ns.name, "sysctl", "-qw", s]);
         }
@@ -110,6 +114,10 @@ impl Node {
         let (host_if, pod_if) = (format!("hv{n}"), format!("eth{n}"));
         let gw = format!("10.200.0.{}", 4 * n + 1);
         let ip = format!("10.200.0.{}", 4 * n + 2);
+        let (gw6, ip6) = (
+            format!("fd20::{:x}", 4 * n + 1),
+            format!("fd20::{:x}", 4 * n + 2),
+        );
         let node = &self.ns.name;
         must(&[
             "ip", "-n", node, "link", "add", &host_if, "type", "veth", "peer", "name", &pod_if,
@@ -138,7 +146,38 @@ impl Node {
         ]);
         must(&["ip", "-n", &ns.name, "link", "set", &pod_if, "up"]);
         must(&["ip", "-n", &ns.name, "route", "add", "default", "via", &gw]);
-        self.pods.push(Pod { ns, ip, host_if });
+        // No duplicate address detection: the addresses are usable at once.
+        must(&[
+            "ip",
+            "-n",
+            node,
+            "addr",
+            "add",
+            &format!("{gw6}/126"),
+            "dev",
+            &host_if,
+            "nodad",
+        ]);
+        must(&[
+            "ip",
+            "-n",
+            &ns.name,
+            "addr",
+            "add",
+            &format!("{ip6}/126"),
+            "dev",
+            &pod_if,
+            "nodad",
+        ]);
+        must(&[
+            "ip", "-n", &ns.name, "-6", "route", "add", "default", "via", &gw6,
+        ]);
+        self.pods.push(Pod {
+            ns,
+            ip,
+            ip6,
+            host_if,
+        });
         n
     }
 
@@ -164,4 +203,18 @@ impl Drop for Node {
         // Pods first: their veths (and peers in the node) go with them.
         self.pods.clear();
     }
+}
+
+/// Make the calling thread's namespace (the node) resolve the neighbour entries of `addrs`
+/// (one UDP datagram to the discard port each; from the node, which policies always allow):
+/// a forwarded IPv6 packet that has to wait for neighbour discovery on a just-created veth is
+/// sometimes lost, and TCP retransmits only after a second.
+pub fn resolve_neighbours(addrs: &[&str]) {
+    for a in addrs {
+        let ip: std::net::IpAddr = a.parse().unwrap();
+        let bind = if ip.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" };
+        let s = std::net::UdpSocket::bind(bind).unwrap();
+        let _ = s.send_to(b"", (ip, 9));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
 }
