@@ -66,7 +66,8 @@ struct JsonBackend {
     /// Target port on the endpoint.
     port: u16,
     pod: Option<String>,
-    /// `allowed`, `denied`, or `not_isolated` when the client's egress is not isolated.
+    /// `allowed`, `denied`, or `not_isolated` / `not_enforced` when the client's egress is
+    /// not checked.
     verdict: &'static str,
     allowed_by: Option<JsonRule>,
 }
@@ -421,8 +422,13 @@ impl Context<'_> {
         for ((ip, port), hit) in rules {
             let pod = self.cluster.pod_by_ip(ip).map(Pod::key);
             let who = pod.clone().unwrap_or_else(|| "not a pod".into());
+            let unchecked = if matches!(egress, SideVerdict::NotEnforced) {
+                "not_enforced"
+            } else {
+                "not_isolated"
+            };
             let (verdict, allowed_by) = match (&hit, isolated) {
-                (_, false) => ("not_isolated", None),
+                (_, false) => (unchecked, None),
                 (None, true) => ("denied", None),
                 (Some((policy, rule)), true) => {
                     let line = match self.policy(policy) {
@@ -442,6 +448,7 @@ impl Context<'_> {
             let shown = match (&allowed_by, verdict) {
                 (Some(r), _) => format!("allowed by {}", r.text),
                 (None, "denied") => "DENIED: no egress rule allows it".into(),
+                (None, "not_enforced") => "allowed (not enforced here)".into(),
                 _ => "allowed (not isolated)".into(),
             };
             let addr = match ip {
