@@ -9,7 +9,9 @@
 //! * `ports`: named ports that no pod receiving the traffic declares.
 //! * `shadow`: duplicate rules and rules fully covered by another (provable structurally).
 //! * `services`: Service ports some egress-isolated clients may reach on some endpoints but
-//!   not all (so never through the virtual address), virtual addresses equal to pod addresses.
+//!   not all (so never through the virtual address), DNS Services none of whose endpoints the
+//!   clients may reach though their rules allow port 53 elsewhere (an ipBlock of the Service
+//!   address does not count), virtual addresses equal to pod addresses.
 //! * here: validation errors, policies in namespaces without pods, ignored rule sections.
 //!
 //! Order is deterministic: policies in cluster order (namespace, name), and within a policy

@@ -46,7 +46,9 @@ pub struct Plan {
     pub service_ports: Vec<ServicePortRef>,
 }
 
-/// A port of a Service, as reached through its virtual addresses.
+/// A port of a Service, as reached through its virtual addresses of one address family
+/// (kube-proxy rewrites only to endpoints of the virtual address's family, so a dual-stack
+/// Service port has one entry per family, each with that family's backends).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct ServicePortRef {
     pub namespace: String,

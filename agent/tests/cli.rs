@@ -101,7 +101,7 @@ fn matrix_json_has_the_documented_shape() {
     assert_eq!(m["port"], 80);
     assert_eq!(m["protocol"], "TCP");
     let rows = m["matrix"].as_object().unwrap();
-    assert_eq!(rows.len(), 11, "every example pod");
+    assert_eq!(rows.len(), 12, "every example pod");
     let keys: Vec<&String> = rows.keys().collect();
     let mut sorted = keys.clone();
     sorted.sort();
@@ -189,7 +189,7 @@ fn matrix_table_is_readable() {
     assert!(r.stdout.contains("Reachability on TCP/8080"));
     assert!(r.stdout.contains("\nproduction\n"), "grouped by namespace");
     assert!(r.stdout.contains(" frontend"));
-    assert!(r.stdout.contains("42 of 121 pairs allowed"), "{}", r.stdout);
+    assert!(r.stdout.contains("55 of 144 pairs allowed"), "{}", r.stdout);
 }
 
 #[test]
@@ -474,7 +474,7 @@ fn plan_sizes_and_dump() {
     assert_eq!(r.code, 0, "{}", r.stderr);
     let v = r.json();
     assert_eq!(v["stats"]["policies"], 11);
-    assert_eq!(v["stats"]["endpoints"], 11);
+    assert_eq!(v["stats"]["endpoints"], 12);
     assert!(v["stats"]["policy_entries"].as_u64().unwrap() > 0);
     assert!(v.get("dump").is_none());
     let r = netward(
@@ -548,7 +548,7 @@ fn matrix_verify_agrees_with_the_spec_on_the_examples() {
         assert_eq!(r.code, 0, "{}", r.stderr);
         assert!(
             r.stderr
-                .contains("verified: the spec evaluator agrees with the Plan on all 121 pairs"),
+                .contains("verified: the spec evaluator agrees with the Plan on all 144 pairs"),
             "{}",
             r.stderr
         );

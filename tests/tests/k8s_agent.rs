@@ -7,12 +7,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use netward::agent::{self, AgentConfig, Applied, LoopConfig, PlanOnly};
 use netward::eval::{self, Flow};
 use netward::plan::Plan;
-use netward_tests::apiserver::objects::{namespace, pod, policy};
+use netward_tests::apiserver::objects::{endpoint_slice, namespace, pod, policy, service};
 use netward_tests::apiserver::ApiServer;
 use tokio::sync::watch;
 
@@ -300,4 +301,131 @@ async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
     let mut out = String::new();
     s.read_to_string(&mut out).await.unwrap();
     out
+}
+
+const VIP: &str = "10.77.200.1";
+
+/// Services and EndpointSlices from the API reach the Plan: a connection to the virtual
+/// address is allowed iff the client's egress allows every ready endpoint (on its target port),
+/// and follows endpoint, readiness and Service changes; an invalid Service fails closed and is
+/// reported in status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plan_follows_services_and_endpoint_slices() {
+    let server = ApiServer::start().await.unwrap();
+    seed(&server);
+    server
+        .apply(&policy(
+            "metadata: {name: client-to-web, namespace: a}
+spec:
+  podSelector: {matchLabels: {app: client}}
+  policyTypes: [Egress]
+  egress: [{to: [{podSelector: {matchLabels: {app: web}}}], ports: [{port: 80}]}]",
+        ))
+        .unwrap();
+    // Clients connect to VIP:8080, kube-proxy rewrites it to endpoint:80.
+    server
+        .apply(&service(
+            "a/web",
+            VIP,
+            &[("app", "web")],
+            &[("http", 8080, 80)],
+        ))
+        .unwrap();
+    server
+        .apply(&endpoint_slice(
+            "a/web-1",
+            "web",
+            &[(WEB, true)],
+            &[("http", 80)],
+        ))
+        .unwrap();
+    let cfg = config("services");
+    let running = agent::start(&cfg, server.client().unwrap(), PlanOnly::default())
+        .await
+        .unwrap();
+    let mut rx = running.shared.applied();
+
+    let (_, p) = plan_where(&mut rx, "the VIP allowed", |p| {
+        allowed(p, CLIENT, VIP, 8080)
+    })
+    .await;
+    assert!(!p.services.is_empty());
+    // Not a port of the Service: the address is nothing the policy allows.
+    assert!(!allowed(&p, CLIENT, VIP, 80));
+
+    // A ready endpoint the client may not reach: denied; not ready: allowed again.
+    server
+        .apply(&endpoint_slice(
+            "a/web-2",
+            "web",
+            &[(OTHER, true)],
+            &[("http", 80)],
+        ))
+        .unwrap();
+    plan_where(&mut rx, "the VIP denied (b/other is an endpoint)", |p| {
+        !allowed(p, CLIENT, VIP, 8080)
+    })
+    .await;
+    server
+        .update::<EndpointSlice>(Some("a"), "web-2", |s| {
+            s.endpoints.as_mut().unwrap()[0]
+                .conditions
+                .as_mut()
+                .unwrap()
+                .ready = Some(false)
+        })
+        .unwrap();
+    plan_where(&mut rx, "the VIP allowed (b/other not ready)", |p| {
+        allowed(p, CLIENT, VIP, 8080)
+    })
+    .await;
+
+    // The endpoint pod loses the allowed label: denied.
+    server
+        .update::<Pod>(Some("a"), "web", |p| {
+            p.metadata.labels = Some([("app".to_string(), "web-v2".to_string())].into())
+        })
+        .unwrap();
+    plan_where(&mut rx, "the VIP denied (web relabelled)", |p| {
+        !allowed(p, CLIENT, VIP, 8080)
+    })
+    .await;
+    server
+        .update::<Pod>(Some("a"), "web", |p| {
+            p.metadata.labels = Some([("app".to_string(), "web".to_string())].into())
+        })
+        .unwrap();
+    plan_where(&mut rx, "the VIP allowed again", |p| {
+        allowed(p, CLIENT, VIP, 8080)
+    })
+    .await;
+
+    // An invalid edit (a bad port) fails the Service closed and shows in status.
+    server
+        .update::<Service>(Some("a"), "web", |s| {
+            s.spec.as_mut().unwrap().ports.as_mut().unwrap()[0].protocol = Some("tcp".into())
+        })
+        .unwrap();
+    plan_where(&mut rx, "the VIP denied (invalid Service)", |p| {
+        !allowed(p, CLIENT, VIP, 8080)
+    })
+    .await;
+    let status = agent::api::status(&cfg.socket).await.unwrap();
+    assert!(
+        status
+            .service_errors
+            .iter()
+            .any(|e| e.starts_with("Service a/web: spec.ports[0].protocol: ")),
+        "{:?}",
+        status.service_errors
+    );
+    for resource in ["services", "endpointslices"] {
+        assert!(
+            status.watches.iter().any(|w| w.resource == resource),
+            "{:?}",
+            status.watches
+        );
+    }
+    drop(running);
+    let _ = std::fs::remove_file(&cfg.socket);
 }

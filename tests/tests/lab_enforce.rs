@@ -2,9 +2,9 @@
 //! NetworkPolicy features one by one. Each test has its own lab name and address range.
 use std::net::SocketAddr;
 
-use netward::cli::lab::report_table;
+use netward::cli::lab::{report_table, services_table};
 use netward::lab::probe::{self, Target};
-use netward::model::Protocol::{Sctp, Tcp, Udp};
+use netward::model::Protocol::{self, Sctp, Tcp, Udp};
 use netward_tests::lab::{connect, echo, echo_server, Scenario, TestLab};
 use netward_tests::require_root;
 
@@ -259,4 +259,39 @@ fn examples_predicted_equals_observed() {
         denied > 0,
         "the examples deny something: the comparison must not be vacuous"
     );
+
+    // Services through their virtual addresses (90-services.yaml).
+    let services = probe::probe_services(&lab.state, &cluster, Default::default());
+    let pods: Vec<&str> = lab.state.pods.iter().map(|p| p.key.as_str()).collect();
+    for r in &services {
+        assert!(
+            r.differences.is_empty(),
+            "{}",
+            services_table(&pods, &services)
+        );
+    }
+    let cell = |svc: &str, protocol: Protocol, from: &str| -> bool {
+        let r = services
+            .iter()
+            .find(|r| r.service == svc && r.protocol == protocol)
+            .unwrap_or_else(|| panic!("{svc} {protocol} not probed"));
+        r.observed[from]
+    };
+    // One client of postgres reaches it, the others are denied (egress or ingress).
+    assert!(cell("data/postgres", Tcp, "orders/orders-api"));
+    assert!(!cell("data/postgres", Tcp, "orders/orders-worker"));
+    assert!(!cell("data/postgres", Tcp, "production/backend"));
+    // DNS through the kube-dns virtual address, from production pods whose egress only
+    // allows the kube-dns pods: decided on every endpoint, once the compiled Plan carries
+    // Services (before that, the virtual address is an outside address and denied, and the
+    // prediction says so too: checked above).
+    if !netward::compiler::compile(&cluster, None)
+        .services
+        .is_empty()
+    {
+        for from in ["production/frontend", "production/backend"] {
+            assert!(cell("kube-system/kube-dns", Udp, from), "{from} DNS/UDP");
+            assert!(cell("kube-system/kube-dns", Tcp, from), "{from} DNS/TCP");
+        }
+    }
 }

@@ -72,8 +72,9 @@ fn test(extra: &[String]) -> Result<()> {
 }
 
 /// The lab demo: the bundled examples become pods (network namespaces) on this machine,
-/// enforced by netward; the predicted and observed reachability matrices are printed side by
-/// side, then everything is torn down (also when a step fails).
+/// enforced by netward, with their Services rewritten as kube-proxy does; the observed
+/// reachability matrices (pods, then Service virtual addresses) are compared with the
+/// predicted ones, then everything is torn down (also when a step fails).
 fn demo() -> Result<()> {
     run(Command::new("cargo").args(["build", "--release", "--package", "netward"]))?;
     let netward = workspace_root().join("target/release/netward");
@@ -88,7 +89,7 @@ fn demo() -> Result<()> {
     let result = (|| {
         run(lab(&["up", "--name", "demo", "-f"]).arg(&examples))?;
         run(&mut lab(&["status", "--name", "demo"]))?;
-        for (port, proto) in [("8080", "TCP"), ("5432", "TCP"), ("53", "UDP")] {
+        for (port, proto) in [("8080", "TCP"), ("5432", "TCP")] {
             println!();
             run(&mut lab(&[
                 "probe",
@@ -98,10 +99,29 @@ fn demo() -> Result<()> {
                 port,
                 "--protocol",
                 proto,
+                "--no-services",
             ]))?;
         }
+        // DNS: the pod matrix, then the Services through their virtual addresses (kube-dns
+        // from production pods; postgres allowed to one client and denied to the others).
         println!();
-        run(&mut lab(&["probe", "--name", "demo", "--all-ports"]))
+        run(&mut lab(&[
+            "probe",
+            "--name",
+            "demo",
+            "--port",
+            "53",
+            "--protocol",
+            "UDP",
+        ]))?;
+        println!();
+        run(&mut lab(&[
+            "probe",
+            "--name",
+            "demo",
+            "--all-ports",
+            "--no-services",
+        ]))
     })();
     let down = run(&mut lab(&["down", "--name", "demo"]));
     result.and(down)

@@ -234,12 +234,15 @@ impl<E: Enforcer> Controller<E> {
             .iter()
             .flat_map(|p| p.errors.iter().map(move |e| format!("{}: {e}", p.key())))
             .collect();
+        let service_errors: Vec<String> = self.model.service_errors().cloned().collect();
         if self.applied.as_ref().is_some_and(|a| **a == *plan) {
             self.shared
                 .metrics
                 .observe_sync("unchanged", Some(compile_secs), None);
-            self.shared
-                .update_status(|s| s.policy_errors = policy_errors);
+            self.shared.update_status(|s| {
+                s.policy_errors = policy_errors;
+                s.service_errors = service_errors;
+            });
             return;
         }
         match self.enforcer.apply(&plan) {
@@ -263,6 +266,7 @@ impl<E: Enforcer> Controller<E> {
                     s.last_error = None;
                     s.plan = size;
                     s.policy_errors = policy_errors;
+                    s.service_errors = service_errors;
                 });
                 tracing::info!(
                     generation,

@@ -36,6 +36,10 @@ pub struct Status {
     pub counters: Counters,
     /// Policies that failed validation and therefore fail closed (`ns/name: error`).
     pub policy_errors: Vec<String>,
+    /// Services (or their EndpointSlices) that failed validation: they keep no endpoints, so
+    /// connections to their addresses are denied (`Kind ns/name: field: error`).
+    #[serde(default)]
+    pub service_errors: Vec<String>,
     /// What the datapath is (e.g. `ebpf (tcx) at /sys/fs/bpf/netward` or `plan-only`).
     pub datapath: String,
 }

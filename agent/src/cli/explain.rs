@@ -410,7 +410,7 @@ impl Context<'_> {
                 .collect(),
         };
         let mut text = format!(
-            "  {} (virtual address {}): every endpoint must be allowed, kube-proxy may pick any of them\n",
+            "  {} at virtual address {}: every endpoint must be allowed, kube-proxy may pick any of them\n",
             target.describe(),
             self.flow.dst
         );

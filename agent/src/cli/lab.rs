@@ -47,8 +47,9 @@ pub enum LabCommand {
         #[arg(long, value_enum, default_value_t)]
         output: Output,
     },
-    /// Connect every pod to every pod with real packets; compare with the prediction.
-    /// Exits 1 when observation and prediction differ.
+    /// Connect every pod to every pod with real packets (over each address family both
+    /// have), then every pod to every Service port's virtual address; compare with the
+    /// prediction. Exits 1 when observation and prediction differ.
     Probe {
         #[arg(long, default_value = lab::DEFAULT_NAME)]
         name: String,
@@ -62,6 +63,9 @@ pub enum LabCommand {
         /// How long one probe waits, in milliseconds.
         #[arg(long, default_value_t = 800)]
         timeout_ms: u64,
+        /// Leave out the Services' virtual addresses (probed after the pods by default).
+        #[arg(long)]
+        no_services: bool,
         #[arg(long, value_enum, default_value_t)]
         output: Output,
     },
@@ -178,6 +182,7 @@ pub fn run(args: LabArgs) -> Result<ExitCode> {
             protocol,
             all_ports,
             timeout_ms,
+            no_services,
             output,
         } => {
             let name = LabName::new(&name)?;
@@ -202,18 +207,30 @@ pub fn run(args: LabArgs) -> Result<ExitCode> {
                     opts,
                 )?
             };
+            let services = if no_services {
+                Vec::new()
+            } else {
+                probe::probe_services(&state, &cluster, opts)
+            };
             match output {
                 Output::Json => println!(
                     "{}",
-                    serde_json::to_string_pretty(&serde_json::json!({ "ports": reports }))?
+                    serde_json::to_string_pretty(
+                        &serde_json::json!({ "ports": reports, "services": services })
+                    )?
                 ),
                 Output::Table => {
                     for r in &reports {
                         println!("{}", report_table(r));
                     }
+                    if !services.is_empty() {
+                        let pods: Vec<&str> = state.pods.iter().map(|p| p.key.as_str()).collect();
+                        println!("{}", services_table(&pods, &services));
+                    }
                 }
             }
-            let differ = reports.iter().any(|r| !r.differences.is_empty());
+            let differ = reports.iter().any(|r| !r.differences.is_empty())
+                || services.iter().any(|r| !r.differences.is_empty());
             Ok(if differ {
                 ExitCode::from(1)
             } else {
@@ -307,6 +324,117 @@ pub fn report_table(r: &probe::Report) -> String {
         },
         &footer,
     )
+}
+
+/// The Service probes: one row per pod (numbered and grouped as in the pod grid), one
+/// column per Service port and virtual address (numbered, listed above), then the differing
+/// cells spelled out.
+pub fn services_table(pods: &[&str], reports: &[probe::ServiceReport]) -> String {
+    use std::fmt::Write;
+    let mut pods: Vec<&str> = pods.to_vec();
+    pods.sort();
+    let mut out = String::from(
+        "Services: real connections to every Service port's virtual address (the lab's \
+         kube-proxy rules send each to a random endpoint), observed vs predicted by the spec \
+         evaluator\ncolumns:\n",
+    );
+    for (j, r) in reports.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "  {:>2} {} {} {}/{}{}",
+            j + 1,
+            r.service,
+            r.vip,
+            r.protocol,
+            r.port,
+            if r.port_name.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", r.port_name)
+            }
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\u{2713} reached, \u{b7} blocked, ~ reached on some attempts only, ! differs from the \
+         prediction (not where some endpoints are predicted to admit the client and others not), \
+         - not probed (an endpoint of the Service itself, or no address of the family)\n"
+    );
+    let nw = pods.len().to_string().len();
+    let label_width = pods
+        .iter()
+        .map(|k| k.split_once('/').map_or(k.len(), |(_, n)| n.len()) + nw + 3)
+        .max()
+        .unwrap_or(0);
+    let cw = reports.len().to_string().len().max(2);
+    let header: String = (1..=reports.len()).map(|j| format!(" {j:>cw$}")).collect();
+    let _ = writeln!(out, "{:label_width$}{header}", "");
+    let mut namespace = None;
+    for (i, key) in pods.iter().enumerate() {
+        let (ns, name) = key.split_once('/').unwrap_or(("", key));
+        if namespace != Some(ns) {
+            let _ = writeln!(out, "{ns}");
+            namespace = Some(ns);
+        }
+        let label = format!("  {:>nw$} {name}", i + 1);
+        let cells: String = reports
+            .iter()
+            .map(|r| {
+                let mark = match r.observed.get(*key) {
+                    None => "-".to_string(),
+                    Some(&o) => {
+                        let partial = r.partial.iter().any(|p| p == key);
+                        let mut m = if partial {
+                            "~"
+                        } else if o {
+                            "\u{2713}"
+                        } else {
+                            "\u{b7}"
+                        }
+                        .to_string();
+                        if r.differences.iter().any(|d| d.from == *key) {
+                            m.push('!');
+                        }
+                        m
+                    }
+                };
+                format!(" {mark:>cw$}")
+            })
+            .collect();
+        let _ = writeln!(out, "{label:label_width$}{cells}");
+    }
+    let probed: usize = reports.iter().map(|r| r.observed.len()).sum();
+    let differ: usize = reports.iter().map(|r| r.differences.len()).sum();
+    if differ == 0 {
+        let _ = writeln!(out, "\nobserved == predicted on all {probed} probed pairs");
+    } else {
+        let _ = writeln!(
+            out,
+            "\n{differ} of {probed} probed pairs differ from the prediction:"
+        );
+        for r in reports {
+            for d in &r.differences {
+                let _ = writeln!(
+                    out,
+                    "DIFFERS {} -> {} {}:{}/{}: observed {}, predicted {}",
+                    d.from,
+                    r.service,
+                    r.vip,
+                    r.port,
+                    r.protocol,
+                    if d.partial {
+                        "reached on some attempts only"
+                    } else if d.observed {
+                        "reached"
+                    } else {
+                        "blocked"
+                    },
+                    if d.predicted { "allowed" } else { "denied" }
+                );
+            }
+        }
+    }
+    out
 }
 
 #[cfg(test)]

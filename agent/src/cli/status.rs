@@ -157,6 +157,15 @@ pub fn render(s: &Status) -> String {
             let _ = writeln!(o, "  {e}");
         }
     }
+    if !s.service_errors.is_empty() {
+        let _ = writeln!(
+            o,
+            "\nServices failing closed (connections to their addresses are denied):"
+        );
+        for e in &s.service_errors {
+            let _ = writeln!(o, "  {e}");
+        }
+    }
     o
 }
 

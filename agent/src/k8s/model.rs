@@ -10,7 +10,7 @@
 //! Services are the exception to "convert once in the watch task": a Service's model depends
 //! on its EndpointSlices, so the raw Services and slices are kept here, indexed by owning
 //! Service, and an event recomputes only the one Service it touches.
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1 as corev1;
@@ -133,6 +133,8 @@ pub struct Model {
     services: HashMap<Key, corev1::Service>,
     slices: HashMap<Key, discoveryv1::EndpointSlice>,
     slices_of: HashMap<Key, BTreeSet<Key>>,
+    /// Validation errors of Services failing closed (and of their slices), per Service.
+    service_errors: BTreeMap<Key, Vec<String>>,
     relists: [Option<Vec<Object>>; RESOURCES],
     listed: [bool; RESOURCES],
     /// Events applied since this was last reset (by the caller).
@@ -183,6 +185,12 @@ impl Model {
     /// Whether every resource has completed its first list.
     pub fn ready(&self) -> bool {
         self.listed.iter().all(|l| *l)
+    }
+
+    /// `Object: field: message` of every Service (or EndpointSlice) that failed validation;
+    /// such a Service keeps no endpoints, so connections to its addresses are denied.
+    pub fn service_errors(&self) -> impl Iterator<Item = &String> {
+        self.service_errors.values().flatten()
     }
 
     /// Number of namespaces seen as objects.
@@ -350,11 +358,24 @@ impl Model {
                 .flatten()
                 .filter_map(|sk| self.slices.get(sk));
             let (draft, errors, _notices) = convert_service(svc, &k.0, &k.1, slices);
-            for (object, e) in errors {
-                tracing::warn!(object, field = e.field, "{}", e.message);
-            }
-            draft.service
+            let errors: Vec<String> = errors
+                .into_iter()
+                .map(|(object, e)| format!("{object}: {e}"))
+                .collect();
+            (draft.service, errors)
         });
+        let (converted, errors) = match converted {
+            Some((s, e)) => (Some(s), e),
+            None => (None, Vec::new()),
+        };
+        if errors.is_empty() {
+            self.service_errors.remove(k);
+        } else if self.service_errors.get(k) != Some(&errors) {
+            for e in &errors {
+                tracing::warn!("{e}");
+            }
+            self.service_errors.insert(k.clone(), errors);
+        }
         let new = converted.filter(|s| !s.vips.is_empty());
         if let Some(s) = &new {
             self.add_ref(&s.namespace);
@@ -652,6 +673,16 @@ spec: {podSelector: {matchLabels: {app: web}}, ingress: [{}]}",
             let e = f(&mut store);
             model.apply(e);
             check(&model, &store, step);
+            let errors: Vec<&String> = model.service_errors().collect();
+            if step == "invalid slice fails its Service closed" {
+                assert_eq!(errors.len(), 1, "{errors:?}");
+                assert!(
+                    errors[0].starts_with("EndpointSlice a/web-2: endpoints[0].addresses[0]: "),
+                    "{errors:?}"
+                );
+            } else if step == "slice deleted" {
+                assert!(errors.is_empty(), "{errors:?}");
+            }
         }
 
         // A relist (410 Gone) after changes the watch missed: objects added, changed, gone.

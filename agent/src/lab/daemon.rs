@@ -4,7 +4,9 @@
 //! manifests and applies edits live, pods included: like a kubelet and CNI plugin next to the
 //! agent, it creates the namespace and veth of a pod that appears, removes those of a pod
 //! that goes, and recreates a pod whose addresses change (see [`Node::sync`] for the order
-//! that keeps every pod enforced meanwhile).
+//! that keeps every pod enforced meanwhile). It also plays kube-proxy: the Services' virtual
+//! addresses are rewritten to their endpoints by nftables rules it keeps in sync
+//! ([`services`]).
 //!
 //! Pins live under the lab's own bpffs directory, so labs never share maps. The daemon
 //! leaves everything pinned when it stops: a restarted daemon adopts the pinned maps and
@@ -22,7 +24,7 @@ use anyhow::{Context, Result};
 use notify::{RecursiveMode, Watcher};
 use tracing::{error, info, warn};
 
-use super::{load_manifests, process, reconcile, topology, LabName, LabPod, LabState};
+use super::{load_manifests, process, reconcile, services, topology, LabName, LabPod, LabState};
 use crate::datapath::{Datapath, DatapathConfig, Verdict};
 use crate::model::Cluster;
 use crate::plan::Plan;
@@ -55,6 +57,8 @@ struct Node {
     state: LabState,
     dp: Datapath,
     last: Option<Plan>,
+    /// Nothing loaded by this process yet: load the Service rules even if unchanged.
+    fresh: bool,
 }
 
 impl Node {
@@ -131,11 +135,25 @@ impl Node {
                 Err(e) => error!("{e}"),
             }
         }
+        // kube-proxy's part, after the Plan that knows the Services' endpoints.
+        let services_changed = match services::sync(self.name(), cluster, self.fresh) {
+            Ok(changed) => {
+                self.fresh = false;
+                if changed {
+                    info!("Service rules: {} Services", cluster.services.len());
+                }
+                changed
+            }
+            Err(e) => {
+                error!("{e:#}");
+                false
+            }
+        };
         for pod in &created {
             self.open(pod)?;
             info!("pod {} created", pod.key);
         }
-        Ok(pods_changed || plan_changed)
+        Ok(pods_changed || plan_changed || services_changed)
     }
 
     /// Enforce on a pod's veth (unless a pinned link already does), then connect it.
@@ -194,6 +212,7 @@ pub fn run(name: &LabName) -> Result<()> {
         state,
         dp,
         last: None,
+        fresh: true,
     };
     // The Plan first, then the programs, then the routes: a veth never enforces an empty
     // Plan and no pod is reachable before its programs run. A restarted daemon finds its

@@ -7,7 +7,7 @@ use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
 use super::process::{self, Role};
-use super::{topology, LabName, LabState};
+use super::{services, topology, LabName, LabState};
 use crate::model::Cluster;
 
 /// How `lab up` runs.
@@ -50,6 +50,8 @@ pub fn up(
     state.save()?;
     let result = (|| {
         topology::create(&state, !opts.enforce)?;
+        // kube-proxy's rules; an enforcing daemon keeps them in sync from here.
+        services::sync(name, cluster, true)?;
         process::spawn(&opts.exe, Role::Serve, name, &[])?;
         if opts.enforce {
             process::spawn(&opts.exe, Role::Daemon, name, &[])?;
@@ -68,12 +70,14 @@ pub fn down(name: &LabName) -> Result<()> {
     process::stop(Role::Daemon, name, Duration::from_secs(5))?;
     process::stop(Role::Serve, name, Duration::from_secs(2))?;
     let topo = topology::destroy(name);
+    let nat = services::remove(name);
     let pins = remove_pins(&name.pin_dir());
     let dir = name.state_dir();
     if dir.exists() {
         std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
     }
     topo?;
+    nat?;
     pins
 }
 

@@ -7,7 +7,9 @@
 //! cross the datapath), and a host route per pod IP to its host veth. Small servers answer
 //! on every declared container port ([`serve`]), `lab probe` connects every pod to every pod
 //! with real packets ([`probe`]), and a background daemon enforces the manifests' policies
-//! with the agent's own datapath code ([`daemon`]).
+//! with the agent's own datapath code ([`daemon`]), follows pods that come and go
+//! ([`reconcile`]) and rewrites connections to Service virtual addresses to their endpoints
+//! as kube-proxy does ([`services`]).
 //!
 //! Everything a lab creates carries names derived from the lab name, so several labs run
 //! side by side and `lab down` finds leftovers of a crashed lab without its state file:
@@ -16,7 +18,8 @@
 //! * host veths `<prefix>h<index>` where `<prefix>` is `nw` + 4 hex digits of a hash of the
 //!   name (veth names have at most 15 characters),
 //! * state (pidfiles, logs, `state.json`) under `/run/netward/lab/<name>/`,
-//! * bpffs pins under `/sys/fs/bpf/netward-lab/<name>/`.
+//! * bpffs pins under `/sys/fs/bpf/netward-lab/<name>/`,
+//! * the nftables table `inet netward-lab-<name>` (Service DNAT).
 //!
 //! Addresses come from the manifests; two labs whose pods share an address would fight over
 //! the host routes, so `lab up` refuses a pod IP that this machine already routes.
@@ -38,6 +41,7 @@ pub mod process;
 pub mod reconcile;
 pub mod sctp;
 pub mod serve;
+pub mod services;
 pub mod topology;
 
 /// Where labs keep their state: one directory per lab.

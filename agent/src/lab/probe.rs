@@ -372,3 +372,169 @@ fn rand_u32() -> u32 {
     );
     h.finish() as u32
 }
+
+/// One Service port on one virtual address, probed from every pod.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ServiceReport {
+    /// `namespace/name` of the Service.
+    pub service: String,
+    /// The Service port's name ("" when unnamed).
+    pub port_name: String,
+    pub vip: IpAddr,
+    pub port: u16,
+    pub protocol: Protocol,
+    /// `from -> reached`: reached on every attempt (a Service with several endpoints is
+    /// probed several times, each a new connection the rules send to a random endpoint).
+    pub observed: BTreeMap<String, bool>,
+    /// `from -> allowed`: the spec evaluator with the virtual address as destination (the
+    /// client's egress), and every endpoint's ingress for the rewritten connection.
+    pub predicted: BTreeMap<String, bool>,
+    /// Pods that reached it on some attempts only (some endpoints reachable, others not).
+    pub partial: Vec<String>,
+    /// Pods whose connections are predicted to reach some endpoints but not others (egress
+    /// allowed, the endpoints' ingress split): any observation is consistent with that.
+    pub may_vary: Vec<String>,
+    pub differences: Vec<ServiceDifference>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ServiceDifference {
+    pub from: String,
+    pub observed: bool,
+    pub predicted: bool,
+    pub partial: bool,
+}
+
+/// Probe every TCP and UDP port of every Service on each of its virtual addresses, from
+/// every lab pod with an address of that family, and compare with the spec evaluator.
+///
+/// Not probed: a pod that is itself an endpoint of the Service (its connection would come
+/// back to it hairpinned, which kube-proxy masquerades: the node would see the node's address,
+/// not the pod's), and SCTP ports (an INIT is observed in the destination pod, which the
+/// random choice hides).
+pub fn probe_services(state: &LabState, cluster: &Cluster, opts: Options) -> Vec<ServiceReport> {
+    struct SvcJob<'a> {
+        report: usize,
+        from: &'a LabPod,
+        src: IpAddr,
+        attempts: usize,
+    }
+    let mut reports = Vec::new();
+    let mut jobs = Vec::new();
+    for s in &cluster.services {
+        let endpoints: Vec<IpAddr> = s.endpoints.iter().map(|e| e.ip).collect();
+        for p in s.ports.iter().filter(|p| p.protocol != Protocol::Sctp) {
+            let backends: Vec<IpAddr> = s.backends(p).map(|(ip, _)| ip).collect();
+            for vip in &s.vips {
+                let n = backends
+                    .iter()
+                    .filter(|b| b.is_ipv4() == vip.is_ipv4())
+                    .count();
+                let report = reports.len();
+                reports.push(ServiceReport {
+                    service: s.key(),
+                    port_name: p.name.clone(),
+                    vip: *vip,
+                    port: p.port,
+                    protocol: p.protocol,
+                    observed: BTreeMap::new(),
+                    predicted: BTreeMap::new(),
+                    partial: Vec::new(),
+                    may_vary: Vec::new(),
+                    differences: Vec::new(),
+                });
+                for from in &state.pods {
+                    if from.ips.iter().any(|ip| endpoints.contains(ip)) {
+                        continue;
+                    }
+                    if let Some(src) = from.ips.iter().find(|ip| ip.is_ipv4() == vip.is_ipv4()) {
+                        jobs.push(SvcJob {
+                            report,
+                            from,
+                            src: *src,
+                            attempts: if n > 1 { 3 } else { 1 },
+                        });
+                    }
+                }
+            }
+        }
+    }
+    // (reached on every attempt, reached on some)
+    let results = run_bounded(&jobs, opts.concurrency, |j| {
+        let r = &reports[j.report];
+        let dst = SocketAddr::new(r.vip, r.port);
+        let Ok(_in) = netns::enter(&j.from.netns) else {
+            return (false, false);
+        };
+        let mut reached = 0;
+        for attempt in 0..j.attempts {
+            let ok = match r.protocol {
+                Protocol::Tcp => tcp(dst, opts.timeout),
+                _ => udp(dst, opts.timeout),
+            };
+            reached += usize::from(ok);
+            if reached > 0 && reached <= attempt {
+                break; // both outcomes seen
+            }
+        }
+        (reached > 0 && reached == j.attempts, reached > 0)
+    });
+    for (j, (all, some)) in jobs.iter().zip(results) {
+        let r = &mut reports[j.report];
+        let flow = Flow {
+            src: j.src,
+            dst: r.vip,
+            protocol: r.protocol.number(),
+            port: r.port,
+        };
+        let (predicted, may_vary) = predict_service(cluster, &flow);
+        let partial = some && !all;
+        r.observed.insert(j.from.key.clone(), all);
+        r.predicted.insert(j.from.key.clone(), predicted);
+        if partial {
+            r.partial.push(j.from.key.clone());
+        }
+        if may_vary {
+            r.may_vary.push(j.from.key.clone());
+        } else if partial || all != predicted {
+            r.differences.push(ServiceDifference {
+                from: j.from.key.clone(),
+                observed: all,
+                predicted,
+                partial,
+            });
+        }
+    }
+    reports
+}
+
+/// What a connection to a Service virtual address should do: (reaches whichever endpoint it
+/// is sent to, may reach some endpoints only). The client's egress is the spec evaluator's
+/// verdict on the virtual address; each endpoint's ingress then sees the rewritten connection
+/// (endpoint address, target port), which kube-proxy sends to one endpoint at random.
+pub fn predict_service(cluster: &Cluster, flow: &Flow) -> (bool, bool) {
+    let egress = eval::spec::evaluate(cluster, None, flow).allowed();
+    let Some(protocol) = Protocol::from_number(flow.protocol) else {
+        return (false, false);
+    };
+    let Some((svc, port)) = cluster.service_port(flow.dst, protocol, flow.port) else {
+        return (egress, false);
+    };
+    let ingress: Vec<bool> = svc
+        .backends(port)
+        .filter(|(ip, _)| ip.is_ipv4() == flow.dst.is_ipv4())
+        .map(|(ip, target)| {
+            let rewritten = Flow {
+                dst: ip,
+                port: target,
+                ..*flow
+            };
+            eval::spec::evaluate(cluster, None, &rewritten)
+                .ingress
+                .allows()
+        })
+        .collect();
+    let all = !ingress.is_empty() && ingress.iter().all(|a| *a);
+    let some = ingress.iter().any(|a| *a);
+    (egress && all, egress && some && !all)
+}

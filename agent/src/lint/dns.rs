@@ -99,7 +99,12 @@ pub(super) fn check(ix: &Index) -> BTreeMap<usize, Vec<Finding>> {
 /// Whether `rule` allows `protocol`/`port` to at least one destination: some address of an
 /// ipBlock (or anything, without peers) or some matched pod for numeric or port-less entries,
 /// and for named ports a destination pod that declares the name with that number.
-fn rule_reaches<'a>(ix: &Index<'a>, rule: &'a Rule, protocol: Protocol, port: u16) -> bool {
+pub(super) fn rule_reaches<'a>(
+    ix: &Index<'a>,
+    rule: &'a Rule,
+    protocol: Protocol,
+    port: u16,
+) -> bool {
     // Without a receiving pod, named ports match nothing: these are the numeric matches.
     let numeric = rule.ports.is_empty()
         || rule

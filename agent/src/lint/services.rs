@@ -7,18 +7,24 @@
 //!   virtual address is denied (kube-proxy may pick a denied endpoint, and the decision is
 //!   taken before it picks). Clients are grouped by the policies isolating them for egress
 //!   (their verdicts are the same), one finding per (Service port, address family, group).
+//! * `dns-service-denied`: the same clients' egress rules allow port 53 of that protocol
+//!   somewhere (so `egress-without-dns` is quiet, e.g. an ipBlock of the DNS Service address)
+//!   but none of the endpoints of a Service port 53: pods send their queries to the virtual
+//!   address, so lookups fail. An ipBlock of a virtual address never covers its served ports.
 //! * `service-vip-is-pod-address`: a virtual address equal to a pod's address. The pod wins:
 //!   the address reaches the pod and the Service is ignored for it.
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use super::{Finding, Index, Severity};
-use crate::eval::spec::{isolating, service_backend_rules};
+use crate::eval::spec::service_backend_rules;
 use crate::eval::Flow;
 use crate::model::{Direction, Pod, Service, ServicePort};
 
 const PARTIAL: &str = "service-partially-allowed";
 const COLLISION: &str = "service-vip-is-pod-address";
+const DNS_DENIED: &str = "dns-service-denied";
+const DNS_PORT: u16 = 53;
 
 pub(super) fn check(ix: &Index) -> Vec<Finding> {
     let cluster = ix.cluster;
@@ -27,14 +33,13 @@ pub(super) fn check(ix: &Index) -> Vec<Finding> {
     let mut groups: BTreeMap<Vec<usize>, Vec<&Pod>> = BTreeMap::new();
     let mut order: Vec<Vec<usize>> = Vec::new();
     for pod in ix.pods().filter(|p| !p.ips.is_empty()) {
-        let by: Vec<usize> = isolating(cluster, Direction::Egress, pod)
-            .into_iter()
-            .map(|p| {
-                cluster
-                    .policies
-                    .iter()
-                    .position(|q| std::ptr::eq(p, q))
-                    .expect("policy of this cluster")
+        let by: Vec<usize> = ix
+            .policies_in(&pod.namespace)
+            .iter()
+            .copied()
+            .filter(|&i| {
+                let p = &cluster.policies[i];
+                p.isolates(Direction::Egress) && p.selects(pod)
             })
             .collect();
         if by.is_empty() {
@@ -113,7 +118,7 @@ fn partial(
             }
         })
         .collect();
-    if denied.is_empty() || denied.len() == verdicts.len() {
+    if denied.is_empty() {
         return;
     }
     let mut names: Vec<String> = clients.iter().take(5).map(|p| p.key()).collect();
@@ -122,6 +127,37 @@ fn partial(
     }
     let policies: Vec<String> = by.iter().map(|&i| cluster.policies[i].key()).collect();
     let family = if vip.is_ipv4() { "IPv4" } else { "IPv6" };
+    if denied.len() == verdicts.len() {
+        let wants_dns = port.port == DNS_PORT
+            && by.iter().any(|&i| {
+                cluster.policies[i]
+                    .rules(Direction::Egress)
+                    .iter()
+                    .any(|r| super::dns::rule_reaches(ix, r, port.protocol, DNS_PORT))
+            });
+        if wants_dns {
+            out.push(Finding {
+                severity: Severity::Warning,
+                code: DNS_DENIED,
+                object: format!("Service {}", svc.key()),
+                field: format!("spec.ports[{pi}]"),
+                message: format!(
+                    "the egress of {} (isolated by {}) allows {} 53 to some peer but to none of                      the {family} endpoints of this Service, so queries sent to {vip} port 53                      are denied and lookups fail. Denied: {}",
+                    names.join(", "),
+                    policies.join(", "),
+                    port.protocol,
+                    denied.join(", ")
+                ),
+                fix: "Allow the DNS pods themselves (e.g. `to: [{namespaceSelector: \
+                      {matchLabels: {kubernetes.io/metadata.name: kube-system}}, podSelector: \
+                      {matchLabels: {k8s-app: kube-dns}}}]` with their target ports): an \
+                      ipBlock of the Service address does not cover it, the connection is \
+                      decided on the endpoints."
+                    .to_string(),
+            });
+        }
+        return;
+    }
     out.push(Finding {
         severity: Severity::Warning,
         code: PARTIAL,
@@ -175,7 +211,7 @@ mod tests {
 
     fn only(f: Vec<Finding>) -> Vec<Finding> {
         f.into_iter()
-            .filter(|f| f.code.starts_with("service-"))
+            .filter(|f| f.code.starts_with("service-") || f.code == "dns-service-denied")
             .collect()
     }
 
@@ -231,6 +267,61 @@ mod tests {
             )
             .build();
         assert_eq!(only(lint(&none)), vec![]);
+    }
+
+    #[test]
+    fn dns_allowed_only_by_an_ip_block_of_the_service_address() {
+        let c = ClusterBuilder::new()
+            .pod("prod", "client", &[("app", "client")], "10.0.0.1")
+            .pod(
+                "kube-system",
+                "coredns",
+                &[("k8s-app", "kube-dns")],
+                "10.0.9.1",
+            )
+            .port("dns", 53, UDP)
+            .service("kube-system", "kube-dns", &["10.96.0.10"])
+            .svc_port("dns", UDP, 53, Target::Name("dns".into()))
+            .svc_selector(&[("k8s-app", "kube-dns")])
+            .policy(
+                policy("prod", "dns-by-vip")
+                    .select(&[("app", "client")])
+                    .egress(rule().ip_block("10.96.0.10/32", &[]).udp(53).tcp(53)),
+            )
+            .build();
+        let f = only(lint(&c));
+        assert_eq!(f.len(), 1, "{f:#?}");
+        assert_eq!(f[0].code, "dns-service-denied");
+        assert!(f[0].message.contains("10.0.9.1:53 (kube-system/coredns)"));
+        // Allowing the pods instead silences it.
+        let fixed = ClusterBuilder::new()
+            .pod("prod", "client", &[("app", "client")], "10.0.0.1")
+            .pod(
+                "kube-system",
+                "coredns",
+                &[("k8s-app", "kube-dns")],
+                "10.0.9.1",
+            )
+            .port("dns", 53, UDP)
+            .service("kube-system", "kube-dns", &["10.96.0.10"])
+            .svc_port("dns", UDP, 53, Target::Name("dns".into()))
+            .svc_selector(&[("k8s-app", "kube-dns")])
+            .policy(
+                policy("prod", "dns-by-pods")
+                    .select(&[("app", "client")])
+                    .egress(
+                        rule()
+                            .namespaces(&[])
+                            .pods(&[("k8s-app", "kube-dns")])
+                            .udp(53),
+                    ),
+            )
+            .build();
+        let all: Vec<Finding> = lint(&fixed)
+            .into_iter()
+            .filter(|f| f.code.contains("dns-service") || f.code.starts_with("service-"))
+            .collect();
+        assert_eq!(all, vec![]);
     }
 
     #[test]

@@ -111,6 +111,7 @@ pub const EXAMPLES: &[(&str, &str)] = &[
     example!("60-metadata-block.yaml"),
     example!("70-tenant-isolation.yaml"),
     example!("80-orders-postgres.yaml"),
+    example!("90-services.yaml"),
 ];
 
 /// The bundled examples, loaded.
@@ -537,7 +538,7 @@ mod tests {
         let l = load(&[concat!(env!("CARGO_MANIFEST_DIR"), "/../examples")]);
         assert!(l.errors.is_empty(), "{:?}", l.errors);
         assert!(l.notices.is_empty(), "{:?}", l.notices);
-        assert_eq!(l.cluster.pods.len(), 11);
+        assert_eq!(l.cluster.pods.len(), 12);
         assert_eq!(l.cluster.namespaces.len(), 7);
         assert!(l.cluster.pods.iter().all(|p| p.ips.len() == 1));
         assert!(l.cluster.policies.iter().all(|p| p.errors.is_empty()));

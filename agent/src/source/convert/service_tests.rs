@@ -571,3 +571,30 @@ metadata: {{name: x}}
     assert_eq!(web.ports.len(), 1, "the valid port is kept");
     assert!(web.endpoints.is_empty(), "fails closed");
 }
+
+#[test]
+fn host_network_pods_are_endpoints_with_the_addresses_they_list() {
+    let text = "
+apiVersion: v1
+kind: Pod
+metadata: {name: agent-1, namespace: prod, labels: {app: agent}}
+spec: {hostNetwork: true, containers: [{name: c, ports: [{name: metrics, containerPort: 9100}]}]}
+status: {podIP: 172.18.0.2}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: agent-2, namespace: prod, labels: {app: agent}}
+spec: {hostNetwork: true, containers: []}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: agent, namespace: prod}
+spec: {clusterIP: 10.96.5.5, selector: {app: agent}, ports: [{port: 9100, targetPort: metrics}]}
+";
+    let l = load_str("h.yaml", text);
+    assert!(l.errors.is_empty(), "{:?}", l.errors);
+    let s = &l.cluster.services[0];
+    // agent-2 lists no address (and hostNetwork pods get no lab address): not an endpoint.
+    let backends: Vec<(IpAddr, u16)> = s.backends(&s.ports[0]).collect();
+    assert_eq!(backends, [(ip("172.18.0.2"), 9100)]);
+}
