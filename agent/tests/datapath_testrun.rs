@@ -1152,4 +1152,35 @@ fn restart_over_an_older_counters_map_keeps_enforcing() {
     );
     let c = dp.counters().unwrap();
     assert_eq!((c.reason(reason::SERVICE_DENY), c.denied), (1, 2), "{c:?}");
+
+    // An agent from before the Service maps left none: they are created (empty) on load; until
+    // the first apply a virtual address is a plain address, then the Service decides.
+    drop(dp.dp.take());
+    for name in ["SERVICES", "SERVICE_POLICY"] {
+        std::fs::remove_file(cfg.bpffs_dir.join(name)).unwrap();
+    }
+    dp.dp = Some(Datapath::open_or_create(cfg).expect("restart without Service maps"));
+    assert_eq!(dp.service_entries().unwrap(), (vec![], vec![]));
+    check(
+        &dp,
+        Egress,
+        &frame(A4, VIP4, tcp(43003, 8443)),
+        false,
+        "policy_deny",
+    );
+    dp.apply(&service_fixture()).unwrap();
+    check(
+        &dp,
+        Egress,
+        &frame(A4, VIP4, tcp(43004, 8443)),
+        false,
+        "service_deny",
+    );
+    check(
+        &dp,
+        Egress,
+        &frame(A4, VIP4, tcp(43005, 80)),
+        true,
+        "policy_allow",
+    );
 }
