@@ -282,16 +282,9 @@ fn examples_predicted_equals_observed() {
     assert!(!cell("data/postgres", Tcp, "orders/orders-worker"));
     assert!(!cell("data/postgres", Tcp, "production/backend"));
     // DNS through the kube-dns virtual address, from production pods whose egress only
-    // allows the kube-dns pods: decided on every endpoint, once the compiled Plan carries
-    // Services (before that, the virtual address is an outside address and denied, and the
-    // prediction says so too: checked above).
-    if !netward::compiler::compile(&cluster, None)
-        .services
-        .is_empty()
-    {
-        for from in ["production/frontend", "production/backend"] {
-            assert!(cell("kube-system/kube-dns", Udp, from), "{from} DNS/UDP");
-            assert!(cell("kube-system/kube-dns", Tcp, from), "{from} DNS/TCP");
-        }
+    // allows the kube-dns pods: decided on every endpoint (both coredns replicas).
+    for from in ["production/frontend", "production/backend"] {
+        assert!(cell("kube-system/kube-dns", Udp, from), "{from} DNS/UDP");
+        assert!(cell("kube-system/kube-dns", Tcp, from), "{from} DNS/TCP");
     }
 }

@@ -12,6 +12,7 @@ use netward_tests::lab::{pod_yaml, Scenario};
 use netward_tests::require_root;
 
 const VIP: &str = "10.97.22.1";
+const VIP6: &str = "fd97:22::1";
 
 const SERVICE: &str = r#"
 apiVersion: v1
@@ -19,6 +20,9 @@ kind: Service
 metadata: {namespace: s, name: web}
 spec:
   clusterIP: 10.97.22.1
+  clusterIPs: [10.97.22.1, "fd97:22::1"]
+  ipFamilies: [IPv4, IPv6]
+  ipFamilyPolicy: RequireDualStack
   selector: {app: web}
   ports:
   - {name: http, port: 80, protocol: TCP, targetPort: 8080}
@@ -39,7 +43,7 @@ fn web(n: u8) -> String {
     pod_yaml(
         &format!("s/web-{n}"),
         &[("app", "web")],
-        &[&format!("10.222.0.1{n}")],
+        &[&format!("10.222.0.1{n}"), &format!("fd22::1{n}")],
         &[("", 8080, "TCP"), ("", 5353, "UDP")],
     )
 }
@@ -55,9 +59,9 @@ fn answer(from: &LabPod, dst: SocketAddr) -> Option<String> {
     Some(s)
 }
 
-/// Which pods answered `n` connections to the Service's TCP port ("blocked": none).
-fn answered_by(from: &LabPod, n: usize) -> BTreeSet<String> {
-    let dst: SocketAddr = format!("{VIP}:80").parse().unwrap();
+/// Which pods answered `n` connections to the Service's TCP port on `vip` ("blocked": none).
+fn answered_by(from: &LabPod, vip: &str, n: usize) -> BTreeSet<String> {
+    let dst = SocketAddr::new(vip.parse().unwrap(), 80);
     (0..n)
         .map(|_| match answer(from, dst) {
             Some(a) => a.split_whitespace().nth(1).unwrap_or("?").to_string(),
@@ -81,8 +85,18 @@ fn service_virtual_addresses_are_rewritten_enforced_and_followed_live() {
     require_root!();
     let mut lab = Scenario::new("svc")
         .namespace("s", &[])
-        .pod("s/client", &[("app", "client")], &["10.222.0.1"], &[])
-        .pod("s/other", &[("app", "other")], &["10.222.0.2"], &[])
+        .pod(
+            "s/client",
+            &[("app", "client")],
+            &["10.222.0.1", "fd22::1"],
+            &[],
+        )
+        .pod(
+            "s/other",
+            &[("app", "other")],
+            &["10.222.0.2", "fd22::2"],
+            &[],
+        )
         .file("web.yaml", &[web(1), web(2)].concat())
         .file("service.yaml", SERVICE)
         .file("policy.yaml", POLICY)
@@ -92,21 +106,28 @@ fn service_virtual_addresses_are_rewritten_enforced_and_followed_live() {
     let client = lab.pod("s/client").clone();
     let other = lab.pod("s/other").clone();
 
-    // Random choice among both endpoints; the target port is the endpoints' 8080.
-    let by = answered_by(&client, 24);
-    assert_eq!(
-        by,
-        ["s/web-1".to_string(), "s/web-2".to_string()].into(),
-        "both endpoints answer"
-    );
-    // The endpoints' ingress admits the client only.
-    assert_eq!(answered_by(&other, 2), ["blocked".to_string()].into());
+    // Random choice among both endpoints, over each family; the target port is the
+    // endpoints' 8080.
+    for vip in [VIP, VIP6] {
+        let by = answered_by(&client, vip, 24);
+        assert_eq!(
+            by,
+            ["s/web-1".to_string(), "s/web-2".to_string()].into(),
+            "both endpoints answer on {vip}"
+        );
+        // The endpoints' ingress admits the client only.
+        assert_eq!(
+            answered_by(&other, vip, 2),
+            ["blocked".to_string()].into(),
+            "{vip}"
+        );
+    }
 
     // Every Service port from every pod, observed == predicted; web pods are endpoints
     // (hairpin) and not probed.
     let cluster = netward::lab::load_manifests(&lab.state.manifests, |_| {}).unwrap();
     let reports = probe::probe_services(&lab.state, &cluster, Default::default());
-    assert_eq!(reports.len(), 2, "TCP and UDP port");
+    assert_eq!(reports.len(), 4, "TCP and UDP port, IPv4 and IPv6 address");
     for r in &reports {
         assert!(r.differences.is_empty(), "{r:?}");
         assert_eq!(r.observed.get("s/client"), Some(&true), "{r:?}");
@@ -116,14 +137,22 @@ fn service_virtual_addresses_are_rewritten_enforced_and_followed_live() {
 
     // An endpoint goes: the rules follow, every connection reaches the one left.
     lab.edit("web.yaml", &web(1));
-    assert_eq!(answered_by(&client, 12), ["s/web-1".to_string()].into());
+    for vip in [VIP, VIP6] {
+        assert_eq!(
+            answered_by(&client, vip, 12),
+            ["s/web-1".to_string()].into()
+        );
+    }
 
     // The Service goes: so does the table (nothing left to rewrite).
     lab.remove("service.yaml");
     assert!(!table_exists(&table), "table left without Services");
     // And comes back.
     lab.edit("service.yaml", SERVICE);
-    assert_eq!(answered_by(&client, 4), ["s/web-1".to_string()].into());
+    assert_eq!(
+        answered_by(&client, VIP6, 4),
+        ["s/web-1".to_string()].into()
+    );
 
     let name = lab.name.clone();
     drop(lab);

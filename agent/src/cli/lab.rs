@@ -357,8 +357,8 @@ pub fn services_table(pods: &[&str], reports: &[probe::ServiceReport]) -> String
     let _ = writeln!(
         out,
         "\u{2713} reached, \u{b7} blocked, ~ reached on some attempts only, ! differs from the \
-         prediction (not where some endpoints are predicted to admit the client and others not), \
-         - not probed (an endpoint of the Service itself, or no address of the family)\n"
+         prediction,\n- not probed (an endpoint of the Service itself, or no address of the \
+         family)\n"
     );
     let nw = pods.len().to_string().len();
     let label_width = pods

@@ -8,17 +8,17 @@
 use super::{LabPod, LabState};
 
 /// Pods to remove (as they are now) and to create (as they will be), and pods whose servers
-/// change. A readdressed pod appears in both `remove` and `create`.
+/// change (`ports_changed`). A readdressed pod appears in both `remove` and `create`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Diff {
     pub remove: Vec<LabPod>,
     pub create: Vec<LabPod>,
-    pub reserve: Vec<LabPod>,
+    pub ports_changed: Vec<LabPod>,
 }
 
 impl Diff {
     pub fn is_empty(&self) -> bool {
-        self.remove.is_empty() && self.create.is_empty() && self.reserve.is_empty()
+        self.remove.is_empty() && self.create.is_empty() && self.ports_changed.is_empty()
     }
 }
 
@@ -33,7 +33,7 @@ pub fn diff(current: &LabState, desired: &LabState) -> Diff {
                 d.remove.push(old.clone());
                 d.create.push(new.clone());
             }
-            Some(new) if new.ports != old.ports => d.reserve.push(new.clone()),
+            Some(new) if new.ports != old.ports => d.ports_changed.push(new.clone()),
             Some(_) => {}
         }
     }
@@ -108,7 +108,7 @@ mod tests {
         let keys = |v: &[LabPod]| v.iter().map(|p| p.key.clone()).collect::<Vec<_>>();
         assert_eq!(keys(&d.remove), ["a/x", "a/y"]);
         assert_eq!(keys(&d.create), ["a/x", "a/w"]);
-        assert_eq!(keys(&d.reserve), ["a/z"]);
+        assert_eq!(keys(&d.ports_changed), ["a/z"]);
         assert!(diff(&s1, &s1).is_empty());
     }
 
