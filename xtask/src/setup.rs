@@ -72,8 +72,11 @@ fn bpf_linker() -> Result<()> {
         .filter_map(|e| e.ok())
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .filter(|n| n.starts_with("libLLVM.so.") || n.starts_with("libLLVM-"))
+        // Newer nightlies ship `libLLVM-N-rust-*.so` as a linker script naming the real
+        // library; a symlink to the script cannot be resolved, so link the ELF itself.
+        .filter(|n| is_elf(&lib.join(n)))
         .min()
-        .with_context(|| format!("no libLLVM in {}", lib.display()))?;
+        .with_context(|| format!("no libLLVM shared object in {}", lib.display()))?;
     // libLLVM.so.22.1-rust-... -> llvm-22
     let major: String = llvm
         .trim_start_matches("libLLVM.so.")
@@ -102,6 +105,15 @@ fn bpf_linker() -> Result<()> {
                 format!("-C link-arg=-Wl,-rpath,{}", lib.display()),
             ),
     )
+}
+
+fn is_elf(path: &std::path::Path) -> bool {
+    use std::io::Read;
+    let mut magic = [0u8; 4];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut magic))
+        .is_ok()
+        && magic == *b"\x7fELF"
 }
 
 fn debian_packages() -> Result<()> {
