@@ -63,7 +63,8 @@ const TEST_PACKAGES: &[&str] = &["netward-common", "netward", "netward-tests", "
 
 fn test(extra: &[String]) -> Result<()> {
     let mut cmd = Command::new("cargo");
-    cmd.arg("test");
+    // Every test binary runs even when an earlier one fails: CI shows all failures at once.
+    cmd.args(["test", "--no-fail-fast"]);
     for p in TEST_PACKAGES {
         cmd.args(["--package", p]);
     }
