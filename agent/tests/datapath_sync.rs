@@ -110,7 +110,7 @@ fn too_small_map_fails_closed_and_keeps_the_old_plan() {
             needed,
             capacity,
         }) => {
-            assert_eq!((map, needed, capacity), ("POLICY", 70, 64));
+            assert_eq!((map, needed, capacity), ("POLICY_HASH", 70, 64));
         }
         other => panic!("expected MapFull, got {other:?}"),
     }

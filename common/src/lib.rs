@@ -168,6 +168,149 @@ impl PolicyKey {
     }
 }
 
+/// `POLICY_HASH` key: one [`PolicyKey`] of the Plan as an exact-match hash key. The datapath
+/// probes the prefix lengths a subject uses (see [`PolicyLens`]) from the longest down,
+/// which finds exactly what a longest-prefix match of the [`PolicyKey`] would, at a cost
+/// independent of the number of entries. Bits beyond `len` are zero.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct PolicyHashKey {
+    pub slot: u8,
+    pub dir: u8,
+    /// The [`PolicyKey::prefixlen`]: [`POLICY_PREFIX_ANY_PROTO`] or 88..=104.
+    pub len: u8,
+    pub proto: u8,
+    pub subject: u32,
+    pub peer: u32,
+    /// Host byte order, masked to the first `len - 88` bits.
+    pub port: u16,
+    pub _pad: u16,
+}
+
+impl PolicyHashKey {
+    /// The key for `(len, ...)` with the port masked to the length, as the datapath builds it.
+    pub const fn new(
+        len: u32,
+        slot: u8,
+        dir: u8,
+        subject: u32,
+        peer: u32,
+        proto: u8,
+        port: u16,
+    ) -> Self {
+        let (proto, port) = if len <= POLICY_PREFIX_ANY_PROTO {
+            (0, 0)
+        } else {
+            (proto, port & policy_port_mask(len))
+        };
+        PolicyHashKey {
+            slot,
+            dir,
+            len: len as u8,
+            proto,
+            subject,
+            peer,
+            port,
+            _pad: 0,
+        }
+    }
+
+    /// The hash key of a Plan entry, or `None` for a prefix length the datapath cannot probe
+    /// (the compiler emits only [`POLICY_PREFIX_ANY_PROTO`] and 88..=104).
+    pub const fn from_policy(k: &PolicyKey) -> Option<Self> {
+        if policy_len_bit(k.prefixlen).is_none() {
+            return None;
+        }
+        Some(Self::new(
+            k.prefixlen,
+            k.slot,
+            k.dir,
+            k.subject_class(),
+            k.peer_class(),
+            k.proto,
+            k.port_number(),
+        ))
+    }
+
+    /// Back to the Plan's key (masked).
+    pub const fn to_policy(&self) -> PolicyKey {
+        PolicyKey::new(
+            self.len as u32,
+            self.slot,
+            self.dir,
+            self.subject,
+            self.peer,
+            self.proto,
+            self.port,
+        )
+    }
+}
+
+/// The port bits a policy prefix length keeps (88: none, 104: all).
+pub const fn policy_port_mask(len: u32) -> u16 {
+    if len <= POLICY_PREFIX_ANY_PORT {
+        0
+    } else if len >= POLICY_PREFIX_FULL {
+        u16::MAX
+    } else {
+        u16::MAX << (POLICY_PREFIX_FULL - len)
+    }
+}
+
+/// Bit of a policy prefix length in [`PolicyLens`] masks: 80 -> bit 0, 88..=104 -> bits
+/// 1..=17, so a higher bit is a longer prefix.
+pub const fn policy_len_bit(len: u32) -> Option<u32> {
+    if len == POLICY_PREFIX_ANY_PROTO {
+        Some(0)
+    } else if len >= POLICY_PREFIX_ANY_PORT && len <= POLICY_PREFIX_FULL {
+        Some(len - POLICY_PREFIX_ANY_PORT + 1)
+    } else {
+        None
+    }
+}
+
+/// Inverse of [`policy_len_bit`].
+pub const fn policy_bit_len(bit: u32) -> u32 {
+    if bit == 0 {
+        POLICY_PREFIX_ANY_PROTO
+    } else {
+        POLICY_PREFIX_ANY_PORT + bit - 1
+    }
+}
+
+/// Number of [`policy_len_bit`] bits.
+pub const POLICY_LEN_BITS: u32 = 18;
+
+/// Which prefix lengths ([`policy_len_bit`] bits) a subject's `POLICY_HASH` entries use in one
+/// direction, for specific peer classes and for [`ANY_PEER`]: the datapath probes only those.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct PolicyLens {
+    pub peer_lens: u32,
+    pub any_lens: u32,
+}
+
+/// `ENDPOINTS` key: the address of a pod enforced on this node, in one slot. For IPv4 the
+/// address occupies the first 4 bytes of `addr` and the rest is zero.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct EndpointKey {
+    pub slot: u8,
+    pub family: u8,
+    pub _pad: [u8; 2],
+    pub addr: [u8; 16],
+}
+
+/// `ENDPOINTS` value: everything the datapath needs about the local side of a new flow in one
+/// lookup: the ipcache entry of the address (always [`EP_LOCAL`]) and, per direction
+/// (`DIR_*` index), the prefix lengths its subject class's policy entries use.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct EndpointValue {
+    pub ip: IpcacheValue,
+    pub lens: [PolicyLens; 2],
+}
+
 /// Attribution of an allow entry: which policy and rule produced it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
@@ -518,6 +661,9 @@ mod pod_impls {
     unsafe impl aya::Pod for ServiceKey {}
     unsafe impl aya::Pod for ServiceValue {}
     unsafe impl aya::Pod for ServicePolicyKey {}
+    unsafe impl aya::Pod for PolicyHashKey {}
+    unsafe impl aya::Pod for EndpointKey {}
+    unsafe impl aya::Pod for EndpointValue {}
 }
 
 #[cfg(test)]

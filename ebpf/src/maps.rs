@@ -7,13 +7,13 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use netward_common::{
-    Config, CtKey, CtValue, FragKey, FragValue, IpcacheKey, IpcacheValue, PolicyKey, PolicyValue,
-    RateState, ServiceKey, ServicePolicyKey, ServiceValue, COUNTER_COUNT,
+    Config, CtKey, CtValue, EndpointKey, EndpointValue, FragKey, FragValue, IpcacheKey,
+    IpcacheValue, PolicyHashKey, PolicyValue, RateState, ServiceKey, ServicePolicyKey,
+    ServiceValue, COUNTER_COUNT,
 };
 
 /// LPM data parts (everything after `prefixlen`), see `IpcacheKey::lpm_data`.
 pub type IpcacheData = [u8; IpcacheKey::DATA_LEN];
-pub type PolicyData = [u8; PolicyKey::DATA_LEN];
 
 #[map(name = "CONFIG")]
 pub static CONFIG: Array<Config> = Array::pinned(1, 0);
@@ -27,8 +27,15 @@ pub static IPCACHE: LpmTrie<IpcacheData, IpcacheValue> = LpmTrie::pinned(65536, 
 #[map(name = "HOSTS")]
 pub static HOSTS: HashMap<IpcacheKey, IpcacheValue> = HashMap::pinned(65536, 0);
 
-#[map(name = "POLICY")]
-pub static POLICY: LpmTrie<PolicyData, PolicyValue> = LpmTrie::pinned(262144, 0);
+/// The Plan's policy entries as exact keys (`PolicyHashKey`: one prefix length each); probed
+/// only at the lengths `SUBJECTS` lists for the subject, longest first.
+#[map(name = "POLICY_HASH")]
+pub static POLICY_HASH: HashMap<PolicyHashKey, PolicyValue> = HashMap::pinned(262144, 0);
+
+/// Local pods' addresses -> their ipcache entry and the prefix lengths their subject class's
+/// `POLICY_HASH` entries use per direction: the local side of a new flow in one lookup.
+#[map(name = "ENDPOINTS")]
+pub static ENDPOINTS: HashMap<EndpointKey, EndpointValue> = HashMap::pinned(16384, 0);
 
 #[map(name = "CONNTRACK")]
 pub static CONNTRACK: LruHashMap<CtKey, CtValue> = LruHashMap::pinned(262144, 0);

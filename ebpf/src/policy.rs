@@ -1,25 +1,29 @@
 //! The policy decision for one side of a flow: ipcache (local endpoint, then peer class) and
-//! the policy LPM trie. Addresses resolve through `HOSTS` (hash of the single-address entries,
-//! i.e. pods) and fall back to the `IPCACHE` trie for other addresses; then at most two policy
-//! trie lookups. A bounded number of lookups whatever the number of pods, policies or rules.
+//! the policy hash. The local address resolves in `ENDPOINTS` (its ipcache entry plus the
+//! prefix lengths its subject's policy entries use), the peer through `HOSTS` (hash of the
+//! single-address entries, i.e. pods) with a fallback to the `IPCACHE` trie for other
+//! addresses (CIDRs); then `POLICY_HASH` is probed at the subject's lengths only, longest
+//! first: the longest-prefix match without a trie walk whose depth grows with the map. A
+//! bounded number of lookups whatever the number of pods, policies or rules: 3 + at most
+//! 2 x 18 probes, in practice one or two.
 //!
 //! Semantics (mirrors `netward::eval::plan`):
 //! * the local address (source on egress, destination on ingress) must have an ipcache entry
 //!   with `EP_LOCAL`; otherwise it is an unknown endpoint: dropped when `CFG_FAIL_CLOSED_UNKNOWN`
 //!   is set, else passed;
 //! * a local pod not isolated in this direction passes;
-//! * else the flow passes iff the policy trie has an entry covering (subject, dir, peer class,
+//! * else the flow passes iff the policy map has an entry covering (subject, dir, peer class,
 //!   proto, port) or (subject, dir, ANY_PEER, proto, port); port is 0 for port-less protocols;
 //! * except egress to a Service virtual address (`EP_SERVICE`) on a port it serves, decided
 //!   for the Service's endpoints by [`crate::service::check`].
 use aya_ebpf::maps::lpm_trie::Key;
 use netward_common::{
-    reason, IpcacheKey, IpcacheValue, PolicyKey, ANY_PEER, CFG_FAIL_CLOSED_UNKNOWN, DIR_EGRESS,
-    EP_ISOLATED_EGRESS, EP_ISOLATED_INGRESS, EP_LOCAL, EP_SERVICE, FAMILY_V4, IPCACHE_HEADER_BITS,
-    POLICY_PREFIX_FULL,
+    policy_bit_len, reason, EndpointKey, EndpointValue, IpcacheKey, IpcacheValue, PolicyHashKey,
+    PolicyValue, ANY_PEER, CFG_FAIL_CLOSED_UNKNOWN, DIR_EGRESS, EP_ISOLATED_EGRESS,
+    EP_ISOLATED_INGRESS, EP_LOCAL, EP_SERVICE, FAMILY_V4, IPCACHE_HEADER_BITS, POLICY_LEN_BITS,
 };
 
-use crate::maps::{HOSTS, IPCACHE, POLICY};
+use crate::maps::{ENDPOINTS, HOSTS, IPCACHE, POLICY_HASH};
 use crate::parse::has_ports;
 
 /// Outcome of a policy check.
@@ -57,6 +61,20 @@ fn ipcache_get(slot: u8, family: u8, addr: &[u8; 16]) -> Option<IpcacheValue> {
     IPCACHE.get(ipcache_key(slot, family, addr)).copied()
 }
 
+/// The local pod at `addr` (`ENDPOINTS` holds exactly the ipcache entries with `EP_LOCAL`,
+/// which are always full-length).
+#[inline(always)]
+fn endpoint_get(slot: u8, family: u8, addr: &[u8; 16]) -> Option<EndpointValue> {
+    let key = EndpointKey {
+        slot,
+        family,
+        _pad: [0; 2],
+        addr: *addr,
+    };
+    // SAFETY: copied out at once; map values are plain integers.
+    unsafe { ENDPOINTS.get(&key) }.copied()
+}
+
 #[inline(always)]
 fn ipcache_key(slot: u8, family: u8, addr: &[u8; 16]) -> Key<[u8; IpcacheKey::DATA_LEN]> {
     let bits = if family == FAMILY_V4 { 32 } else { 128 };
@@ -67,24 +85,33 @@ fn ipcache_key(slot: u8, family: u8, addr: &[u8; 16]) -> Key<[u8; IpcacheKey::DA
     Key::new(IPCACHE_HEADER_BITS + bits, data)
 }
 
+/// The longest entry of `POLICY_HASH` matching (subject, peer, proto, port) among the prefix
+/// lengths in `lens` (`policy_len_bit` bits): probed from the longest down, so the answer is
+/// the longest-prefix match; at most one hash lookup per length the subject uses.
 #[inline(always)]
-fn policy_key(
+#[allow(clippy::too_many_arguments)]
+fn policy_probe(
     slot: u8,
     dir: u8,
     subject: u32,
     peer: u32,
     proto: u8,
     port: u16,
-) -> Key<[u8; PolicyKey::DATA_LEN]> {
-    let s = subject.to_be_bytes();
-    let p = peer.to_be_bytes();
-    let pt = port.to_be_bytes();
-    Key::new(
-        POLICY_PREFIX_FULL,
-        [
-            slot, dir, s[0], s[1], s[2], s[3], p[0], p[1], p[2], p[3], proto, pt[0], pt[1], 0, 0, 0,
-        ],
-    )
+    lens: u32,
+) -> Option<PolicyValue> {
+    let mut bit = POLICY_LEN_BITS;
+    while bit > 0 {
+        bit -= 1;
+        if lens & (1 << bit) == 0 {
+            continue;
+        }
+        let key = PolicyHashKey::new(policy_bit_len(bit), slot, dir, subject, peer, proto, port);
+        // SAFETY: the value is copied out at once; map values are plain integers.
+        if let Some(v) = unsafe { POLICY_HASH.get(&key) } {
+            return Some(*v);
+        }
+    }
+    None
 }
 
 /// Decide whether the local pod at `local` may exchange (`proto`, `port`) with `peer` in
@@ -107,17 +134,15 @@ pub fn check(
         rule: 0,
         endpoint: 0,
     };
-    let ep = match ipcache_get(slot, family, local) {
-        Some(v) if v.flags & EP_LOCAL != 0 => v,
-        _ => {
-            d.reason = if cfg_flags & CFG_FAIL_CLOSED_UNKNOWN != 0 {
-                reason::UNKNOWN_ENDPOINT
-            } else {
-                reason::UNKNOWN_ENDPOINT_OPEN
-            };
-            return d;
-        }
+    let Some(local_ep) = endpoint_get(slot, family, local) else {
+        d.reason = if cfg_flags & CFG_FAIL_CLOSED_UNKNOWN != 0 {
+            reason::UNKNOWN_ENDPOINT
+        } else {
+            reason::UNKNOWN_ENDPOINT_OPEN
+        };
+        return d;
     };
+    let ep = local_ep.ip;
     d.endpoint = ep.endpoint;
     let isolated = if dir == DIR_EGRESS {
         EP_ISOLATED_EGRESS
@@ -141,26 +166,20 @@ pub fn check(
         }
     }
     let peer_class = peer_v.map(|v| v.peer_class).unwrap_or(ANY_PEER);
+    // Which prefix lengths to probe (none: the subject allows nothing in this direction).
+    let lens = if dir == DIR_EGRESS {
+        local_ep.lens[1]
+    } else {
+        local_ep.lens[0]
+    };
+    // A rule naming the peer's class wins over one for any peer, as in the Plan evaluator.
+    let subject = ep.subject_class;
     let mut hit = None;
-    if peer_class != ANY_PEER {
-        hit = POLICY.get(policy_key(
-            slot,
-            dir,
-            ep.subject_class,
-            peer_class,
-            proto,
-            port,
-        ));
+    if peer_class != ANY_PEER && lens.peer_lens != 0 {
+        hit = policy_probe(slot, dir, subject, peer_class, proto, port, lens.peer_lens);
     }
-    if hit.is_none() {
-        hit = POLICY.get(policy_key(
-            slot,
-            dir,
-            ep.subject_class,
-            ANY_PEER,
-            proto,
-            port,
-        ));
+    if hit.is_none() && lens.any_lens != 0 {
+        hit = policy_probe(slot, dir, subject, ANY_PEER, proto, port, lens.any_lens);
     }
     if let Some(v) = hit {
         d.reason = reason::POLICY_ALLOW;
@@ -189,8 +208,9 @@ pub fn check_portless_fallback(
         rule: 0,
         endpoint: 0,
     };
-    match ipcache_get(slot, family, local) {
-        Some(v) if v.flags & EP_LOCAL != 0 => {
+    match endpoint_get(slot, family, local) {
+        Some(e) => {
+            let v = e.ip;
             d.endpoint = v.endpoint;
             let isolated = if dir == DIR_EGRESS {
                 EP_ISOLATED_EGRESS

@@ -73,6 +73,7 @@ impl Enforcer for EbpfEnforcer {
 
     fn map_fill(&mut self) -> Result<Vec<MapFill>> {
         let (ipcache, policy) = self.dp.all_entries()?;
+        let endpoints = self.dp.endpoint_entries()?.len();
         let cfg = self.dp.config();
         Ok(vec![
             MapFill {
@@ -84,6 +85,11 @@ impl Enforcer for EbpfEnforcer {
                 map: "policy".into(),
                 entries: policy.len() as u64,
                 capacity: cfg.policy_max as u64,
+            },
+            MapFill {
+                map: "endpoints".into(),
+                entries: endpoints as u64,
+                capacity: cfg.endpoints_max as u64,
             },
         ])
     }

@@ -8,8 +8,9 @@ use aya::maps::MapInfo;
 use aya::programs::SchedClassifier;
 use aya::{Ebpf, EbpfLoader};
 use netward_common::{
-    Config, CtKey, CtValue, FragKey, FragValue, IpcacheKey, IpcacheValue, PolicyKey, PolicyValue,
-    RateState, ServiceKey, ServicePolicyKey, ServiceValue, COUNTER_COUNT,
+    Config, CtKey, CtValue, EndpointKey, EndpointValue, FragKey, FragValue, IpcacheKey,
+    IpcacheValue, PolicyHashKey, PolicyValue, RateState, ServiceKey, ServicePolicyKey,
+    ServiceValue, COUNTER_COUNT,
 };
 
 use super::DatapathConfig;
@@ -30,7 +31,16 @@ const MAP_LAYOUTS: &[(&str, usize, usize)] = &[
         size_of::<IpcacheKey>(),
         size_of::<IpcacheValue>(),
     ),
-    ("POLICY", size_of::<PolicyKey>(), size_of::<PolicyValue>()),
+    (
+        "POLICY_HASH",
+        size_of::<PolicyHashKey>(),
+        size_of::<PolicyValue>(),
+    ),
+    (
+        "ENDPOINTS",
+        size_of::<EndpointKey>(),
+        size_of::<EndpointValue>(),
+    ),
     ("CONNTRACK", size_of::<CtKey>(), size_of::<CtValue>()),
     ("FRAGS", size_of::<FragKey>(), size_of::<FragValue>()),
     ("COUNTERS", 4, 8),
@@ -130,6 +140,9 @@ pub(crate) fn load_object(cfg: &DatapathConfig, object: &[u8]) -> Result<Ebpf> {
         .default_map_pin_directory(&cfg.bpffs_dir)
         .map_max_entries("IPCACHE", cfg.ipcache_max)
         .map_max_entries("HOSTS", cfg.ipcache_max)
+        .map_max_entries("POLICY_HASH", cfg.policy_max)
+        .map_max_entries("ENDPOINTS", cfg.endpoints_max)
+        // The trie of builds before POLICY_HASH (loaded only as a benchmark baseline).
         .map_max_entries("POLICY", cfg.policy_max)
         .map_max_entries("CONNTRACK", cfg.conntrack_max)
         .map_max_entries("FRAGS", cfg.frags_max)

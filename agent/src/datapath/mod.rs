@@ -40,7 +40,9 @@ pub mod bench;
 mod counters;
 mod events;
 mod loader;
+mod policy_sync;
 mod service_sync;
+mod slot_hash;
 mod sync;
 pub mod testrun;
 
@@ -61,8 +63,10 @@ pub struct DatapathConfig {
     pub bpffs_dir: PathBuf,
     /// ipcache capacity (entries). Both slots coexist during a sync: size for 2x the Plan.
     pub ipcache_max: u32,
-    /// Policy map capacity (entries), same 2x rule.
+    /// Policy map capacity (`POLICY_HASH` entries), same 2x rule.
     pub policy_max: u32,
+    /// `ENDPOINTS` capacity: addresses of pods enforced on this node, same 2x rule.
+    pub endpoints_max: u32,
     pub conntrack_max: u32,
     pub frags_max: u32,
     /// `SERVICES` capacity: (virtual address, protocol, port) entries, same 2x rule.
@@ -90,6 +94,7 @@ impl Default for DatapathConfig {
             bpffs_dir: PathBuf::from(DEFAULT_BPFFS_DIR),
             ipcache_max: 65536,
             policy_max: 262144,
+            endpoints_max: 16384,
             conntrack_max: 262144,
             frags_max: 8192,
             services_max: 16384,

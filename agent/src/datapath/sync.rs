@@ -1,4 +1,5 @@
-//! Map sync: the only writer of `IPCACHE`, `POLICY` and `CONFIG`.
+//! Map sync: the only writer of `IPCACHE`, `HOSTS`, `POLICY_HASH`, `SUBJECTS`, the Service maps
+//! and `CONFIG`.
 //!
 //! Applying a Plan (generation g -> g+1, slot = generation & 1):
 //! 1. capacity check: the live slot plus the new Plan must fit (both coexist for a moment);
@@ -10,8 +11,10 @@
 //! 4. delete the old slot's entries.
 //!
 //! `HOSTS` mirrors the ipcache entries of full address length (a hash hit equals the LPM
-//! answer) and follows the same protocol, as do `SERVICES` and `SERVICE_POLICY`
-//! (`service_sync.rs`).
+//! answer) and follows the same protocol, as do `POLICY_HASH` + `SUBJECTS` (`policy_sync.rs`)
+//! and `SERVICES` + `SERVICE_POLICY` (`service_sync.rs`). An older build of the eBPF object
+//! (benchmarked side by side, `--baseline-object`) has the `POLICY` trie instead of the policy
+//! hash maps: the Plan's longest-prefix entries are then written there as they are.
 //!
 //! If a write fails in step 2 (map full, kernel out of memory), the inactive slot is emptied
 //! again and the error returned and counted: the old Plan stays in force, nothing fails open.
@@ -27,7 +30,9 @@ use netward_common::{
 };
 use serde::Serialize;
 
+use super::policy_sync::PolicyTables;
 use super::service_sync::{ServiceCounts, ServiceTables};
+use super::slot_hash::SlotCounts;
 use super::Datapath;
 use crate::plan::Plan;
 
@@ -373,28 +378,32 @@ impl Datapath {
             .iter()
             .map(|(k, v)| (k.with_slot(slot), *v))
             .collect();
-        let policy: Vec<(PolicyKey, PolicyValue)> = plan
-            .policy
-            .iter()
-            .map(|(k, v)| (k.with_slot(slot), *v))
-            .collect();
         let hosts: Vec<(IpcacheKey, IpcacheValue)> = ipcache
             .iter()
             .filter(|(k, _)| is_host(k))
             .copied()
             .collect();
+        let hashed = self.has_policy_hash();
+        let (pol_tables, trie_policy) = if hashed {
+            (PolicyTables::of(plan, slot)?, Vec::new())
+        } else {
+            let policy: Vec<(PolicyKey, PolicyValue)> = plan
+                .policy
+                .iter()
+                .map(|(k, v)| (k.with_slot(slot), *v))
+                .collect();
+            (PolicyTables::default(), policy)
+        };
 
         let svc = ServiceTables::of(plan, slot);
 
         let mut ip_counts = Counts::default();
-        let mut pol_counts = Counts::default();
+        let mut pol_counts = SlotCounts::default();
         let mut svc_counts = ServiceCounts::default();
         {
             // 1. capacity (both slots coexist until the old one is removed).
             let (ip_map, ip_cap) = self.lpm::<IpcacheKey>("IPCACHE")?;
             let ip_cur = read_all::<IpcacheKey>(&ip_map, "IPCACHE")?;
-            let (pol_map, pol_cap) = self.lpm::<PolicyKey>("POLICY")?;
-            let pol_cur = read_all::<PolicyKey>(&pol_map, "POLICY")?;
             let live_count = |slots: &mut dyn Iterator<Item = u8>| {
                 if live {
                     slots.filter(|s| *s == live_slot).count()
@@ -420,15 +429,28 @@ impl Datapath {
                     capacity: h_cap,
                 });
             }
-            let pol_need = live_count(&mut pol_cur.keys().map(|k| k.slot)) + policy.len();
-            if pol_need > pol_cap as usize {
-                return Err(SyncError::MapFull {
-                    map: "POLICY",
-                    needed: pol_need,
-                    capacity: pol_cap,
-                });
-            }
-            let svc_cur = self.services_check(&svc, live.then_some(live_slot))?;
+            let live_opt = live.then_some(live_slot);
+            let pol_cur = if hashed {
+                Some(self.policy_check(&pol_tables, live_opt)?)
+            } else {
+                None
+            };
+            let trie_cur = if hashed {
+                BTreeMap::new()
+            } else {
+                let (pol_map, pol_cap) = self.lpm::<PolicyKey>("POLICY")?;
+                let cur = read_all::<PolicyKey>(&pol_map, "POLICY")?;
+                let need = live_count(&mut cur.keys().map(|k| k.slot)) + trie_policy.len();
+                if need > pol_cap as usize {
+                    return Err(SyncError::MapFull {
+                        map: "POLICY",
+                        needed: need,
+                        capacity: pol_cap,
+                    });
+                }
+                cur
+            };
+            let svc_cur = self.services_check(&svc, live_opt)?;
 
             // 2. the inactive slot becomes exactly the new Plan.
             let res = (|| {
@@ -436,8 +458,15 @@ impl Datapath {
                 hosts_write_slot(&mut h, slot, &h_cur, &hosts)?;
                 let (mut m, _) = self.lpm::<IpcacheKey>("IPCACHE")?;
                 write_slot(&mut m, "IPCACHE", slot, &ip_cur, &ipcache, &mut ip_counts)?;
-                let (mut m, _) = self.lpm::<PolicyKey>("POLICY")?;
-                write_slot(&mut m, "POLICY", slot, &pol_cur, &policy, &mut pol_counts)?;
+                if let Some(cur) = &pol_cur {
+                    self.policy_write(slot, cur, &pol_tables, &mut pol_counts)?;
+                } else {
+                    let (mut m, _) = self.lpm::<PolicyKey>("POLICY")?;
+                    let mut c = Counts::default();
+                    write_slot(&mut m, "POLICY", slot, &trie_cur, &trie_policy, &mut c)?;
+                    pol_counts.written += c.written;
+                    pol_counts.deleted += c.deleted;
+                }
                 self.services_write(slot, &svc_cur, &svc, &mut svc_counts)
             })();
             if let Err(e) = res {
@@ -445,9 +474,7 @@ impl Datapath {
                 if let Ok((mut m, _)) = self.lpm::<IpcacheKey>("IPCACHE") {
                     let _ = clear_slot::<IpcacheKey>(&mut m, "IPCACHE", slot);
                 }
-                if let Ok((mut m, _)) = self.lpm::<PolicyKey>("POLICY") {
-                    let _ = clear_slot::<PolicyKey>(&mut m, "POLICY", slot);
-                }
+                let _ = self.policy_clear_any(hashed, slot);
                 if let Ok((mut h, _)) = self.hosts() {
                     let _ = hosts_clear_slot(&mut h, slot);
                 }
@@ -474,8 +501,7 @@ impl Datapath {
         // 4. the old slot goes.
         let (mut m, _) = self.lpm::<IpcacheKey>("IPCACHE")?;
         ip_counts.deleted += clear_slot::<IpcacheKey>(&mut m, "IPCACHE", live_slot)?;
-        let (mut m, _) = self.lpm::<PolicyKey>("POLICY")?;
-        pol_counts.deleted += clear_slot::<PolicyKey>(&mut m, "POLICY", live_slot)?;
+        pol_counts.deleted += self.policy_clear_any(hashed, live_slot)?;
         let (mut h, _) = self.hosts()?;
         hosts_clear_slot(&mut h, live_slot)?;
         svc_counts.deleted += self.services_clear(live_slot)?;
@@ -526,9 +552,23 @@ impl Datapath {
     )> {
         let (m, _) = self.lpm::<IpcacheKey>("IPCACHE")?;
         let ip = read_all::<IpcacheKey>(&m, "IPCACHE")?.into_iter().collect();
-        let (m, _) = self.lpm::<PolicyKey>("POLICY")?;
-        let pol = read_all::<PolicyKey>(&m, "POLICY")?.into_iter().collect();
+        let pol = if self.has_policy_hash() {
+            self.policy_hash_entries()?
+        } else {
+            let (m, _) = self.lpm::<PolicyKey>("POLICY")?;
+            read_all::<PolicyKey>(&m, "POLICY")?.into_iter().collect()
+        };
         Ok((ip, pol))
+    }
+
+    /// Delete `slot` from whichever policy maps the object has.
+    fn policy_clear_any(&mut self, hashed: bool, slot: u8) -> Result<usize, SyncError> {
+        if hashed {
+            self.policy_clear(slot)
+        } else {
+            let (mut m, _) = self.lpm::<PolicyKey>("POLICY")?;
+            clear_slot::<PolicyKey>(&mut m, "POLICY", slot)
+        }
     }
 }
 

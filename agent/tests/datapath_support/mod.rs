@@ -50,6 +50,7 @@ pub fn test_config(tag: &str) -> DatapathConfig {
         )),
         ipcache_max: 1024,
         policy_max: 4096,
+        endpoints_max: 1024,
         conntrack_max: 4096,
         frags_max: 256,
         services_max: 256,
