@@ -75,7 +75,7 @@ pub fn emit(
             VERDICT_DROP
         },
         reason: d.reason,
-        _pad: [0],
+        _pad: 0,
         rule: d.rule,
         policy: d.policy,
         endpoint: d.endpoint,

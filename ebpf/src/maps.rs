@@ -7,7 +7,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use netward_common::{
-    Config, CtKey, CtValue, EndpointKey, EndpointValue, FragKey, FragValue, IpcacheKey,
+    Config, CtKey, CtValue, EndpointValue, FragKey, FragValue, Host4Key, Host6Key, IpcacheKey,
     IpcacheValue, PolicyHashKey, PolicyValue, RateState, ServiceKey, ServicePolicyKey,
     ServiceValue, COUNTER_COUNT,
 };
@@ -21,21 +21,32 @@ pub static CONFIG: Array<Config> = Array::pinned(1, 0);
 #[map(name = "IPCACHE")]
 pub static IPCACHE: LpmTrie<IpcacheData, IpcacheValue> = LpmTrie::pinned(65536, 0);
 
-/// The ipcache entries of full address length (pods), keyed by the whole `IpcacheKey`
-/// (prefixlen = full): a hash hit equals the LPM answer (nothing is longer than a full
-/// prefix), so pod addresses resolve in one hash lookup and only other addresses walk the trie.
-#[map(name = "HOSTS")]
-pub static HOSTS: HashMap<IpcacheKey, IpcacheValue> = HashMap::pinned(65536, 0);
+/// The ipcache entries of full address length (pods, Service addresses), by family with
+/// short keys (one hash round): a hit is exactly what the trie would answer (nothing is longer
+/// than a full prefix), so those addresses resolve in one hash lookup and only other addresses
+/// walk the trie.
+#[map(name = "HOSTS4")]
+pub static HOSTS4: HashMap<Host4Key, IpcacheValue> = HashMap::pinned(65536, 0);
+
+#[map(name = "HOSTS6")]
+pub static HOSTS6: HashMap<Host6Key, IpcacheValue> = HashMap::pinned(65536, 0);
 
 /// The Plan's policy entries as exact keys (`PolicyHashKey`: one prefix length each); probed
 /// only at the lengths `SUBJECTS` lists for the subject, longest first.
 #[map(name = "POLICY_HASH")]
 pub static POLICY_HASH: HashMap<PolicyHashKey, PolicyValue> = HashMap::pinned(262144, 0);
 
+/// Scratch space for the `POLICY_HASH` key being probed (see `policy::policy_probe`).
+#[map(name = "PROBE_KEY")]
+pub static PROBE_KEY: PerCpuArray<PolicyHashKey> = PerCpuArray::with_max_entries(1, 0);
+
 /// Local pods' addresses -> their ipcache entry and the prefix lengths their subject class's
 /// `POLICY_HASH` entries use per direction: the local side of a new flow in one lookup.
-#[map(name = "ENDPOINTS")]
-pub static ENDPOINTS: HashMap<EndpointKey, EndpointValue> = HashMap::pinned(16384, 0);
+#[map(name = "ENDPOINTS4")]
+pub static ENDPOINTS4: HashMap<Host4Key, EndpointValue> = HashMap::pinned(16384, 0);
+
+#[map(name = "ENDPOINTS6")]
+pub static ENDPOINTS6: HashMap<Host6Key, EndpointValue> = HashMap::pinned(16384, 0);
 
 #[map(name = "CONNTRACK")]
 pub static CONNTRACK: LruHashMap<CtKey, CtValue> = LruHashMap::pinned(262144, 0);

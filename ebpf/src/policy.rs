@@ -1,6 +1,6 @@
 //! The policy decision for one side of a flow: ipcache (local endpoint, then peer class) and
-//! the policy hash. The local address resolves in `ENDPOINTS` (its ipcache entry plus the
-//! prefix lengths its subject's policy entries use), the peer through `HOSTS` (hash of the
+//! the policy hash. The local address resolves in `ENDPOINTS4/6` (its ipcache entry plus the
+//! prefix lengths its subject's policy entries use), the peer through `HOSTS4/6` (hash of the
 //! single-address entries, i.e. pods) with a fallback to the `IPCACHE` trie for other
 //! addresses (CIDRs); then `POLICY_HASH` is probed at the subject's lengths only, longest
 //! first: the longest-prefix match without a trie walk whose depth grows with the map. A
@@ -18,12 +18,12 @@
 //!   for the Service's endpoints by [`crate::service::check`].
 use aya_ebpf::maps::lpm_trie::Key;
 use netward_common::{
-    policy_bit_len, reason, EndpointKey, EndpointValue, IpcacheKey, IpcacheValue, PolicyHashKey,
-    PolicyValue, ANY_PEER, CFG_FAIL_CLOSED_UNKNOWN, DIR_EGRESS, EP_ISOLATED_EGRESS,
+    policy_bit_len, reason, EndpointValue, Host4Key, Host6Key, IpcacheKey, IpcacheValue,
+    PolicyHashKey, PolicyValue, ANY_PEER, CFG_FAIL_CLOSED_UNKNOWN, DIR_EGRESS, EP_ISOLATED_EGRESS,
     EP_ISOLATED_INGRESS, EP_LOCAL, EP_SERVICE, FAMILY_V4, IPCACHE_HEADER_BITS, POLICY_LEN_BITS,
 };
 
-use crate::maps::{ENDPOINTS, HOSTS, IPCACHE, POLICY_HASH};
+use crate::maps::{ENDPOINTS4, ENDPOINTS6, HOSTS4, HOSTS6, IPCACHE, POLICY_HASH, PROBE_KEY};
 use crate::parse::has_ports;
 
 /// Outcome of a policy check.
@@ -47,32 +47,45 @@ impl Decision {
 /// The ipcache answer for a full address: the host entry if there is one, else the LPM walk.
 #[inline(always)]
 fn ipcache_get(slot: u8, family: u8, addr: &[u8; 16]) -> Option<IpcacheValue> {
-    let bits = if family == FAMILY_V4 { 32 } else { 128 };
-    let host = IpcacheKey {
-        prefixlen: IPCACHE_HEADER_BITS + bits,
-        slot,
-        family,
-        addr: *addr,
-        _pad: [0; 2],
+    // SAFETY (both lookups): copied out at once; map values are plain integers.
+    let host = if family == FAMILY_V4 {
+        unsafe { HOSTS4.get(&host4(slot, addr)) }
+    } else {
+        unsafe { HOSTS6.get(&host6(slot, addr)) }
     };
-    if let Some(v) = unsafe { HOSTS.get(&host) } {
+    if let Some(v) = host {
         return Some(*v);
     }
     IPCACHE.get(ipcache_key(slot, family, addr)).copied()
 }
 
-/// The local pod at `addr` (`ENDPOINTS` holds exactly the ipcache entries with `EP_LOCAL`,
+#[inline(always)]
+fn host4(slot: u8, addr: &[u8; 16]) -> Host4Key {
+    Host4Key {
+        slot: slot as u32,
+        addr: [addr[0], addr[1], addr[2], addr[3]],
+    }
+}
+
+#[inline(always)]
+fn host6(slot: u8, addr: &[u8; 16]) -> Host6Key {
+    Host6Key {
+        slot: slot as u32,
+        addr: *addr,
+    }
+}
+
+/// The local pod at `addr` (`ENDPOINTS*` hold exactly the ipcache entries with `EP_LOCAL`,
 /// which are always full-length).
 #[inline(always)]
 fn endpoint_get(slot: u8, family: u8, addr: &[u8; 16]) -> Option<EndpointValue> {
-    let key = EndpointKey {
-        slot,
-        family,
-        _pad: [0; 2],
-        addr: *addr,
-    };
     // SAFETY: copied out at once; map values are plain integers.
-    unsafe { ENDPOINTS.get(&key) }.copied()
+    let v = if family == FAMILY_V4 {
+        unsafe { ENDPOINTS4.get(&host4(slot, addr)) }
+    } else {
+        unsafe { ENDPOINTS6.get(&host6(slot, addr)) }
+    };
+    v.copied()
 }
 
 #[inline(always)]
@@ -88,30 +101,40 @@ fn ipcache_key(slot: u8, family: u8, addr: &[u8; 16]) -> Key<[u8; IpcacheKey::DA
 /// The longest entry of `POLICY_HASH` matching (subject, peer, proto, port) among the prefix
 /// lengths in `lens` (`policy_len_bit` bits): probed from the longest down, so the answer is
 /// the longest-prefix match; at most one hash lookup per length the subject uses.
+/// Found-or-not plus the value, always initialised: with an `Option` LLVM may move the value
+/// registers of the `None` path, which the verifier rejects as reading uninitialised ones.
+#[derive(Clone, Copy, Default)]
+struct Probe {
+    found: bool,
+    v: PolicyValue,
+}
+
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn policy_probe(
-    slot: u8,
-    dir: u8,
-    subject: u32,
-    peer: u32,
-    proto: u8,
-    port: u16,
-    lens: u32,
-) -> Option<PolicyValue> {
+fn policy_probe(subject_word: u32, peer: u32, proto: u8, port: u16, lens: u32) -> Probe {
+    let mut out = Probe::default();
+    // The key is built in a per-CPU scratch value, not on the stack: the verifier does not
+    // track map memory, so the paths that probe a length and those that skip it end in the
+    // same state and are pruned (on the stack, 18 optional writes made it explore 2^18 paths).
+    let Some(key) = PROBE_KEY.get_ptr_mut(0) else {
+        return out;
+    };
+    // SAFETY: a per-CPU array value, valid for the program's run.
+    let key = unsafe { &mut *key };
     let mut bit = POLICY_LEN_BITS;
     while bit > 0 {
         bit -= 1;
         if lens & (1 << bit) == 0 {
             continue;
         }
-        let key = PolicyHashKey::new(policy_bit_len(bit), slot, dir, subject, peer, proto, port);
+        *key = PolicyHashKey::with_word(subject_word, policy_bit_len(bit), peer, proto, port);
         // SAFETY: the value is copied out at once; map values are plain integers.
-        if let Some(v) = unsafe { POLICY_HASH.get(&key) } {
-            return Some(*v);
+        if let Some(v) = unsafe { POLICY_HASH.get(&*key) } {
+            out.found = true;
+            out.v = *v;
+            break;
         }
     }
-    None
+    out
 }
 
 /// Decide whether the local pod at `local` may exchange (`proto`, `port`) with `peer` in
@@ -173,15 +196,16 @@ pub fn check(
         local_ep.lens[0]
     };
     // A rule naming the peer's class wins over one for any peer, as in the Plan evaluator.
-    let subject = ep.subject_class;
-    let mut hit = None;
+    let word = PolicyHashKey::subject_word(slot, dir, ep.subject_class);
+    let mut hit = Probe::default();
     if peer_class != ANY_PEER && lens.peer_lens != 0 {
-        hit = policy_probe(slot, dir, subject, peer_class, proto, port, lens.peer_lens);
+        hit = policy_probe(word, peer_class, proto, port, lens.peer_lens);
     }
-    if hit.is_none() && lens.any_lens != 0 {
-        hit = policy_probe(slot, dir, subject, ANY_PEER, proto, port, lens.any_lens);
+    if !hit.found && lens.any_lens != 0 {
+        hit = policy_probe(word, ANY_PEER, proto, port, lens.any_lens);
     }
-    if let Some(v) = hit {
+    if hit.found {
+        let v = hit.v;
         d.reason = reason::POLICY_ALLOW;
         d.policy = v.policy;
         d.rule = v.rule;

@@ -35,14 +35,15 @@ pub fn check(
         proto,
         _pad: 0,
         port,
-        _pad2: [0; 2],
+        _pad2: 0,
         addr: *vip,
     };
     // SAFETY: the value is copied out immediately; map values are plain integers.
     let sp = unsafe { SERVICES.get(&key) }?.service_port;
     let pk = ServicePolicyKey {
         slot,
-        _pad: [0; 3],
+        _pad: 0,
+        _pad2: 0,
         subject,
         service_port: sp,
     };

@@ -156,7 +156,8 @@ fn service_policy(plan: &Plan) -> Vec<(ServicePolicyKey, PolicyValue)> {
                 out.push((
                     ServicePolicyKey {
                         slot: SLOT,
-                        _pad: [0; 3],
+                        _pad: 0,
+                        _pad2: 0,
                         subject: sc.id,
                         service_port: i as u32 + 1,
                     },

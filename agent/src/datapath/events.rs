@@ -115,7 +115,7 @@ fn service_of(plan: &Plan, e: &Event) -> Option<String> {
         proto: e.proto,
         _pad: 0,
         port: e.dport,
-        _pad2: [0; 2],
+        _pad2: 0,
         addr: e.daddr,
     };
     let i = plan.services.binary_search_by(|(k, _)| k.cmp(&key)).ok()?;

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use aya::maps::{HashMap, Map, MapData, MapError};
-use netward_common::{EndpointKey, PolicyHashKey, ServiceKey, ServicePolicyKey};
+use netward_common::{Host4Key, Host6Key, PolicyHashKey, ServiceKey, ServicePolicyKey};
 
 use super::{Datapath, SyncError};
 
@@ -36,20 +36,29 @@ impl SlotKey for ServicePolicyKey {
 
 impl SlotKey for PolicyHashKey {
     fn slot(&self) -> u8 {
-        self.slot
+        PolicyHashKey::slot(self)
+    }
+    fn with_slot(self, slot: u8) -> Self {
+        PolicyHashKey::with_slot(self, slot)
+    }
+}
+
+impl SlotKey for Host4Key {
+    fn slot(&self) -> u8 {
+        self.slot as u8
     }
     fn with_slot(mut self, slot: u8) -> Self {
-        self.slot = slot;
+        self.slot = slot as u32;
         self
     }
 }
 
-impl SlotKey for EndpointKey {
+impl SlotKey for Host6Key {
     fn slot(&self) -> u8 {
-        self.slot
+        self.slot as u8
     }
     fn with_slot(mut self, slot: u8) -> Self {
-        self.slot = slot;
+        self.slot = slot as u32;
         self
     }
 }

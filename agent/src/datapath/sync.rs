@@ -1,5 +1,5 @@
-//! Map sync: the only writer of `IPCACHE`, `HOSTS`, `POLICY_HASH`, `SUBJECTS`, the Service maps
-//! and `CONFIG`.
+//! Map sync: the only writer of `IPCACHE`, the hash tables derived from the Plan, the Service
+//! maps and `CONFIG`.
 //!
 //! Applying a Plan (generation g -> g+1, slot = generation & 1):
 //! 1. capacity check: the live slot plus the new Plan must fit (both coexist for a moment);
@@ -10,11 +10,10 @@
 //!    next packet; conntrack entries re-check against it lazily (generation mismatch);
 //! 4. delete the old slot's entries.
 //!
-//! `HOSTS` mirrors the ipcache entries of full address length (a hash hit equals the LPM
-//! answer) and follows the same protocol, as do `POLICY_HASH` + `SUBJECTS` (`policy_sync.rs`)
-//! and `SERVICES` + `SERVICE_POLICY` (`service_sync.rs`). An older build of the eBPF object
-//! (benchmarked side by side, `--baseline-object`) has the `POLICY` trie instead of the policy
-//! hash maps: the Plan's longest-prefix entries are then written there as they are.
+//! The hash tables derived from the Plan (`POLICY_HASH`, `ENDPOINTS4/6`, `HOSTS4/6`,
+//! `hash_sync.rs`) and the Service maps (`service_sync.rs`) follow the same protocol. An older
+//! build of the eBPF object (benchmarked side by side, `--baseline-object`) has `HOSTS` and the
+//! `POLICY` trie instead: the Plan's entries are then written there as they are.
 //!
 //! If a write fails in step 2 (map full, kernel out of memory), the inactive slot is emptied
 //! again and the error returned and counted: the old Plan stays in force, nothing fails open.
@@ -30,7 +29,7 @@ use netward_common::{
 };
 use serde::Serialize;
 
-use super::policy_sync::PolicyTables;
+use super::hash_sync::HashTables;
 use super::service_sync::{ServiceCounts, ServiceTables};
 use super::slot_hash::SlotCounts;
 use super::Datapath;
@@ -266,6 +265,36 @@ fn clear_slot<K: LpmEntry>(
     Ok(keys.len())
 }
 
+/// The tables of builds before the hash tables (`HOSTS` keyed by the ipcache key, the
+/// `POLICY` trie): written only when such an object is loaded as a benchmark baseline.
+#[derive(Default)]
+struct Legacy {
+    hosts: Vec<(IpcacheKey, IpcacheValue)>,
+    policy: Vec<(PolicyKey, PolicyValue)>,
+}
+
+impl Legacy {
+    fn of(plan: &Plan, ipcache: &[(IpcacheKey, IpcacheValue)], slot: u8) -> Legacy {
+        Legacy {
+            hosts: ipcache
+                .iter()
+                .filter(|(k, _)| is_host(k))
+                .copied()
+                .collect(),
+            policy: plan
+                .policy
+                .iter()
+                .map(|(k, v)| (k.with_slot(slot), *v))
+                .collect(),
+        }
+    }
+}
+
+struct LegacyCurrent {
+    hosts: BTreeMap<IpcacheKey, IpcacheValue>,
+    policy: BTreeMap<PolicyKey, PolicyValue>,
+}
+
 impl Datapath {
     fn lpm<K: LpmEntry>(&mut self, name: &'static str) -> Result<(Lpm<'_, K>, u32), SyncError> {
         let capacity = max_entries(self, name)?;
@@ -378,21 +407,11 @@ impl Datapath {
             .iter()
             .map(|(k, v)| (k.with_slot(slot), *v))
             .collect();
-        let hosts: Vec<(IpcacheKey, IpcacheValue)> = ipcache
-            .iter()
-            .filter(|(k, _)| is_host(k))
-            .copied()
-            .collect();
         let hashed = self.has_policy_hash();
-        let (pol_tables, trie_policy) = if hashed {
-            (PolicyTables::of(plan, slot)?, Vec::new())
+        let (tables, legacy) = if hashed {
+            (HashTables::of(plan, slot)?, Legacy::default())
         } else {
-            let policy: Vec<(PolicyKey, PolicyValue)> = plan
-                .policy
-                .iter()
-                .map(|(k, v)| (k.with_slot(slot), *v))
-                .collect();
-            (PolicyTables::default(), policy)
+            (HashTables::default(), Legacy::of(plan, &ipcache, slot))
         };
 
         let svc = ServiceTables::of(plan, slot);
@@ -404,14 +423,9 @@ impl Datapath {
             // 1. capacity (both slots coexist until the old one is removed).
             let (ip_map, ip_cap) = self.lpm::<IpcacheKey>("IPCACHE")?;
             let ip_cur = read_all::<IpcacheKey>(&ip_map, "IPCACHE")?;
-            let live_count = |slots: &mut dyn Iterator<Item = u8>| {
-                if live {
-                    slots.filter(|s| *s == live_slot).count()
-                } else {
-                    0
-                }
-            };
-            let ip_need = live_count(&mut ip_cur.keys().map(|k| k.slot)) + ipcache.len();
+            let live_opt = live.then_some(live_slot);
+            let ip_need = live_opt.map_or(0, |s| ip_cur.keys().filter(|k| k.slot == s).count())
+                + ipcache.len();
             if ip_need > ip_cap as usize {
                 return Err(SyncError::MapFull {
                     map: "IPCACHE",
@@ -419,54 +433,28 @@ impl Datapath {
                     capacity: ip_cap,
                 });
             }
-            let (h_map, h_cap) = self.hosts()?;
-            let h_cur = hosts_read(&h_map)?;
-            let h_need = live_count(&mut h_cur.keys().map(|k| k.slot)) + hosts.len();
-            if h_need > h_cap as usize {
-                return Err(SyncError::MapFull {
-                    map: "HOSTS",
-                    needed: h_need,
-                    capacity: h_cap,
-                });
-            }
-            let live_opt = live.then_some(live_slot);
-            let pol_cur = if hashed {
-                Some(self.policy_check(&pol_tables, live_opt)?)
+            let hash_cur = if hashed {
+                Some(self.hash_check(&tables, live_opt)?)
             } else {
                 None
             };
-            let trie_cur = if hashed {
-                BTreeMap::new()
+            let legacy_cur = if hashed {
+                None
             } else {
-                let (pol_map, pol_cap) = self.lpm::<PolicyKey>("POLICY")?;
-                let cur = read_all::<PolicyKey>(&pol_map, "POLICY")?;
-                let need = live_count(&mut cur.keys().map(|k| k.slot)) + trie_policy.len();
-                if need > pol_cap as usize {
-                    return Err(SyncError::MapFull {
-                        map: "POLICY",
-                        needed: need,
-                        capacity: pol_cap,
-                    });
-                }
-                cur
+                Some(self.legacy_check(&legacy, live_opt)?)
             };
             let svc_cur = self.services_check(&svc, live_opt)?;
 
             // 2. the inactive slot becomes exactly the new Plan.
             let res = (|| {
-                let (mut h, _) = self.hosts()?;
-                hosts_write_slot(&mut h, slot, &h_cur, &hosts)?;
+                if let Some(cur) = &hash_cur {
+                    self.hash_write(slot, cur, &tables, &mut pol_counts)?;
+                }
+                if let Some(cur) = &legacy_cur {
+                    self.legacy_write(slot, cur, &legacy, &mut pol_counts)?;
+                }
                 let (mut m, _) = self.lpm::<IpcacheKey>("IPCACHE")?;
                 write_slot(&mut m, "IPCACHE", slot, &ip_cur, &ipcache, &mut ip_counts)?;
-                if let Some(cur) = &pol_cur {
-                    self.policy_write(slot, cur, &pol_tables, &mut pol_counts)?;
-                } else {
-                    let (mut m, _) = self.lpm::<PolicyKey>("POLICY")?;
-                    let mut c = Counts::default();
-                    write_slot(&mut m, "POLICY", slot, &trie_cur, &trie_policy, &mut c)?;
-                    pol_counts.written += c.written;
-                    pol_counts.deleted += c.deleted;
-                }
                 self.services_write(slot, &svc_cur, &svc, &mut svc_counts)
             })();
             if let Err(e) = res {
@@ -474,10 +462,7 @@ impl Datapath {
                 if let Ok((mut m, _)) = self.lpm::<IpcacheKey>("IPCACHE") {
                     let _ = clear_slot::<IpcacheKey>(&mut m, "IPCACHE", slot);
                 }
-                let _ = self.policy_clear_any(hashed, slot);
-                if let Ok((mut h, _)) = self.hosts() {
-                    let _ = hosts_clear_slot(&mut h, slot);
-                }
+                let _ = self.tables_clear(hashed, slot);
                 let _ = self.services_clear(slot);
                 return Err(e);
             }
@@ -501,9 +486,7 @@ impl Datapath {
         // 4. the old slot goes.
         let (mut m, _) = self.lpm::<IpcacheKey>("IPCACHE")?;
         ip_counts.deleted += clear_slot::<IpcacheKey>(&mut m, "IPCACHE", live_slot)?;
-        pol_counts.deleted += self.policy_clear_any(hashed, live_slot)?;
-        let (mut h, _) = self.hosts()?;
-        hosts_clear_slot(&mut h, live_slot)?;
+        pol_counts.deleted += self.tables_clear(hashed, live_slot)?;
         svc_counts.deleted += self.services_clear(live_slot)?;
 
         Ok(SyncReport {
@@ -536,8 +519,11 @@ impl Datapath {
         ))
     }
 
-    /// Every `HOSTS` entry (both slots).
+    /// Every `HOSTS4/6` entry (both slots), as ipcache keys.
     pub fn host_entries(&mut self) -> anyhow::Result<Vec<(IpcacheKey, IpcacheValue)>> {
+        if self.has_policy_hash() {
+            return Ok(self.hosts_hash_entries()?);
+        }
         let (h, _) = self.hosts()?;
         Ok(hosts_read(&h)?.into_iter().collect())
     }
@@ -561,14 +547,59 @@ impl Datapath {
         Ok((ip, pol))
     }
 
-    /// Delete `slot` from whichever policy maps the object has.
-    fn policy_clear_any(&mut self, hashed: bool, slot: u8) -> Result<usize, SyncError> {
+    /// Delete `slot` from whichever lookup tables the object has; returns the number of
+    /// policy entries deleted.
+    fn tables_clear(&mut self, hashed: bool, slot: u8) -> Result<usize, SyncError> {
         if hashed {
-            self.policy_clear(slot)
+            self.hash_clear(slot)
         } else {
+            let (mut h, _) = self.hosts()?;
+            hosts_clear_slot(&mut h, slot)?;
             let (mut m, _) = self.lpm::<PolicyKey>("POLICY")?;
             clear_slot::<PolicyKey>(&mut m, "POLICY", slot)
         }
+    }
+
+    fn legacy_check(&mut self, l: &Legacy, live: Option<u8>) -> Result<LegacyCurrent, SyncError> {
+        let (h_map, h_cap) = self.hosts()?;
+        let hosts = hosts_read(&h_map)?;
+        let need = live.map_or(0, |s| hosts.keys().filter(|k| k.slot == s).count()) + l.hosts.len();
+        if need > h_cap as usize {
+            return Err(SyncError::MapFull {
+                map: "HOSTS",
+                needed: need,
+                capacity: h_cap,
+            });
+        }
+        let (pol_map, pol_cap) = self.lpm::<PolicyKey>("POLICY")?;
+        let policy = read_all::<PolicyKey>(&pol_map, "POLICY")?;
+        let need =
+            live.map_or(0, |s| policy.keys().filter(|k| k.slot == s).count()) + l.policy.len();
+        if need > pol_cap as usize {
+            return Err(SyncError::MapFull {
+                map: "POLICY",
+                needed: need,
+                capacity: pol_cap,
+            });
+        }
+        Ok(LegacyCurrent { hosts, policy })
+    }
+
+    fn legacy_write(
+        &mut self,
+        slot: u8,
+        cur: &LegacyCurrent,
+        l: &Legacy,
+        counts: &mut SlotCounts,
+    ) -> Result<(), SyncError> {
+        let (mut h, _) = self.hosts()?;
+        hosts_write_slot(&mut h, slot, &cur.hosts, &l.hosts)?;
+        let (mut m, _) = self.lpm::<PolicyKey>("POLICY")?;
+        let mut c = Counts::default();
+        write_slot(&mut m, "POLICY", slot, &cur.policy, &l.policy, &mut c)?;
+        counts.written += c.written;
+        counts.deleted += c.deleted;
+        Ok(())
     }
 }
 

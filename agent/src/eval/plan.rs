@@ -228,7 +228,7 @@ pub fn service_key(ip: IpAddr, proto: u8, port: u16) -> ServiceKey {
         proto,
         _pad: 0,
         port,
-        _pad2: [0; 2],
+        _pad2: 0,
         addr,
     }
 }
@@ -246,7 +246,8 @@ pub fn service_lookup(plan: &Plan, ip: IpAddr, proto: u8, port: u16) -> Option<u
 pub fn service_policy_lookup(plan: &Plan, subject: u32, id: u32) -> Option<PolicyValue> {
     let key = ServicePolicyKey {
         slot: SLOT,
-        _pad: [0; 3],
+        _pad: 0,
+        _pad2: 0,
         subject,
         service_port: id,
     };

@@ -318,7 +318,7 @@ impl PlanBuilder {
                 proto,
                 _pad: 0,
                 port,
-                _pad2: [0; 2],
+                _pad2: 0,
                 addr,
             };
             self.plan.services.retain(|(e, _)| *e != key);
@@ -334,7 +334,8 @@ impl PlanBuilder {
     pub fn service_allow(&mut self, subject: u32, id: u32, policy: u32, rule: u16) -> &mut Self {
         let key = ServicePolicyKey {
             slot: 0,
-            _pad: [0; 3],
+            _pad: 0,
+            _pad2: 0,
             subject,
             service_port: id,
         };

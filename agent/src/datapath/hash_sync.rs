@@ -1,0 +1,371 @@
+//! Map sync of the hash tables derived from a Plan: `POLICY_HASH`, `ENDPOINTS4/6` and
+//! `HOSTS4/6`, following the slot protocol of [`super::sync`]: capacity checked first (fail
+//! closed), the inactive slot diffed to exactly the new Plan, `CONFIG` flips, the old slot
+//! deleted.
+//!
+//! The Plan keeps its policy entries as longest-prefix keys ([`PolicyKey`]); here each becomes
+//! an exact [`PolicyHashKey`], and every local endpoint (the ipcache entries with `EP_LOCAL`)
+//! carries, per direction, the prefix lengths its subject class's entries use
+//! ([`PolicyLens`]): all the datapath needs to find the longest match with a few hash probes
+//! after one lookup of the local address. `HOSTS4/6` mirror the full-length ipcache entries
+//! (pods, Service addresses) so the peer resolves in one short-key hash lookup.
+use std::collections::BTreeMap;
+
+use netward_common::{
+    policy_len_bit, EndpointValue, Host4Key, Host6Key, IpcacheKey, IpcacheValue, PolicyHashKey,
+    PolicyKey, PolicyLens, PolicyValue, ANY_PEER, EP_LOCAL, FAMILY_V4,
+};
+
+use super::slot_hash::{clear_slot, fits, write_slot, SlotCounts, SlotKey};
+use super::{Datapath, SyncError};
+use crate::plan::Plan;
+
+pub(super) const POLICY_HASH: &str = "POLICY_HASH";
+pub(super) const ENDPOINTS4: &str = "ENDPOINTS4";
+pub(super) const ENDPOINTS6: &str = "ENDPOINTS6";
+pub(super) const HOSTS4: &str = "HOSTS4";
+pub(super) const HOSTS6: &str = "HOSTS6";
+
+/// A Plan's hash tables, in the slot being installed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(super) struct HashTables {
+    pub(super) policy: Vec<(PolicyHashKey, PolicyValue)>,
+    pub(super) endpoints4: Vec<(Host4Key, EndpointValue)>,
+    pub(super) endpoints6: Vec<(Host6Key, EndpointValue)>,
+    pub(super) hosts4: Vec<(Host4Key, IpcacheValue)>,
+    pub(super) hosts6: Vec<(Host6Key, IpcacheValue)>,
+}
+
+fn unpackable(k: &PolicyKey) -> SyncError {
+    SyncError::Map {
+        map: POLICY_HASH,
+        source: anyhow::anyhow!(
+            "policy entry {k:?} cannot be packed: prefix length {} (the datapath probes 80 or \
+             88..=104) or a class number beyond {}",
+            k.prefixlen,
+            netward_common::CLASS_LIMIT - 1
+        ),
+    }
+}
+
+fn is_full(k: &IpcacheKey) -> bool {
+    k.addr_prefix() == if k.family == FAMILY_V4 { 32 } else { 128 }
+}
+
+fn host4(slot: u8, k: &IpcacheKey) -> Host4Key {
+    Host4Key {
+        slot: slot as u32,
+        addr: [k.addr[0], k.addr[1], k.addr[2], k.addr[3]],
+    }
+}
+
+fn host6(slot: u8, k: &IpcacheKey) -> Host6Key {
+    Host6Key {
+        slot: slot as u32,
+        addr: k.addr,
+    }
+}
+
+fn sorted<K: Ord + Copy, V>(mut v: Vec<(K, V)>) -> Vec<(K, V)> {
+    v.sort_by_key(|(k, _)| *k);
+    v.dedup_by_key(|(k, _)| *k);
+    v
+}
+
+impl HashTables {
+    pub(super) fn of(plan: &Plan, slot: u8) -> Result<HashTables, SyncError> {
+        Self::from_entries(&plan.ipcache, &plan.policy, slot)
+    }
+
+    /// From a Plan's ipcache and longest-prefix policy entries (or an older agent's maps).
+    pub(super) fn from_entries(
+        ipcache: &[(IpcacheKey, IpcacheValue)],
+        entries: &[(PolicyKey, PolicyValue)],
+        slot: u8,
+    ) -> Result<HashTables, SyncError> {
+        let mut t = HashTables::default();
+        // (dir, subject) -> lengths used.
+        let mut lens: BTreeMap<(u8, u32), PolicyLens> = BTreeMap::new();
+        for &(mut k, v) in entries {
+            k.slot = slot;
+            let (Some(hk), Some(bit)) =
+                (PolicyHashKey::from_policy(&k), policy_len_bit(k.prefixlen))
+            else {
+                return Err(unpackable(&k));
+            };
+            t.policy.push((hk, v));
+            let l = lens.entry((k.dir, k.subject_class())).or_default();
+            if k.peer_class() == ANY_PEER {
+                l.any_lens |= 1 << bit;
+            } else {
+                l.peer_lens |= 1 << bit;
+            }
+        }
+        for (k, v) in ipcache.iter().filter(|(k, _)| is_full(k)) {
+            let v4 = k.family == FAMILY_V4;
+            if v4 {
+                t.hosts4.push((host4(slot, k), *v));
+            } else {
+                t.hosts6.push((host6(slot, k), *v));
+            }
+            if v.flags & EP_LOCAL == 0 {
+                continue;
+            }
+            let of = |dir: u8| {
+                lens.get(&(dir, v.subject_class))
+                    .copied()
+                    .unwrap_or_default()
+            };
+            let e = EndpointValue {
+                ip: *v,
+                lens: [of(0), of(1)],
+            };
+            if v4 {
+                t.endpoints4.push((host4(slot, k), e));
+            } else {
+                t.endpoints6.push((host6(slot, k), e));
+            }
+        }
+        Ok(HashTables {
+            policy: sorted(t.policy),
+            endpoints4: sorted(t.endpoints4),
+            endpoints6: sorted(t.endpoints6),
+            hosts4: sorted(t.hosts4),
+            hosts6: sorted(t.hosts6),
+        })
+    }
+}
+
+/// What the maps held before the write (both slots), for the diff.
+pub(super) struct HashCurrent {
+    policy: BTreeMap<PolicyHashKey, PolicyValue>,
+    endpoints4: BTreeMap<Host4Key, EndpointValue>,
+    endpoints6: BTreeMap<Host6Key, EndpointValue>,
+    hosts4: BTreeMap<Host4Key, IpcacheValue>,
+    hosts6: BTreeMap<Host6Key, IpcacheValue>,
+}
+
+impl Datapath {
+    /// Whether the loaded object has these hash maps (an older build benchmarked side by side
+    /// has the `POLICY` trie and `HOSTS` instead, see `sync.rs`).
+    pub(super) fn has_policy_hash(&self) -> bool {
+        [POLICY_HASH, ENDPOINTS4, ENDPOINTS6, HOSTS4, HOSTS6]
+            .iter()
+            .all(|m| self.bpf.map(m).is_some())
+    }
+
+    fn hash_fits<K: SlotKey, V: aya::Pod>(
+        &mut self,
+        name: &'static str,
+        live: Option<u8>,
+        new: usize,
+    ) -> Result<BTreeMap<K, V>, SyncError> {
+        let (cur, cap) = self.slot_hash_read::<K, V>(name)?;
+        fits(name, &cur, live, new, cap)?;
+        Ok(cur)
+    }
+
+    /// Step 1: the live slot (`live`, None before the first Plan) plus the new tables must fit
+    /// in every map; nothing is written otherwise.
+    pub(super) fn hash_check(
+        &mut self,
+        t: &HashTables,
+        live: Option<u8>,
+    ) -> Result<HashCurrent, SyncError> {
+        Ok(HashCurrent {
+            policy: self.hash_fits(POLICY_HASH, live, t.policy.len())?,
+            endpoints4: self.hash_fits(ENDPOINTS4, live, t.endpoints4.len())?,
+            endpoints6: self.hash_fits(ENDPOINTS6, live, t.endpoints6.len())?,
+            hosts4: self.hash_fits(HOSTS4, live, t.hosts4.len())?,
+            hosts6: self.hash_fits(HOSTS6, live, t.hosts6.len())?,
+        })
+    }
+
+    fn hash_write_one<K: SlotKey, V: aya::Pod + PartialEq>(
+        &mut self,
+        name: &'static str,
+        slot: u8,
+        cur: &BTreeMap<K, V>,
+        desired: &[(K, V)],
+        counts: &mut SlotCounts,
+    ) -> Result<(), SyncError> {
+        let (mut h, _) = self.slot_hash::<K, V>(name)?;
+        write_slot(&mut h, name, slot, cur, desired, counts)
+    }
+
+    /// Step 2: make `slot` hold exactly the new tables; `counts` counts policy entries.
+    pub(super) fn hash_write(
+        &mut self,
+        slot: u8,
+        cur: &HashCurrent,
+        t: &HashTables,
+        counts: &mut SlotCounts,
+    ) -> Result<(), SyncError> {
+        let mut other = SlotCounts::default();
+        self.hash_write_one(POLICY_HASH, slot, &cur.policy, &t.policy, counts)?;
+        self.hash_write_one(HOSTS4, slot, &cur.hosts4, &t.hosts4, &mut other)?;
+        self.hash_write_one(HOSTS6, slot, &cur.hosts6, &t.hosts6, &mut other)?;
+        self.hash_write_one(ENDPOINTS4, slot, &cur.endpoints4, &t.endpoints4, &mut other)?;
+        self.hash_write_one(ENDPOINTS6, slot, &cur.endpoints6, &t.endpoints6, &mut other)
+    }
+
+    fn hash_clear_one<K: SlotKey, V: aya::Pod>(
+        &mut self,
+        name: &'static str,
+        slot: u8,
+    ) -> Result<usize, SyncError> {
+        let (all, _) = self.slot_hash_read::<K, V>(name)?;
+        let (mut h, _) = self.slot_hash::<K, V>(name)?;
+        clear_slot(&mut h, name, slot, all.keys())
+    }
+
+    /// Steps 2 (on failure) and 4: delete every entry of `slot` from these maps; returns the
+    /// number of policy entries deleted.
+    pub(super) fn hash_clear(&mut self, slot: u8) -> Result<usize, SyncError> {
+        self.hash_clear_one::<Host4Key, EndpointValue>(ENDPOINTS4, slot)?;
+        self.hash_clear_one::<Host6Key, EndpointValue>(ENDPOINTS6, slot)?;
+        self.hash_clear_one::<Host4Key, IpcacheValue>(HOSTS4, slot)?;
+        self.hash_clear_one::<Host6Key, IpcacheValue>(HOSTS6, slot)?;
+        self.hash_clear_one::<PolicyHashKey, PolicyValue>(POLICY_HASH, slot)
+    }
+
+    /// Every `POLICY_HASH` entry (both slots) as the Plan's keys.
+    pub(super) fn policy_hash_entries(
+        &mut self,
+    ) -> Result<Vec<(PolicyKey, PolicyValue)>, SyncError> {
+        let (all, _) = self.slot_hash_read::<PolicyHashKey, PolicyValue>(POLICY_HASH)?;
+        Ok(all.into_iter().map(|(k, v)| (k.to_policy(), v)).collect())
+    }
+
+    /// Every `HOSTS4/6` entry (both slots) as ipcache keys.
+    pub(super) fn hosts_hash_entries(
+        &mut self,
+    ) -> Result<Vec<(IpcacheKey, IpcacheValue)>, SyncError> {
+        let (h4, _) = self.slot_hash_read::<Host4Key, IpcacheValue>(HOSTS4)?;
+        let (h6, _) = self.slot_hash_read::<Host6Key, IpcacheValue>(HOSTS6)?;
+        let mut out: Vec<(IpcacheKey, IpcacheValue)> = h4
+            .into_iter()
+            .map(|(k, v)| (IpcacheKey::v4(k.slot as u8, k.addr, 32), v))
+            .chain(
+                h6.into_iter()
+                    .map(|(k, v)| (IpcacheKey::v6(k.slot as u8, k.addr, 128), v)),
+            )
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
+    /// Every `ENDPOINTS4/6` entry (both slots) by ipcache key, for inspection and tests.
+    pub fn endpoint_entries(&mut self) -> anyhow::Result<Vec<(IpcacheKey, EndpointValue)>> {
+        let (e4, _) = self.slot_hash_read::<Host4Key, EndpointValue>(ENDPOINTS4)?;
+        let (e6, _) = self.slot_hash_read::<Host6Key, EndpointValue>(ENDPOINTS6)?;
+        let mut out: Vec<(IpcacheKey, EndpointValue)> = e4
+            .into_iter()
+            .map(|(k, v)| (IpcacheKey::v4(k.slot as u8, k.addr, 32), v))
+            .chain(
+                e6.into_iter()
+                    .map(|(k, v)| (IpcacheKey::v6(k.slot as u8, k.addr, 128), v)),
+            )
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use netward_common::{
+        DIR_EGRESS, DIR_INGRESS, EP_ISOLATED_INGRESS, POLICY_PREFIX_ANY_PORT,
+        POLICY_PREFIX_ANY_PROTO, POLICY_PREFIX_FULL,
+    };
+
+    fn e(len: u32, dir: u8, subject: u32, peer: u32, port: u16) -> (PolicyKey, PolicyValue) {
+        (
+            PolicyKey::new(len, 0, dir, subject, peer, 6, port),
+            PolicyValue {
+                policy: 1,
+                rule: 0,
+                flags: 0,
+            },
+        )
+    }
+
+    fn ip(addr: [u8; 4], prefix: u8, flags: u32, subject: u32) -> (IpcacheKey, IpcacheValue) {
+        (
+            IpcacheKey::v4(0, addr, prefix),
+            IpcacheValue {
+                peer_class: 5,
+                subject_class: subject,
+                flags,
+                endpoint: 1,
+            },
+        )
+    }
+
+    #[test]
+    fn endpoints_carry_the_lengths_their_subject_uses_per_peer_kind() {
+        let ipcache = [
+            ip([10, 0, 0, 1], 32, EP_LOCAL | EP_ISOLATED_INGRESS, 3),
+            ip([10, 0, 0, 2], 32, 0, 0), // a remote pod: not an endpoint
+            ip([10, 1, 0, 0], 16, 0, 0), // a CIDR piece
+            ip([10, 0, 0, 3], 32, EP_LOCAL, 0), // local, selected by nothing
+        ];
+        let t = HashTables::from_entries(
+            &ipcache,
+            &[
+                e(POLICY_PREFIX_FULL, DIR_INGRESS, 3, 7, 80),
+                e(POLICY_PREFIX_FULL - 3, DIR_INGRESS, 3, 7, 8080),
+                e(POLICY_PREFIX_ANY_PROTO, DIR_INGRESS, 3, ANY_PEER, 0),
+                e(POLICY_PREFIX_ANY_PORT, DIR_EGRESS, 3, 9, 0),
+            ],
+            1,
+        )
+        .unwrap();
+        assert_eq!(t.policy.len(), 4);
+        assert!(t.policy.iter().all(|(k, _)| k.slot() == 1));
+        assert_eq!(t.endpoints4.len(), 2);
+        assert_eq!(t.hosts4.len(), 3, "every full-length entry, local or not");
+        let (k, v) = t.endpoints4[0];
+        assert_eq!((k.slot, k.addr), (1, [10, 0, 0, 1]));
+        assert_eq!(v.ip, ipcache[0].1);
+        assert_eq!(
+            v.lens[DIR_INGRESS as usize],
+            PolicyLens {
+                peer_lens: (1 << 17) | (1 << 14),
+                any_lens: 1,
+            }
+        );
+        assert_eq!(
+            v.lens[DIR_EGRESS as usize],
+            PolicyLens {
+                peer_lens: 1 << 1,
+                any_lens: 0,
+            }
+        );
+        assert_eq!(t.endpoints4[1].1.lens, [PolicyLens::default(); 2]);
+        // A range block keeps only its prefix of the port.
+        let k = t
+            .policy
+            .iter()
+            .find(|(k, _)| k.to_policy().prefixlen == POLICY_PREFIX_FULL - 3)
+            .unwrap()
+            .0;
+        assert_eq!(k.port, 8080 & !7);
+        assert_eq!(k.to_policy().prefixlen, POLICY_PREFIX_FULL - 3);
+    }
+
+    #[test]
+    fn a_length_the_datapath_cannot_probe_is_an_error() {
+        let err = HashTables::from_entries(&[], &[e(84, DIR_INGRESS, 1, 2, 0)], 0).unwrap_err();
+        assert!(err.to_string().contains("prefix length 84"), "{err}");
+        let big = e(
+            POLICY_PREFIX_FULL,
+            DIR_INGRESS,
+            netward_common::CLASS_LIMIT,
+            2,
+            80,
+        );
+        assert!(HashTables::from_entries(&[], &[big], 0).is_err());
+    }
+}
