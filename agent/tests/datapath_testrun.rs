@@ -1184,3 +1184,104 @@ fn restart_over_an_older_counters_map_keeps_enforcing() {
         "policy_allow",
     );
 }
+
+/// An agent from before the policy hash tables left its Plan in a `POLICY` trie (and `HOSTS`
+/// keyed by the ipcache key). A new agent rebuilds its tables from those pins before its
+/// programs take over: the Plan in force keeps enforcing with no apply, and the old pins go.
+#[test]
+fn upgrade_over_an_older_policy_trie_keeps_the_plan_in_force() {
+    const BPF_MAP_TYPE_HASH: u32 = 1;
+    const BPF_MAP_TYPE_LPM_TRIE: u32 = 11;
+    const BPF_F_NO_PREALLOC: u32 = 1;
+    let cfg = test_config("upgrade");
+    let mut dp = open(cfg.clone());
+    dp.apply(&service_fixture()).unwrap();
+    let g = dp.current_config().unwrap().generation;
+    let (_, live_policy) = dp.live_entries().unwrap();
+    assert!(!live_policy.is_empty());
+    drop(dp.dp.take());
+
+    // The older agent's layout: no hash tables, a POLICY trie and HOSTS.
+    for name in [
+        "POLICY_HASH",
+        "ENDPOINTS4",
+        "ENDPOINTS6",
+        "HOSTS4",
+        "HOSTS6",
+    ] {
+        std::fs::remove_file(cfg.bpffs_dir.join(name)).unwrap();
+    }
+    let trie_pin = cfg.bpffs_dir.join("POLICY");
+    pin_raw_map_flags(
+        &trie_pin,
+        BPF_MAP_TYPE_LPM_TRIE,
+        size_of::<PolicyKey>() as u32,
+        size_of::<PolicyValue>() as u32,
+        4096,
+        BPF_F_NO_PREALLOC,
+    );
+    {
+        let data = aya::maps::MapData::from_pin(&trie_pin).unwrap();
+        let mut trie: aya::maps::LpmTrie<_, [u8; PolicyKey::DATA_LEN], PolicyValue> =
+            aya::maps::LpmTrie::try_from(aya::maps::Map::LpmTrie(data)).unwrap();
+        for (k, v) in &live_policy {
+            trie.insert(
+                &aya::maps::lpm_trie::Key::new(k.prefixlen, k.lpm_data()),
+                *v,
+                0,
+            )
+            .unwrap();
+        }
+    }
+    let hosts_pin = cfg.bpffs_dir.join("HOSTS");
+    pin_raw_map(
+        &hosts_pin,
+        BPF_MAP_TYPE_HASH,
+        size_of::<IpcacheKey>() as u32,
+        size_of::<IpcacheValue>() as u32,
+        1024,
+    );
+
+    dp.dp = Some(Datapath::open_or_create(cfg.clone()).expect("upgrade over old pins"));
+    assert_eq!(
+        dp.current_config().unwrap().generation,
+        g,
+        "no new Plan was applied"
+    );
+    let (_, migrated) = dp.live_entries().unwrap();
+    assert_eq!(migrated, live_policy);
+    assert!(
+        !trie_pin.exists() && !hosts_pin.exists(),
+        "the older agent's pins are removed"
+    );
+    check(
+        &dp,
+        Egress,
+        &frame(A4, VIP4, tcp(43000, 80)),
+        true,
+        "policy_allow",
+    );
+    check(
+        &dp,
+        Egress,
+        &frame(A4, VIP4, tcp(43001, 8443)),
+        false,
+        "service_deny",
+    );
+    check(
+        &dp,
+        Ingress,
+        &frame(C4, A4, tcp(43002, 81)),
+        false,
+        "policy_deny",
+    );
+    // And the next Plan goes in as usual.
+    dp.apply(&service_fixture()).unwrap();
+    check(
+        &dp,
+        Egress,
+        &frame(A4, VIP4, tcp(43003, 80)),
+        true,
+        "policy_allow",
+    );
+}

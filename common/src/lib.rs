@@ -783,7 +783,7 @@ mod tests {
                     CLASS_LIMIT - 1,
                     77,
                     PROTO_TCP,
-                    port | 5 * (len < POLICY_PREFIX_FULL) as u16
+                    port | (5 * (len < POLICY_PREFIX_FULL) as u16)
                 ),
                 h
             );

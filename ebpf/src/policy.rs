@@ -20,7 +20,7 @@ use aya_ebpf::maps::lpm_trie::Key;
 use netward_common::{
     policy_bit_len, reason, EndpointValue, Host4Key, Host6Key, IpcacheKey, IpcacheValue,
     PolicyHashKey, PolicyValue, ANY_PEER, CFG_FAIL_CLOSED_UNKNOWN, DIR_EGRESS, EP_ISOLATED_EGRESS,
-    EP_ISOLATED_INGRESS, EP_LOCAL, EP_SERVICE, FAMILY_V4, IPCACHE_HEADER_BITS, POLICY_LEN_BITS,
+    EP_ISOLATED_INGRESS, EP_SERVICE, FAMILY_V4, IPCACHE_HEADER_BITS, POLICY_LEN_BITS,
 };
 
 use crate::maps::{ENDPOINTS4, ENDPOINTS6, HOSTS4, HOSTS6, IPCACHE, POLICY_HASH, PROBE_KEY};

@@ -45,6 +45,7 @@ mod service_sync;
 mod slot_hash;
 mod sync;
 pub mod testrun;
+mod upgrade;
 
 pub use attach::AttachMode;
 pub use counters::Counters;
@@ -162,7 +163,10 @@ impl Datapath {
             history: Arc::default(),
             sync_failures: 0,
         };
+        // An older agent's layout: carry its Plan over before its programs are replaced.
+        dp.upgrade_tables()?;
         dp.adopt_pinned_links()?;
+        dp.remove_old_pins()?;
         dp.write_options()?;
         Ok(dp)
     }

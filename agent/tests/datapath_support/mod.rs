@@ -495,11 +495,23 @@ pub fn icmpv6(src: &str, dst: &str, ty: u8) -> Vec<u8> {
 /// Pin, at `path`, a new map of `map_type` with the given shape, created with the raw `bpf()`
 /// syscall: stands in for a map an older agent left behind.
 pub fn pin_raw_map(path: &std::path::Path, map_type: u32, key: u32, value: u32, entries: u32) {
+    pin_raw_map_flags(path, map_type, key, value, entries, 0)
+}
+
+/// [`pin_raw_map`] with `map_flags` (an LPM trie needs `BPF_F_NO_PREALLOC`).
+pub fn pin_raw_map_flags(
+    path: &std::path::Path,
+    map_type: u32,
+    key: u32,
+    value: u32,
+    entries: u32,
+    flags: u32,
+) {
     use std::os::unix::ffi::OsStrExt;
     const BPF_MAP_CREATE: libc::c_long = 0;
     const BPF_OBJ_PIN: libc::c_long = 6;
     let mut attr = [0u32; 32];
-    attr[..4].copy_from_slice(&[map_type, key, value, entries]);
+    attr[..5].copy_from_slice(&[map_type, key, value, entries, flags]);
     // SAFETY: attr is a zeroed, large enough `union bpf_attr` for BPF_MAP_CREATE.
     let fd = unsafe {
         libc::syscall(
