@@ -18,3 +18,26 @@ fn loads_and_enforces_a_minimal_plan() {
     assert!(dp.test_run(Direction::Ingress, &ok, 1).unwrap().pass);
     assert!(!dp.test_run(Direction::Ingress, &bad, 1).unwrap().pass);
 }
+
+/// The verifier's work stays well under its limit (1M instructions per program): the programs
+/// grow with every feature, and a load that fails on a node fails closed for every new pod.
+/// The figure is printed so a change's cost shows in the test log.
+#[test]
+fn verifier_load_has_headroom() {
+    const LIMIT: u32 = 1_000_000;
+    let dp = open(test_config("verifier"));
+    for dir in [Direction::Egress, Direction::Ingress] {
+        let s = dp.program_stats(dir).unwrap();
+        let Some(n) = s.verified_insns else {
+            continue; // kernel too old to report it
+        };
+        println!(
+            "{dir:?}: {n} instructions verified, {} bytes JITed",
+            s.jited_bytes
+        );
+        assert!(
+            n < LIMIT * 8 / 10,
+            "{dir:?}: the verifier walked {n} instructions, over 80% of its {LIMIT} limit"
+        );
+    }
+}

@@ -1202,13 +1202,7 @@ fn upgrade_over_an_older_policy_trie_keeps_the_plan_in_force() {
     drop(dp.dp.take());
 
     // The older agent's layout: no hash tables, a POLICY trie and HOSTS.
-    for name in [
-        "POLICY_HASH",
-        "ENDPOINTS4",
-        "ENDPOINTS6",
-        "HOSTS4",
-        "HOSTS6",
-    ] {
+    for name in ["POLICY_HASH", "ENDPOINTS", "ADDRS"] {
         std::fs::remove_file(cfg.bpffs_dir.join(name)).unwrap();
     }
     let trie_pin = cfg.bpffs_dir.join("POLICY");

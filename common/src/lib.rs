@@ -276,22 +276,17 @@ impl PolicyHashKey {
     }
 }
 
-/// `HOSTS4` / `ENDPOINTS4` key: one IPv4 address in one slot (8 bytes: one hash round).
+/// `ENDPOINTS` / `ADDRS` key: one address in one slot. For IPv4 the address occupies the
+/// first 4 bytes of `addr` and the rest is zero. One map for both families: separate IPv4 maps
+/// with 8-byte keys hash a little faster, but the family dispatch doubled the verifier's walk
+/// of everything after the lookups. Scalar padding only: zeroing byte arrays costs the
+/// datapath a `memset` call.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
-pub struct Host4Key {
-    /// 0 or 1. A whole word (no padding bytes): zeroing byte arrays costs the datapath a
-    /// `memset` call.
-    pub slot: u32,
-    pub addr: [u8; 4],
-}
-
-/// `HOSTS6` / `ENDPOINTS6` key: one IPv6 address in one slot.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
-pub struct Host6Key {
-    /// 0 or 1, a whole word as in [`Host4Key`].
-    pub slot: u32,
+pub struct HostKey {
+    pub slot: u8,
+    pub family: u8,
+    pub _pad: u16,
     pub addr: [u8; 16],
 }
 
@@ -339,7 +334,7 @@ pub struct PolicyLens {
     pub any_lens: u32,
 }
 
-/// `ENDPOINTS4` / `ENDPOINTS6` value: everything the datapath needs about the local side of a new flow in one
+/// `ENDPOINTS` value: everything the datapath needs about the local side of a new flow in one
 /// lookup: the ipcache entry of the address (always [`EP_LOCAL`]) and, per direction
 /// (`DIR_*` index), the prefix lengths its subject class's policy entries use.
 #[repr(C)]
@@ -700,8 +695,7 @@ mod pod_impls {
     unsafe impl aya::Pod for ServiceValue {}
     unsafe impl aya::Pod for ServicePolicyKey {}
     unsafe impl aya::Pod for PolicyHashKey {}
-    unsafe impl aya::Pod for Host4Key {}
-    unsafe impl aya::Pod for Host6Key {}
+    unsafe impl aya::Pod for HostKey {}
     unsafe impl aya::Pod for EndpointValue {}
 }
 
@@ -792,7 +786,7 @@ mod tests {
         assert!(PolicyHashKey::from_policy(&too_big).is_none());
         assert!(PolicyHashKey::from_policy(&PolicyKey::new(84, 0, 0, 1, 1, 0, 0)).is_none());
         assert_eq!(core::mem::size_of::<PolicyHashKey>(), 12);
-        assert_eq!(core::mem::size_of::<Host4Key>(), 8);
+        assert_eq!(core::mem::size_of::<HostKey>(), 20);
     }
 
     #[test]

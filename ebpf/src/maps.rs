@@ -7,9 +7,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use netward_common::{
-    Config, CtKey, CtValue, EndpointValue, FragKey, FragValue, Host4Key, Host6Key, IpcacheKey,
-    IpcacheValue, PolicyHashKey, PolicyValue, RateState, ServiceKey, ServicePolicyKey,
-    ServiceValue, COUNTER_COUNT,
+    Config, CtKey, CtValue, EndpointValue, FragKey, FragValue, HostKey, IpcacheKey, IpcacheValue,
+    PolicyHashKey, PolicyValue, RateState, ServiceKey, ServicePolicyKey, ServiceValue,
+    COUNTER_COUNT,
 };
 
 /// LPM data parts (everything after `prefixlen`), see `IpcacheKey::lpm_data`.
@@ -21,15 +21,11 @@ pub static CONFIG: Array<Config> = Array::pinned(1, 0);
 #[map(name = "IPCACHE")]
 pub static IPCACHE: LpmTrie<IpcacheData, IpcacheValue> = LpmTrie::pinned(65536, 0);
 
-/// The ipcache entries of full address length (pods, Service addresses), by family with
-/// short keys (one hash round): a hit is exactly what the trie would answer (nothing is longer
-/// than a full prefix), so those addresses resolve in one hash lookup and only other addresses
-/// walk the trie.
-#[map(name = "HOSTS4")]
-pub static HOSTS4: HashMap<Host4Key, IpcacheValue> = HashMap::pinned(65536, 0);
-
-#[map(name = "HOSTS6")]
-pub static HOSTS6: HashMap<Host6Key, IpcacheValue> = HashMap::pinned(65536, 0);
+/// The ipcache entries of full address length (pods, Service addresses): a hit is exactly what
+/// the trie would answer (nothing is longer than a full prefix), so those addresses resolve in
+/// one hash lookup and only other addresses walk the trie.
+#[map(name = "ADDRS")]
+pub static ADDRS: HashMap<HostKey, IpcacheValue> = HashMap::pinned(65536, 0);
 
 /// The Plan's policy entries as exact keys (`PolicyHashKey`: one prefix length each); probed
 /// only at the lengths `SUBJECTS` lists for the subject, longest first.
@@ -42,11 +38,8 @@ pub static PROBE_KEY: PerCpuArray<PolicyHashKey> = PerCpuArray::with_max_entries
 
 /// Local pods' addresses -> their ipcache entry and the prefix lengths their subject class's
 /// `POLICY_HASH` entries use per direction: the local side of a new flow in one lookup.
-#[map(name = "ENDPOINTS4")]
-pub static ENDPOINTS4: HashMap<Host4Key, EndpointValue> = HashMap::pinned(16384, 0);
-
-#[map(name = "ENDPOINTS6")]
-pub static ENDPOINTS6: HashMap<Host6Key, EndpointValue> = HashMap::pinned(16384, 0);
+#[map(name = "ENDPOINTS")]
+pub static ENDPOINTS: HashMap<HostKey, EndpointValue> = HashMap::pinned(16384, 0);
 
 #[map(name = "CONNTRACK")]
 pub static CONNTRACK: LruHashMap<CtKey, CtValue> = LruHashMap::pinned(262144, 0);

@@ -1,6 +1,6 @@
 //! The policy decision for one side of a flow: ipcache (local endpoint, then peer class) and
-//! the policy hash. The local address resolves in `ENDPOINTS4/6` (its ipcache entry plus the
-//! prefix lengths its subject's policy entries use), the peer through `HOSTS4/6` (hash of the
+//! the policy hash. The local address resolves in `ENDPOINTS` (its ipcache entry plus the
+//! prefix lengths its subject's policy entries use), the peer through `ADDRS` (hash of the
 //! single-address entries, i.e. pods) with a fallback to the `IPCACHE` trie for other
 //! addresses (CIDRs); then `POLICY_HASH` is probed at the subject's lengths only, longest
 //! first: the longest-prefix match without a trie walk whose depth grows with the map. A
@@ -18,12 +18,12 @@
 //!   for the Service's endpoints by [`crate::service::check`].
 use aya_ebpf::maps::lpm_trie::Key;
 use netward_common::{
-    policy_bit_len, reason, EndpointValue, Host4Key, Host6Key, IpcacheKey, IpcacheValue,
-    PolicyHashKey, PolicyValue, ANY_PEER, CFG_FAIL_CLOSED_UNKNOWN, DIR_EGRESS, EP_ISOLATED_EGRESS,
+    policy_bit_len, reason, EndpointValue, HostKey, IpcacheKey, IpcacheValue, PolicyHashKey,
+    PolicyValue, ANY_PEER, CFG_FAIL_CLOSED_UNKNOWN, DIR_EGRESS, EP_ISOLATED_EGRESS,
     EP_ISOLATED_INGRESS, EP_SERVICE, FAMILY_V4, IPCACHE_HEADER_BITS, POLICY_LEN_BITS,
 };
 
-use crate::maps::{ENDPOINTS4, ENDPOINTS6, HOSTS4, HOSTS6, IPCACHE, POLICY_HASH, PROBE_KEY};
+use crate::maps::{ADDRS, ENDPOINTS, IPCACHE, POLICY_HASH, PROBE_KEY};
 use crate::parse::has_ports;
 
 /// Outcome of a policy check.
@@ -47,45 +47,29 @@ impl Decision {
 /// The ipcache answer for a full address: the host entry if there is one, else the LPM walk.
 #[inline(always)]
 fn ipcache_get(slot: u8, family: u8, addr: &[u8; 16]) -> Option<IpcacheValue> {
-    // SAFETY (both lookups): copied out at once; map values are plain integers.
-    let host = if family == FAMILY_V4 {
-        unsafe { HOSTS4.get(&host4(slot, addr)) }
-    } else {
-        unsafe { HOSTS6.get(&host6(slot, addr)) }
-    };
-    if let Some(v) = host {
+    // SAFETY: copied out at once; map values are plain integers.
+    if let Some(v) = unsafe { ADDRS.get(&host_key(slot, family, addr)) } {
         return Some(*v);
     }
     IPCACHE.get(ipcache_key(slot, family, addr)).copied()
 }
 
 #[inline(always)]
-fn host4(slot: u8, addr: &[u8; 16]) -> Host4Key {
-    Host4Key {
-        slot: slot as u32,
-        addr: [addr[0], addr[1], addr[2], addr[3]],
-    }
-}
-
-#[inline(always)]
-fn host6(slot: u8, addr: &[u8; 16]) -> Host6Key {
-    Host6Key {
-        slot: slot as u32,
+fn host_key(slot: u8, family: u8, addr: &[u8; 16]) -> HostKey {
+    HostKey {
+        slot,
+        family,
+        _pad: 0,
         addr: *addr,
     }
 }
 
-/// The local pod at `addr` (`ENDPOINTS*` hold exactly the ipcache entries with `EP_LOCAL`,
+/// The local pod at `addr` (`ENDPOINTS` holds exactly the ipcache entries with `EP_LOCAL`,
 /// which are always full-length).
 #[inline(always)]
 fn endpoint_get(slot: u8, family: u8, addr: &[u8; 16]) -> Option<EndpointValue> {
     // SAFETY: copied out at once; map values are plain integers.
-    let v = if family == FAMILY_V4 {
-        unsafe { ENDPOINTS4.get(&host4(slot, addr)) }
-    } else {
-        unsafe { ENDPOINTS6.get(&host6(slot, addr)) }
-    };
-    v.copied()
+    unsafe { ENDPOINTS.get(&host_key(slot, family, addr)) }.copied()
 }
 
 #[inline(always)]

@@ -1,5 +1,5 @@
-//! Map sync of the hash tables derived from a Plan: `POLICY_HASH`, `ENDPOINTS4/6` and
-//! `HOSTS4/6`, following the slot protocol of [`super::sync`]: capacity checked first (fail
+//! Map sync of the hash tables derived from a Plan: `POLICY_HASH`, `ENDPOINTS` and `ADDRS`,
+//! following the slot protocol of [`super::sync`]: capacity checked first (fail
 //! closed), the inactive slot diffed to exactly the new Plan, `CONFIG` flips, the old slot
 //! deleted.
 //!
@@ -7,13 +7,13 @@
 //! an exact [`PolicyHashKey`], and every local endpoint (the ipcache entries with `EP_LOCAL`)
 //! carries, per direction, the prefix lengths its subject class's entries use
 //! ([`PolicyLens`]): all the datapath needs to find the longest match with a few hash probes
-//! after one lookup of the local address. `HOSTS4/6` mirror the full-length ipcache entries
-//! (pods, Service addresses) so the peer resolves in one short-key hash lookup.
+//! after one lookup of the local address. `ADDRS` mirrors the full-length ipcache entries
+//! (pods, Service addresses) so the peer resolves in one hash lookup.
 use std::collections::BTreeMap;
 
 use netward_common::{
-    policy_len_bit, EndpointValue, Host4Key, Host6Key, IpcacheKey, IpcacheValue, PolicyHashKey,
-    PolicyKey, PolicyLens, PolicyValue, ANY_PEER, EP_LOCAL, FAMILY_V4,
+    policy_len_bit, EndpointValue, HostKey, IpcacheKey, IpcacheValue, PolicyHashKey, PolicyKey,
+    PolicyLens, PolicyValue, ANY_PEER, EP_LOCAL, FAMILY_V4,
 };
 
 use super::slot_hash::{clear_slot, fits, write_slot, SlotCounts, SlotKey};
@@ -21,19 +21,15 @@ use super::{Datapath, SyncError};
 use crate::plan::Plan;
 
 pub(super) const POLICY_HASH: &str = "POLICY_HASH";
-pub(super) const ENDPOINTS4: &str = "ENDPOINTS4";
-pub(super) const ENDPOINTS6: &str = "ENDPOINTS6";
-pub(super) const HOSTS4: &str = "HOSTS4";
-pub(super) const HOSTS6: &str = "HOSTS6";
+pub(super) const ENDPOINTS: &str = "ENDPOINTS";
+pub(super) const ADDRS: &str = "ADDRS";
 
 /// A Plan's hash tables, in the slot being installed.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub(super) struct HashTables {
     pub(super) policy: Vec<(PolicyHashKey, PolicyValue)>,
-    pub(super) endpoints4: Vec<(Host4Key, EndpointValue)>,
-    pub(super) endpoints6: Vec<(Host6Key, EndpointValue)>,
-    pub(super) hosts4: Vec<(Host4Key, IpcacheValue)>,
-    pub(super) hosts6: Vec<(Host6Key, IpcacheValue)>,
+    pub(super) endpoints: Vec<(HostKey, EndpointValue)>,
+    pub(super) addrs: Vec<(HostKey, IpcacheValue)>,
 }
 
 fn unpackable(k: &PolicyKey) -> SyncError {
@@ -52,16 +48,11 @@ fn is_full(k: &IpcacheKey) -> bool {
     k.addr_prefix() == if k.family == FAMILY_V4 { 32 } else { 128 }
 }
 
-fn host4(slot: u8, k: &IpcacheKey) -> Host4Key {
-    Host4Key {
-        slot: slot as u32,
-        addr: [k.addr[0], k.addr[1], k.addr[2], k.addr[3]],
-    }
-}
-
-fn host6(slot: u8, k: &IpcacheKey) -> Host6Key {
-    Host6Key {
-        slot: slot as u32,
+fn host_key(slot: u8, k: &IpcacheKey) -> HostKey {
+    HostKey {
+        slot,
+        family: k.family,
+        _pad: 0,
         addr: k.addr,
     }
 }
@@ -102,12 +93,7 @@ impl HashTables {
             }
         }
         for (k, v) in ipcache.iter().filter(|(k, _)| is_full(k)) {
-            let v4 = k.family == FAMILY_V4;
-            if v4 {
-                t.hosts4.push((host4(slot, k), *v));
-            } else {
-                t.hosts6.push((host6(slot, k), *v));
-            }
+            t.addrs.push((host_key(slot, k), *v));
             if v.flags & EP_LOCAL == 0 {
                 continue;
             }
@@ -120,18 +106,12 @@ impl HashTables {
                 ip: *v,
                 lens: [of(0), of(1)],
             };
-            if v4 {
-                t.endpoints4.push((host4(slot, k), e));
-            } else {
-                t.endpoints6.push((host6(slot, k), e));
-            }
+            t.endpoints.push((host_key(slot, k), e));
         }
         Ok(HashTables {
             policy: sorted(t.policy),
-            endpoints4: sorted(t.endpoints4),
-            endpoints6: sorted(t.endpoints6),
-            hosts4: sorted(t.hosts4),
-            hosts6: sorted(t.hosts6),
+            endpoints: sorted(t.endpoints),
+            addrs: sorted(t.addrs),
         })
     }
 }
@@ -139,17 +119,15 @@ impl HashTables {
 /// What the maps held before the write (both slots), for the diff.
 pub(super) struct HashCurrent {
     policy: BTreeMap<PolicyHashKey, PolicyValue>,
-    endpoints4: BTreeMap<Host4Key, EndpointValue>,
-    endpoints6: BTreeMap<Host6Key, EndpointValue>,
-    hosts4: BTreeMap<Host4Key, IpcacheValue>,
-    hosts6: BTreeMap<Host6Key, IpcacheValue>,
+    endpoints: BTreeMap<HostKey, EndpointValue>,
+    addrs: BTreeMap<HostKey, IpcacheValue>,
 }
 
 impl Datapath {
     /// Whether the loaded object has these hash maps (an older build benchmarked side by side
     /// has the `POLICY` trie and `HOSTS` instead, see `sync.rs`).
     pub(super) fn has_policy_hash(&self) -> bool {
-        [POLICY_HASH, ENDPOINTS4, ENDPOINTS6, HOSTS4, HOSTS6]
+        [POLICY_HASH, ENDPOINTS, ADDRS]
             .iter()
             .all(|m| self.bpf.map(m).is_some())
     }
@@ -174,10 +152,8 @@ impl Datapath {
     ) -> Result<HashCurrent, SyncError> {
         Ok(HashCurrent {
             policy: self.hash_fits(POLICY_HASH, live, t.policy.len())?,
-            endpoints4: self.hash_fits(ENDPOINTS4, live, t.endpoints4.len())?,
-            endpoints6: self.hash_fits(ENDPOINTS6, live, t.endpoints6.len())?,
-            hosts4: self.hash_fits(HOSTS4, live, t.hosts4.len())?,
-            hosts6: self.hash_fits(HOSTS6, live, t.hosts6.len())?,
+            endpoints: self.hash_fits(ENDPOINTS, live, t.endpoints.len())?,
+            addrs: self.hash_fits(ADDRS, live, t.addrs.len())?,
         })
     }
 
@@ -203,10 +179,8 @@ impl Datapath {
     ) -> Result<(), SyncError> {
         let mut other = SlotCounts::default();
         self.hash_write_one(POLICY_HASH, slot, &cur.policy, &t.policy, counts)?;
-        self.hash_write_one(HOSTS4, slot, &cur.hosts4, &t.hosts4, &mut other)?;
-        self.hash_write_one(HOSTS6, slot, &cur.hosts6, &t.hosts6, &mut other)?;
-        self.hash_write_one(ENDPOINTS4, slot, &cur.endpoints4, &t.endpoints4, &mut other)?;
-        self.hash_write_one(ENDPOINTS6, slot, &cur.endpoints6, &t.endpoints6, &mut other)
+        self.hash_write_one(ADDRS, slot, &cur.addrs, &t.addrs, &mut other)?;
+        self.hash_write_one(ENDPOINTS, slot, &cur.endpoints, &t.endpoints, &mut other)
     }
 
     fn hash_clear_one<K: SlotKey, V: aya::Pod>(
@@ -222,10 +196,8 @@ impl Datapath {
     /// Steps 2 (on failure) and 4: delete every entry of `slot` from these maps; returns the
     /// number of policy entries deleted.
     pub(super) fn hash_clear(&mut self, slot: u8) -> Result<usize, SyncError> {
-        self.hash_clear_one::<Host4Key, EndpointValue>(ENDPOINTS4, slot)?;
-        self.hash_clear_one::<Host6Key, EndpointValue>(ENDPOINTS6, slot)?;
-        self.hash_clear_one::<Host4Key, IpcacheValue>(HOSTS4, slot)?;
-        self.hash_clear_one::<Host6Key, IpcacheValue>(HOSTS6, slot)?;
+        self.hash_clear_one::<HostKey, EndpointValue>(ENDPOINTS, slot)?;
+        self.hash_clear_one::<HostKey, IpcacheValue>(ADDRS, slot)?;
         self.hash_clear_one::<PolicyHashKey, PolicyValue>(POLICY_HASH, slot)
     }
 
@@ -237,38 +209,30 @@ impl Datapath {
         Ok(all.into_iter().map(|(k, v)| (k.to_policy(), v)).collect())
     }
 
-    /// Every `HOSTS4/6` entry (both slots) as ipcache keys.
+    /// Every `ADDRS` entry (both slots) as ipcache keys.
     pub(super) fn hosts_hash_entries(
         &mut self,
     ) -> Result<Vec<(IpcacheKey, IpcacheValue)>, SyncError> {
-        let (h4, _) = self.slot_hash_read::<Host4Key, IpcacheValue>(HOSTS4)?;
-        let (h6, _) = self.slot_hash_read::<Host6Key, IpcacheValue>(HOSTS6)?;
-        let mut out: Vec<(IpcacheKey, IpcacheValue)> = h4
-            .into_iter()
-            .map(|(k, v)| (IpcacheKey::v4(k.slot as u8, k.addr, 32), v))
-            .chain(
-                h6.into_iter()
-                    .map(|(k, v)| (IpcacheKey::v6(k.slot as u8, k.addr, 128), v)),
-            )
-            .collect();
+        let (all, _) = self.slot_hash_read::<HostKey, IpcacheValue>(ADDRS)?;
+        let mut out: Vec<_> = all.into_iter().map(|(k, v)| (to_ipcache(&k), v)).collect();
         out.sort();
         Ok(out)
     }
 
-    /// Every `ENDPOINTS4/6` entry (both slots) by ipcache key, for inspection and tests.
+    /// Every `ENDPOINTS` entry (both slots) by ipcache key, for inspection and tests.
     pub fn endpoint_entries(&mut self) -> anyhow::Result<Vec<(IpcacheKey, EndpointValue)>> {
-        let (e4, _) = self.slot_hash_read::<Host4Key, EndpointValue>(ENDPOINTS4)?;
-        let (e6, _) = self.slot_hash_read::<Host6Key, EndpointValue>(ENDPOINTS6)?;
-        let mut out: Vec<(IpcacheKey, EndpointValue)> = e4
-            .into_iter()
-            .map(|(k, v)| (IpcacheKey::v4(k.slot as u8, k.addr, 32), v))
-            .chain(
-                e6.into_iter()
-                    .map(|(k, v)| (IpcacheKey::v6(k.slot as u8, k.addr, 128), v)),
-            )
-            .collect();
+        let (all, _) = self.slot_hash_read::<HostKey, EndpointValue>(ENDPOINTS)?;
+        let mut out: Vec<_> = all.into_iter().map(|(k, v)| (to_ipcache(&k), v)).collect();
         out.sort();
         Ok(out)
+    }
+}
+
+fn to_ipcache(k: &HostKey) -> IpcacheKey {
+    if k.family == FAMILY_V4 {
+        IpcacheKey::v4(k.slot, [k.addr[0], k.addr[1], k.addr[2], k.addr[3]], 32)
+    } else {
+        IpcacheKey::v6(k.slot, k.addr, 128)
     }
 }
 
@@ -324,10 +288,10 @@ mod tests {
         .unwrap();
         assert_eq!(t.policy.len(), 4);
         assert!(t.policy.iter().all(|(k, _)| k.slot() == 1));
-        assert_eq!(t.endpoints4.len(), 2);
-        assert_eq!(t.hosts4.len(), 3, "every full-length entry, local or not");
-        let (k, v) = t.endpoints4[0];
-        assert_eq!((k.slot, k.addr), (1, [10, 0, 0, 1]));
+        assert_eq!(t.endpoints.len(), 2);
+        assert_eq!(t.addrs.len(), 3, "every full-length entry, local or not");
+        let (k, v) = t.endpoints[0];
+        assert_eq!((k.slot, &k.addr[..4]), (1, &[10, 0, 0, 1][..]));
         assert_eq!(v.ip, ipcache[0].1);
         assert_eq!(
             v.lens[DIR_INGRESS as usize],
@@ -343,7 +307,7 @@ mod tests {
                 any_lens: 0,
             }
         );
-        assert_eq!(t.endpoints4[1].1.lens, [PolicyLens::default(); 2]);
+        assert_eq!(t.endpoints[1].1.lens, [PolicyLens::default(); 2]);
         // A range block keeps only its prefix of the port.
         let k = t
             .policy

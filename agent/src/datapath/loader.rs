@@ -8,9 +8,9 @@ use aya::maps::MapInfo;
 use aya::programs::SchedClassifier;
 use aya::{Ebpf, EbpfLoader};
 use netward_common::{
-    Config, CtKey, CtValue, EndpointValue, FragKey, FragValue, Host4Key, Host6Key, IpcacheKey,
-    IpcacheValue, PolicyHashKey, PolicyValue, RateState, ServiceKey, ServicePolicyKey,
-    ServiceValue, COUNTER_COUNT,
+    Config, CtKey, CtValue, EndpointValue, FragKey, FragValue, HostKey, IpcacheKey, IpcacheValue,
+    PolicyHashKey, PolicyValue, RateState, ServiceKey, ServicePolicyKey, ServiceValue,
+    COUNTER_COUNT,
 };
 
 use super::DatapathConfig;
@@ -37,17 +37,11 @@ const MAP_LAYOUTS: &[(&str, usize, usize)] = &[
         size_of::<PolicyValue>(),
     ),
     (
-        "ENDPOINTS4",
-        size_of::<Host4Key>(),
+        "ENDPOINTS",
+        size_of::<HostKey>(),
         size_of::<EndpointValue>(),
     ),
-    (
-        "ENDPOINTS6",
-        size_of::<Host6Key>(),
-        size_of::<EndpointValue>(),
-    ),
-    ("HOSTS4", size_of::<Host4Key>(), size_of::<IpcacheValue>()),
-    ("HOSTS6", size_of::<Host6Key>(), size_of::<IpcacheValue>()),
+    ("ADDRS", size_of::<HostKey>(), size_of::<IpcacheValue>()),
     ("CONNTRACK", size_of::<CtKey>(), size_of::<CtValue>()),
     ("FRAGS", size_of::<FragKey>(), size_of::<FragValue>()),
     ("COUNTERS", 4, 8),
@@ -146,13 +140,11 @@ pub(crate) fn load_object(cfg: &DatapathConfig, object: &[u8]) -> Result<Ebpf> {
     let mut bpf = EbpfLoader::new()
         .default_map_pin_directory(&cfg.bpffs_dir)
         .map_max_entries("IPCACHE", cfg.ipcache_max)
-        .map_max_entries("HOSTS4", cfg.ipcache_max)
-        .map_max_entries("HOSTS6", cfg.ipcache_max)
+        .map_max_entries("ADDRS", cfg.ipcache_max)
         // HOSTS and POLICY: the maps of builds before the hash tables (a benchmark baseline).
         .map_max_entries("HOSTS", cfg.ipcache_max)
         .map_max_entries("POLICY_HASH", cfg.policy_max)
-        .map_max_entries("ENDPOINTS4", cfg.endpoints_max)
-        .map_max_entries("ENDPOINTS6", cfg.endpoints_max)
+        .map_max_entries("ENDPOINTS", cfg.endpoints_max)
         .map_max_entries("POLICY", cfg.policy_max)
         .map_max_entries("CONNTRACK", cfg.conntrack_max)
         .map_max_entries("FRAGS", cfg.frags_max)

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use aya::maps::{HashMap, Map, MapData, MapError};
-use netward_common::{Host4Key, Host6Key, PolicyHashKey, ServiceKey, ServicePolicyKey};
+use netward_common::{HostKey, PolicyHashKey, ServiceKey, ServicePolicyKey};
 
 use super::{Datapath, SyncError};
 
@@ -43,22 +43,12 @@ impl SlotKey for PolicyHashKey {
     }
 }
 
-impl SlotKey for Host4Key {
+impl SlotKey for HostKey {
     fn slot(&self) -> u8 {
-        self.slot as u8
+        self.slot
     }
     fn with_slot(mut self, slot: u8) -> Self {
-        self.slot = slot as u32;
-        self
-    }
-}
-
-impl SlotKey for Host6Key {
-    fn slot(&self) -> u8 {
-        self.slot as u8
-    }
-    fn with_slot(mut self, slot: u8) -> Self {
-        self.slot = slot as u32;
+        self.slot = slot;
         self
     }
 }

@@ -2,8 +2,8 @@
 //!
 //! Builds before the hash tables kept the policy in a `POLICY` trie and the full-length
 //! ipcache entries in `HOSTS`. A new agent that finds such pins (and a Plan in force, but its
-//! own hash maps still empty) rebuilds the live slot of `POLICY_HASH`, `ENDPOINTS4/6` and
-//! `HOSTS4/6` from the pinned `IPCACHE` and `POLICY` *before* its programs replace the old
+//! own hash maps still empty) rebuilds the live slot of `POLICY_HASH`, `ENDPOINTS` and
+//! `ADDRS` from the pinned `IPCACHE` and `POLICY` *before* its programs replace the old
 //! ones in the pinned links, so enforcement continues with the same Plan and no window; the
 //! old pins are removed once no program uses them.
 use std::collections::BTreeMap;
