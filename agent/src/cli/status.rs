@@ -140,8 +140,34 @@ pub fn render(s: &Status) -> String {
         "\nCounters:    {} allowed, {} denied, {} events lost, {} sync failures",
         c.allowed, c.denied, c.events_lost, c.sync_failures
     );
-    for (reason, n) in &c.by_reason {
-        let _ = writeln!(o, "  {reason:<28} {n}");
+    // Keys are `direction/reason`: one row per reason, one column per direction.
+    let mut by_dir: std::collections::BTreeMap<&str, [u64; 3]> = Default::default();
+    for (key, n) in &c.by_reason {
+        let (dir, reason) = key.split_once('/').unwrap_or(("any", key));
+        let col = match dir {
+            "ingress" => 0,
+            "egress" => 1,
+            _ => 2,
+        };
+        by_dir.entry(reason).or_default()[col] += n;
+    }
+    if !by_dir.is_empty() {
+        let any = by_dir.values().any(|v| v[2] > 0);
+        let mut rows = vec![[
+            "  REASON".to_string(),
+            "INGRESS".into(),
+            "EGRESS".into(),
+            if any { "ANY".into() } else { String::new() },
+        ]];
+        for (reason, [i, e, a]) in by_dir {
+            rows.push([
+                format!("  {reason}"),
+                i.to_string(),
+                e.to_string(),
+                if any { a.to_string() } else { String::new() },
+            ]);
+        }
+        table(&mut o, &rows);
     }
     let _ = writeln!(o, "\nWatches:");
     for w in &s.watches {

@@ -8,8 +8,8 @@ use aya::maps::MapInfo;
 use aya::programs::SchedClassifier;
 use aya::{Ebpf, EbpfLoader};
 use netward_common::{
-    Config, CtKey, CtValue, FragKey, FragValue, IpcacheKey, IpcacheValue, PolicyKey, PolicyValue,
-    RateState, ServiceKey, ServicePolicyKey, ServiceValue, COUNTER_COUNT,
+    Config, Ct4Key, Ct6Key, CtValue, FragKey, FragValue, IpcacheKey, IpcacheValue, PolicyKey,
+    PolicyValue, RateState, ServiceKey, ServicePolicyKey, ServiceValue, COUNTER_COUNT,
 };
 
 use super::DatapathConfig;
@@ -31,7 +31,8 @@ const MAP_LAYOUTS: &[(&str, usize, usize)] = &[
         size_of::<IpcacheValue>(),
     ),
     ("POLICY", size_of::<PolicyKey>(), size_of::<PolicyValue>()),
-    ("CONNTRACK", size_of::<CtKey>(), size_of::<CtValue>()),
+    ("CT4", size_of::<Ct4Key>(), size_of::<CtValue>()),
+    ("CT6", size_of::<Ct6Key>(), size_of::<CtValue>()),
     ("FRAGS", size_of::<FragKey>(), size_of::<FragValue>()),
     ("COUNTERS", 4, 8),
     ("RATELIMIT", 4, size_of::<RateState>()),
@@ -131,7 +132,8 @@ pub(crate) fn load_object(cfg: &DatapathConfig, object: &[u8]) -> Result<Ebpf> {
         .map_max_entries("IPCACHE", cfg.ipcache_max)
         .map_max_entries("HOSTS", cfg.ipcache_max)
         .map_max_entries("POLICY", cfg.policy_max)
-        .map_max_entries("CONNTRACK", cfg.conntrack_max)
+        .map_max_entries("CT4", cfg.conntrack_max)
+        .map_max_entries("CT6", cfg.conntrack_max)
         .map_max_entries("FRAGS", cfg.frags_max)
         .map_max_entries("EVENTS", cfg.events_ring_bytes)
         .map_max_entries("SERVICES", cfg.services_max)

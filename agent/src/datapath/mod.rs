@@ -38,6 +38,7 @@ use crate::plan::Plan;
 mod attach;
 pub mod bench;
 mod counters;
+mod ct_migrate;
 mod events;
 mod loader;
 mod service_sync;
@@ -63,6 +64,7 @@ pub struct DatapathConfig {
     pub ipcache_max: u32,
     /// Policy map capacity (entries), same 2x rule.
     pub policy_max: u32,
+    /// Conntrack capacity (entries), of `CT4` and of `CT6` each.
     pub conntrack_max: u32,
     pub frags_max: u32,
     /// `SERVICES` capacity: (virtual address, protocol, port) entries, same 2x rule.
@@ -150,6 +152,9 @@ impl Datapath {
     }
 
     fn from_loaded(bpf: Ebpf, cfg: DatapathConfig) -> anyhow::Result<Datapath> {
+        // An older agent's single CONNTRACK map: its flows move to CT4/CT6 around the swap
+        // (before: what exists; after: what the old programs added meanwhile).
+        let legacy_ct = ct_migrate::open_legacy(&cfg.bpffs_dir, &bpf)?;
         let mut dp = Datapath {
             mode: cfg.attach_mode.unwrap_or_else(AttachMode::detect),
             bpf,
@@ -157,7 +162,19 @@ impl Datapath {
             history: Arc::default(),
             sync_failures: 0,
         };
+        if let Some(old) = &legacy_ct {
+            let r = old.copy_into(&mut dp.bpf)?;
+            tracing::info!(?r, "conntrack: copied the older agent's entries");
+        }
         dp.adopt_pinned_links()?;
+        if let Some(old) = legacy_ct {
+            let r = old.copy_into(&mut dp.bpf)?;
+            tracing::info!(
+                ?r,
+                "conntrack: copied entries added during the program swap"
+            );
+            old.unpin()?;
+        }
         dp.write_options()?;
         Ok(dp)
     }
