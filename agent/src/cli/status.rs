@@ -211,3 +211,32 @@ fn table<const N: usize>(o: &mut String, rows: &[[String; N]]) {
         let _ = writeln!(o, "{}", line.join("  ").trim_end());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_are_shown_by_direction() {
+        let mut s = Status::default();
+        for (k, n) in [
+            ("ingress/policy_deny", 3),
+            ("egress/policy_deny", 1),
+            ("egress/reply", 7),
+        ] {
+            s.counters.by_reason.insert(k.into(), n);
+        }
+        let out = render(&s);
+        let row = |r: &str| {
+            out.lines()
+                .find(|l| l.split_whitespace().next() == Some(r))
+                .unwrap_or_else(|| panic!("no {r} row in\n{out}"))
+                .split_whitespace()
+                .skip(1)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(row("REASON"), ["INGRESS", "EGRESS"]);
+        assert_eq!(row("policy_deny"), ["3", "1"]);
+        assert_eq!(row("reply"), ["0", "7"]);
+    }
+}
