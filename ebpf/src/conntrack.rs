@@ -101,13 +101,13 @@ macro_rules! with_map {
 
 #[inline(always)]
 fn get(f: &Flow) -> Option<*mut CtValue> {
-    with_map!(f, |m, k| m.get_ptr_mut(&k))
+    with_map!(f, |m, k| m.get_ptr_mut(k))
 }
 
 #[inline(always)]
 fn remove(f: &Flow) {
     with_map!(f, |m, k| {
-        let _ = m.remove(&k);
+        let _ = m.remove(k);
     })
 }
 
@@ -214,7 +214,7 @@ pub fn create(f: &Flow, dir: u8, d: &Decision, tcp_flags: u8, generation: u64, f
         flags,
     };
     with_map!(f, |m, k| {
-        let _ = m.insert(&k, &v, 0);
+        let _ = m.insert(k, v, 0);
     })
 }
 
