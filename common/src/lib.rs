@@ -318,6 +318,22 @@ pub struct Ct6Key {
     pub _pad: [u8; 3],
 }
 
+/// Key of the `CONNTRACK` map of agents before [`Ct4Key`]/[`Ct6Key`]: the tuple as first seen
+/// plus the admitting hook's `DIR_*`. Read only when upgrading from such an agent (its entries
+/// are converted into `CT4`/`CT6`); the programs no longer use it.
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct CtKey {
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub family: u8,
+    pub dir: u8,
+    pub _pad: u8,
+}
+
 /// Conntrack value.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -514,6 +530,7 @@ mod pod_impls {
     unsafe impl aya::Pod for PolicyKey {}
     unsafe impl aya::Pod for PolicyValue {}
     unsafe impl aya::Pod for Config {}
+    unsafe impl aya::Pod for CtKey {}
     unsafe impl aya::Pod for Ct4Key {}
     unsafe impl aya::Pod for Ct6Key {}
     unsafe impl aya::Pod for CtValue {}
@@ -538,6 +555,7 @@ mod tests {
         assert_eq!(size_of::<PolicyKey>(), 4 + 1 + 1 + 4 + 4 + 1 + 2 + 3);
         assert_eq!(size_of::<PolicyValue>(), 8);
         assert_eq!(size_of::<Config>(), 24);
+        assert_eq!(size_of::<CtKey>(), 16 + 16 + 2 + 2 + 4);
         assert_eq!(size_of::<Ct4Key>(), 4 + 4 + 2 + 2 + 4);
         assert_eq!(size_of::<Ct6Key>(), 16 + 16 + 2 + 2 + 4);
         assert_eq!(size_of::<CtValue>(), 8 + 8 + 4 + 2 + 2);

@@ -15,28 +15,12 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use aya::maps::{HashMap, Map, MapData, MapError};
 use aya::Ebpf;
-use netward_common::{Ct4Key, Ct6Key, CtValue, CT_ORIGIN_EGRESS, DIR_EGRESS, FAMILY_V4, FAMILY_V6};
+use netward_common::{
+    Ct4Key, Ct6Key, CtKey, CtValue, CT_ORIGIN_EGRESS, DIR_EGRESS, FAMILY_V4, FAMILY_V6,
+};
 
 /// Name of the old map's pin.
 pub(crate) const LEGACY_MAP: &str = "CONNTRACK";
-
-/// The old agents' conntrack key, as they pinned it (only read here).
-#[repr(C, align(8))]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(crate) struct LegacyCtKey {
-    pub saddr: [u8; 16],
-    pub daddr: [u8; 16],
-    pub sport: u16,
-    pub dport: u16,
-    pub proto: u8,
-    pub family: u8,
-    /// `DIR_*` of the hook that admitted the flow.
-    pub dir: u8,
-    pub _pad: u8,
-}
-
-// SAFETY: repr(C), integers and byte arrays only, explicit padding: every bit pattern is valid.
-unsafe impl aya::Pod for LegacyCtKey {}
 
 /// A legacy entry in the new layout.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -47,7 +31,7 @@ pub(crate) enum Converted {
 
 /// Re-key a legacy entry: `local` is the pod of the admitting hook (source on egress,
 /// destination on ingress); the direction moves into the value's origin flag.
-pub(crate) fn convert(k: &LegacyCtKey, v: &CtValue) -> Option<Converted> {
+pub(crate) fn convert(k: &CtKey, v: &CtValue) -> Option<Converted> {
     let egress = k.dir == DIR_EGRESS;
     let (local, remote, lport, rport) = if egress {
         (k.saddr, k.daddr, k.sport, k.dport)
@@ -92,7 +76,7 @@ pub(crate) fn convert(k: &LegacyCtKey, v: &CtValue) -> Option<Converted> {
 /// The pinned legacy map, when an older agent left one.
 pub(crate) struct Legacy {
     path: PathBuf,
-    map: HashMap<MapData, LegacyCtKey, CtValue>,
+    map: HashMap<MapData, CtKey, CtValue>,
 }
 
 /// Open `<dir>/CONNTRACK` if it is the legacy layout. `None` when there is none, or when the
@@ -107,7 +91,7 @@ pub(crate) fn open_legacy(dir: &Path, bpf: &Ebpf) -> Result<Option<Legacy>> {
         MapData::from_pin(&path).with_context(|| format!("open pinned map {}", path.display()))?;
     let info = data.info()?;
     let sizes = (info.key_size() as usize, info.value_size() as usize);
-    if sizes != (size_of::<LegacyCtKey>(), size_of::<CtValue>()) {
+    if sizes != (size_of::<CtKey>(), size_of::<CtValue>()) {
         anyhow::bail!(
             "pinned map {} has key/value sizes {}/{}, not the legacy conntrack layout: \
              remove the pins (netward datapath reset)",
@@ -202,7 +186,7 @@ mod tests {
     use super::*;
     use netward_common::{DIR_INGRESS, PROTO_TCP};
 
-    fn legacy(dir: u8, family: u8) -> LegacyCtKey {
+    fn legacy(dir: u8, family: u8) -> CtKey {
         let mut s = [0u8; 16];
         let mut d = [0u8; 16];
         s[..4].copy_from_slice(&[10, 0, 0, 1]);
@@ -210,7 +194,7 @@ mod tests {
         if family == FAMILY_V6 {
             s[15] = 9;
         }
-        LegacyCtKey {
+        CtKey {
             saddr: s,
             daddr: d,
             sport: 40000,
@@ -224,7 +208,7 @@ mod tests {
 
     #[test]
     fn layout_is_the_old_agents() {
-        assert_eq!(size_of::<LegacyCtKey>(), 40);
+        assert_eq!(size_of::<CtKey>(), 40);
     }
 
     #[test]

@@ -8,8 +8,8 @@ use aya::maps::MapInfo;
 use aya::programs::SchedClassifier;
 use aya::{Ebpf, EbpfLoader};
 use netward_common::{
-    Config, Ct4Key, Ct6Key, CtValue, FragKey, FragValue, IpcacheKey, IpcacheValue, PolicyKey,
-    PolicyValue, RateState, ServiceKey, ServicePolicyKey, ServiceValue, COUNTER_COUNT,
+    Config, CtKey, CtValue, FragKey, FragValue, IpcacheKey, IpcacheValue, PolicyKey, PolicyValue,
+    RateState, ServiceKey, ServicePolicyKey, ServiceValue, COUNTER_COUNT,
 };
 
 use super::DatapathConfig;
@@ -31,8 +31,7 @@ const MAP_LAYOUTS: &[(&str, usize, usize)] = &[
         size_of::<IpcacheValue>(),
     ),
     ("POLICY", size_of::<PolicyKey>(), size_of::<PolicyValue>()),
-    ("CT4", size_of::<Ct4Key>(), size_of::<CtValue>()),
-    ("CT6", size_of::<Ct6Key>(), size_of::<CtValue>()),
+    ("CONNTRACK", size_of::<CtKey>(), size_of::<CtValue>()),
     ("FRAGS", size_of::<FragKey>(), size_of::<FragValue>()),
     ("COUNTERS", 4, 8),
     ("RATELIMIT", 4, size_of::<RateState>()),
@@ -45,6 +44,17 @@ const MAP_LAYOUTS: &[(&str, usize, usize)] = &[
         "SERVICE_POLICY",
         size_of::<ServicePolicyKey>(),
         size_of::<PolicyValue>(),
+    ),
+    // CONNTRACK above is the older agents' map (migrated into these, see ct_migrate).
+    (
+        "CT4",
+        size_of::<netward_common::Ct4Key>(),
+        size_of::<CtValue>(),
+    ),
+    (
+        "CT6",
+        size_of::<netward_common::Ct6Key>(),
+        size_of::<CtValue>(),
     ),
 ];
 
@@ -132,12 +142,14 @@ pub(crate) fn load_object(cfg: &DatapathConfig, object: &[u8]) -> Result<Ebpf> {
         .map_max_entries("IPCACHE", cfg.ipcache_max)
         .map_max_entries("HOSTS", cfg.ipcache_max)
         .map_max_entries("POLICY", cfg.policy_max)
-        .map_max_entries("CT4", cfg.conntrack_max)
-        .map_max_entries("CT6", cfg.conntrack_max)
+        .map_max_entries("CONNTRACK", cfg.conntrack_max)
         .map_max_entries("FRAGS", cfg.frags_max)
         .map_max_entries("EVENTS", cfg.events_ring_bytes)
         .map_max_entries("SERVICES", cfg.services_max)
         .map_max_entries("SERVICE_POLICY", cfg.service_policy_max)
+        // `conntrack_max` for each family (CONNTRACK: an older object benchmarked side by side).
+        .map_max_entries("CT4", cfg.conntrack_max)
+        .map_max_entries("CT6", cfg.conntrack_max)
         .load(object)
         .context("load the eBPF object")?;
     for name in [PROG_EGRESS, PROG_INGRESS] {

@@ -64,7 +64,6 @@ pub struct DatapathConfig {
     pub ipcache_max: u32,
     /// Policy map capacity (entries), same 2x rule.
     pub policy_max: u32,
-    /// Conntrack capacity (entries), of `CT4` and of `CT6` each.
     pub conntrack_max: u32,
     pub frags_max: u32,
     /// `SERVICES` capacity: (virtual address, protocol, port) entries, same 2x rule.
