@@ -330,6 +330,7 @@ pub struct CtKey {
     pub dport: u16,
     pub proto: u8,
     pub family: u8,
+    /// `DIR_*` of the hook that admitted the flow (the local pod's point of view).
     pub dir: u8,
     pub _pad: u8,
 }
