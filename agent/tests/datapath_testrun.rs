@@ -639,6 +639,15 @@ fn conntrack_replies_established_and_related() {
         false,
         "policy_deny",
     );
+    // IPv6 addresses with the same leading bytes (a00:1:: is 10.0.0.1 then zeros) are another
+    // flow: the key's family keeps them apart (unknown endpoint, failing open here).
+    check(
+        &dp,
+        Ingress,
+        &frame("a00:107::", "a00:1::", tcp_ack(40000, 80)),
+        true,
+        "unknown_endpoint_open",
+    );
     // Egress flow A -> C:5432; replies enter A.
     check(
         &dp,
@@ -1185,7 +1194,7 @@ fn restart_over_an_older_counters_map_keeps_enforcing() {
     );
 }
 
-/// The key an agent from before `CT4`/`CT6` stored in its `CONNTRACK` map: the tuple as first
+/// The key an agent from before `CT` stored in its `CONNTRACK` map: the tuple as first
 /// seen + the admitting hook's direction (40 bytes), value `CtValue` (24 bytes).
 fn legacy_ct_entry(
     src: &str,
@@ -1227,8 +1236,8 @@ fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-/// Upgrade from an agent whose conntrack was one `CONNTRACK` map: its live flows move into
-/// CT4/CT6, so replies the Plan alone would drop keep passing, and the old pin goes.
+/// Upgrade from an agent whose conntrack was the `CONNTRACK` map: its live flows move into
+/// CT, so replies the Plan alone would drop keep passing, and the old pin goes.
 #[test]
 fn upgrade_over_an_older_conntrack_map_keeps_established_flows() {
     const BPF_MAP_TYPE_LRU_HASH: u32 = 9;
@@ -1236,9 +1245,7 @@ fn upgrade_over_an_older_conntrack_map_keeps_established_flows() {
     let mut dp = setup_with(cfg.clone());
     let g = dp.current_config().unwrap().generation;
     drop(dp.dp.take());
-    for name in ["CT4", "CT6"] {
-        std::fs::remove_file(cfg.bpffs_dir.join(name)).unwrap();
-    }
+    std::fs::remove_file(cfg.bpffs_dir.join("CT")).unwrap();
     let pin = cfg.bpffs_dir.join("CONNTRACK");
     pin_raw_map(&pin, BPF_MAP_TYPE_LRU_HASH, 40, 24, 1024);
     {

@@ -1,5 +1,5 @@
-//! Connection tracking: LRU hashes of admitted flows, `CT4` (16-byte key) and `CT6` (40-byte
-//! key), keyed in the canonical orientation of the veth: `local` is the pod behind it (source
+//! Connection tracking: an LRU hash of admitted flows (`CT`), keyed in the canonical
+//! orientation of the veth: `local` is the pod behind it (source
 //! on its egress hook, destination on its ingress hook), `remote` the other side. Both
 //! directions of a flow at one veth find the same entry with ONE lookup; a same-node pod pair
 //! has an entry per veth (different `local`), so both sides are checked. The value's
@@ -16,13 +16,12 @@
 //! (`reason::REVOKED`).
 
 use netward_common::{
-    reason, Ct4Key, Ct6Key, CtValue, CT_CLOSING, CT_FROM_HOST, CT_ORIGIN_EGRESS, CT_SEEN_REPLY,
-    CT_TIMEOUT_CLOSING_S, CT_TIMEOUT_OTHER_S, CT_TIMEOUT_TCP_S, DIR_EGRESS, DIR_INGRESS, FAMILY_V4,
-    PROTO_TCP,
+    reason, CtFlowKey, CtValue, CT_CLOSING, CT_FROM_HOST, CT_ORIGIN_EGRESS, CT_SEEN_REPLY,
+    CT_TIMEOUT_CLOSING_S, CT_TIMEOUT_OTHER_S, CT_TIMEOUT_TCP_S, DIR_EGRESS, DIR_INGRESS, PROTO_TCP,
 };
 
 use crate::{
-    maps::{CT4, CT6},
+    maps::CT,
     parse::{addr_bytes, has_ports, Tuple},
     policy::{self, Decision},
 };
@@ -67,48 +66,27 @@ fn oriented(t: &Tuple, src_local: bool) -> Flow {
     }
 }
 
-/// Run `$body` with `$m` bound to the family's map and `$k` to the flow's key in it: the only
-/// place that knows there are two maps.
-macro_rules! with_map {
-    ($f:expr, |$m:ident, $k:ident| $body:expr) => {{
-        let f: &Flow = $f;
-        if f.family == FAMILY_V4 {
-            let $k = Ct4Key {
-                // IPv4 sits in the first 4 bytes of the first word, in memory order.
-                local: (f.local[0] as u32).to_ne_bytes(),
-                remote: (f.remote[0] as u32).to_ne_bytes(),
-                lport: f.lport,
-                rport: f.rport,
-                proto: f.proto,
-                _pad: [0; 3],
-            };
-            let $m = &CT4;
-            $body
-        } else {
-            let $k = Ct6Key {
-                local: addr_bytes(f.local),
-                remote: addr_bytes(f.remote),
-                lport: f.lport,
-                rport: f.rport,
-                proto: f.proto,
-                _pad: [0; 3],
-            };
-            let $m = &CT6;
-            $body
-        }
-    }};
+#[inline(always)]
+fn key(f: &Flow) -> CtFlowKey {
+    CtFlowKey {
+        local: addr_bytes(f.local),
+        remote: addr_bytes(f.remote),
+        lport: f.lport,
+        rport: f.rport,
+        proto: f.proto,
+        family: f.family,
+        _pad: [0; 2],
+    }
 }
 
 #[inline(always)]
 fn get(f: &Flow) -> Option<*mut CtValue> {
-    with_map!(f, |m, k| m.get_ptr_mut(k))
+    CT.get_ptr_mut(key(f))
 }
 
 #[inline(always)]
 fn remove(f: &Flow) {
-    with_map!(f, |m, k| {
-        let _ = m.remove(k);
-    })
+    let _ = CT.remove(key(f));
 }
 
 #[inline(always)]
@@ -213,9 +191,7 @@ pub fn create(f: &Flow, dir: u8, d: &Decision, tcp_flags: u8, generation: u64, f
         rule: d.rule,
         flags,
     };
-    with_map!(f, |m, k| {
-        let _ = m.insert(k, v, 0);
-    })
+    let _ = CT.insert(key(f), v, 0);
 }
 
 /// Whether an ICMP error about `inner` (the offending packet as it was sent) relates to a

@@ -7,7 +7,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use netward_common::{
-    Config, Ct4Key, Ct6Key, CtValue, FragKey, FragValue, IpcacheKey, IpcacheValue, PolicyKey,
+    Config, CtFlowKey, CtValue, FragKey, FragValue, IpcacheKey, IpcacheValue, PolicyKey,
     PolicyValue, RateState, ServiceKey, ServicePolicyKey, ServiceValue, COUNTER_COUNT,
 };
 
@@ -30,12 +30,9 @@ pub static HOSTS: HashMap<IpcacheKey, IpcacheValue> = HashMap::pinned(65536, 0);
 #[map(name = "POLICY")]
 pub static POLICY: LpmTrie<PolicyData, PolicyValue> = LpmTrie::pinned(262144, 0);
 
-/// Conntrack, one map per family so IPv4 flows hash a 16-byte key (see `conntrack`).
-#[map(name = "CT4")]
-pub static CT4: LruHashMap<Ct4Key, CtValue> = LruHashMap::pinned(262144, 0);
-
-#[map(name = "CT6")]
-pub static CT6: LruHashMap<Ct6Key, CtValue> = LruHashMap::pinned(262144, 0);
+/// Conntrack, both families, keyed in the veth's orientation (see `conntrack`).
+#[map(name = "CT")]
+pub static CT: LruHashMap<CtFlowKey, CtValue> = LruHashMap::pinned(262144, 0);
 
 #[map(name = "FRAGS")]
 pub static FRAGS: LruHashMap<FragKey, FragValue> = LruHashMap::pinned(8192, 0);

@@ -1,9 +1,9 @@
 //! `cargo xtask bench datapath`: cost of the real programs per packet, measured by the kernel
 //! with `BPF_PROG_TEST_RUN` (average over `repeat` runs), for Plans of 1, 1k, 10k, 100k policy
 //! entries. Paths:
-//! * established: a tracked TCP flow at the hook that admitted it (one `CT4` hit, the common
+//! * established: a tracked TCP flow at the hook that admitted it (one `CT` hit, the common
 //!   case);
-//! * reply: the same flow's answer at the pod's other hook (the same single `CT4` lookup; the
+//! * reply: the same flow's answer at the pod's other hook (the same single `CT` lookup; the
 //!   entry is shared by both hooks of the veth);
 //! * new flow (policy path): a packet no flow matches and the policy denies: one conntrack
 //!   miss, two ipcache and two policy LPM lookups, a rate-limited event: every lookup of a new

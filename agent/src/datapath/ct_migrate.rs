@@ -1,6 +1,6 @@
-//! Upgrade from an agent whose conntrack was the single `CONNTRACK` map (40-byte key: the
-//! tuple as first seen + the admitting hook's direction) to `CT4`/`CT6` (the veth's canonical
-//! orientation, origin direction in the value).
+//! Upgrade from an agent whose conntrack was the `CONNTRACK` map (40-byte key: the tuple as
+//! first seen + the admitting hook's direction) to `CT` (the veth's canonical orientation,
+//! origin direction in the value).
 //!
 //! Established connections must survive the upgrade: the old programs keep enforcing through
 //! the pinned links until `Datapath::open_or_create` swaps the new ones in, and a reply whose
@@ -16,22 +16,19 @@ use anyhow::{Context, Result};
 use aya::maps::{HashMap, Map, MapData, MapError};
 use aya::Ebpf;
 use netward_common::{
-    Ct4Key, Ct6Key, CtKey, CtValue, CT_ORIGIN_EGRESS, DIR_EGRESS, FAMILY_V4, FAMILY_V6,
+    CtFlowKey, CtKey, CtValue, CT_ORIGIN_EGRESS, DIR_EGRESS, FAMILY_V4, FAMILY_V6,
 };
 
 /// Name of the old map's pin.
 pub(crate) const LEGACY_MAP: &str = "CONNTRACK";
 
-/// A legacy entry in the new layout.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Converted {
-    V4(Ct4Key, CtValue),
-    V6(Ct6Key, CtValue),
-}
-
 /// Re-key a legacy entry: `local` is the pod of the admitting hook (source on egress,
-/// destination on ingress); the direction moves into the value's origin flag.
-pub(crate) fn convert(k: &CtKey, v: &CtValue) -> Option<Converted> {
+/// destination on ingress); the direction moves into the value's origin flag. `None` for an
+/// unknown family.
+pub(crate) fn convert(k: &CtKey, v: &CtValue) -> Option<(CtFlowKey, CtValue)> {
+    if k.family != FAMILY_V4 && k.family != FAMILY_V6 {
+        return None;
+    }
     let egress = k.dir == DIR_EGRESS;
     let (local, remote, lport, rport) = if egress {
         (k.saddr, k.daddr, k.sport, k.dport)
@@ -43,34 +40,17 @@ pub(crate) fn convert(k: &CtKey, v: &CtValue) -> Option<Converted> {
     if egress {
         v.flags |= CT_ORIGIN_EGRESS;
     }
-    match k.family {
-        FAMILY_V4 => {
-            let a4 = |a: [u8; 16]| [a[0], a[1], a[2], a[3]];
-            Some(Converted::V4(
-                Ct4Key {
-                    local: a4(local),
-                    remote: a4(remote),
-                    lport,
-                    rport,
-                    proto: k.proto,
-                    _pad: [0; 3],
-                },
-                v,
-            ))
-        }
-        FAMILY_V6 => Some(Converted::V6(
-            Ct6Key {
-                local,
-                remote,
-                lport,
-                rport,
-                proto: k.proto,
-                _pad: [0; 3],
-            },
-            v,
-        )),
-        _ => None,
-    }
+    // Both layouts keep an IPv4 address in the first 4 bytes, the rest zero.
+    let key = CtFlowKey {
+        local,
+        remote,
+        lport,
+        rport,
+        proto: k.proto,
+        family: k.family,
+        _pad: [0; 2],
+    };
+    Some((key, v))
 }
 
 /// The pinned legacy map, when an older agent left one.
@@ -124,10 +104,9 @@ pub(crate) struct CopyReport {
 }
 
 impl Legacy {
-    /// Copy every live legacy entry into `CT4`/`CT6` of `bpf`, never overwriting.
+    /// Copy every live legacy entry into `CT` of `bpf`, never overwriting.
     pub(crate) fn copy_into(&self, bpf: &mut Ebpf) -> Result<CopyReport> {
-        let mut entries4 = Vec::new();
-        let mut entries6 = Vec::new();
+        let mut entries = Vec::new();
         let mut r = CopyReport::default();
         let now = monotonic_ns();
         // Entries may come and go while the old programs run: a key that vanished between
@@ -139,19 +118,16 @@ impl Legacy {
                 Err(MapError::KeyNotFound) => continue,
                 Err(e) => return Err(e.into()),
             };
-            if v.expires_ns < now {
-                r.skipped += 1;
-                continue;
-            }
             match convert(&k, &v) {
-                Some(Converted::V4(k, v)) => entries4.push((k, v)),
-                Some(Converted::V6(k, v)) => entries6.push((k, v)),
-                None => r.skipped += 1,
+                Some(e) if v.expires_ns >= now => entries.push(e),
+                _ => r.skipped += 1,
             }
         }
         const BPF_NOEXIST: u64 = 1;
-        let mut tally = |res: Result<(), MapError>| -> Result<()> {
-            match res {
+        let mut ct: HashMap<&mut MapData, CtFlowKey, CtValue> =
+            HashMap::try_from(bpf.map_mut("CT").context("CT missing")?)?;
+        for (k, v) in &entries {
+            match ct.insert(k, v, BPF_NOEXIST) {
                 Ok(()) => r.copied += 1,
                 Err(MapError::SyscallError(e))
                     if e.io_error.raw_os_error() == Some(libc::EEXIST) =>
@@ -160,17 +136,6 @@ impl Legacy {
                 }
                 Err(e) => return Err(e).context("copy a conntrack entry"),
             }
-            Ok(())
-        };
-        let mut ct4: HashMap<&mut MapData, Ct4Key, CtValue> =
-            HashMap::try_from(bpf.map_mut("CT4").context("CT4 missing")?)?;
-        for (k, v) in &entries4 {
-            tally(ct4.insert(k, v, BPF_NOEXIST))?;
-        }
-        let mut ct6: HashMap<&mut MapData, Ct6Key, CtValue> =
-            HashMap::try_from(bpf.map_mut("CT6").context("CT6 missing")?)?;
-        for (k, v) in &entries6 {
-            tally(ct6.insert(k, v, BPF_NOEXIST))?;
         }
         Ok(r)
     }
@@ -220,12 +185,24 @@ mod tests {
             rule: 1,
             flags: 0,
         };
-        let Some(Converted::V4(k, nv)) = convert(&legacy(DIR_EGRESS, FAMILY_V4), &v) else {
-            panic!("not v4");
-        };
+        let (k, nv) = convert(&legacy(DIR_EGRESS, FAMILY_V4), &v).unwrap();
         assert_eq!(
-            (k.local, k.remote, k.lport, k.rport, k.proto),
-            ([10, 0, 0, 1], [10, 0, 1, 7], 40000, 80, PROTO_TCP)
+            (
+                &k.local[..4],
+                &k.remote[..4],
+                k.lport,
+                k.rport,
+                k.proto,
+                k.family
+            ),
+            (
+                &[10, 0, 0, 1][..],
+                &[10, 0, 1, 7][..],
+                40000,
+                80,
+                PROTO_TCP,
+                FAMILY_V4
+            )
         );
         assert_eq!(nv.flags, CT_ORIGIN_EGRESS);
         assert_eq!(
@@ -240,10 +217,8 @@ mod tests {
             flags: CT_ORIGIN_EGRESS | netward_common::CT_FROM_HOST,
             ..Default::default()
         };
-        let Some(Converted::V6(k, nv)) = convert(&legacy(DIR_INGRESS, FAMILY_V6), &v) else {
-            panic!("not v6");
-        };
-        assert_eq!((k.lport, k.rport), (80, 40000));
+        let (k, nv) = convert(&legacy(DIR_INGRESS, FAMILY_V6), &v).unwrap();
+        assert_eq!((k.lport, k.rport, k.family), (80, 40000, FAMILY_V6));
         assert_eq!(k.local[..4], [10, 0, 1, 7]);
         assert_eq!(k.remote[15], 9);
         // The origin comes from the old key's direction only.

@@ -45,15 +45,10 @@ const MAP_LAYOUTS: &[(&str, usize, usize)] = &[
         size_of::<ServicePolicyKey>(),
         size_of::<PolicyValue>(),
     ),
-    // CONNTRACK above is the older agents' map (migrated into these, see ct_migrate).
+    // CONNTRACK above is the older agents' map (migrated into CT, see ct_migrate).
     (
-        "CT4",
-        size_of::<netward_common::Ct4Key>(),
-        size_of::<CtValue>(),
-    ),
-    (
-        "CT6",
-        size_of::<netward_common::Ct6Key>(),
+        "CT",
+        size_of::<netward_common::CtFlowKey>(),
         size_of::<CtValue>(),
     ),
 ];
@@ -147,9 +142,8 @@ pub(crate) fn load_object(cfg: &DatapathConfig, object: &[u8]) -> Result<Ebpf> {
         .map_max_entries("EVENTS", cfg.events_ring_bytes)
         .map_max_entries("SERVICES", cfg.services_max)
         .map_max_entries("SERVICE_POLICY", cfg.service_policy_max)
-        // `conntrack_max` for each family (CONNTRACK: an older object benchmarked side by side).
-        .map_max_entries("CT4", cfg.conntrack_max)
-        .map_max_entries("CT6", cfg.conntrack_max)
+        // (CONNTRACK above: an older object benchmarked side by side.)
+        .map_max_entries("CT", cfg.conntrack_max)
         .load(object)
         .context("load the eBPF object")?;
     for name in [PROG_EGRESS, PROG_INGRESS] {

@@ -151,7 +151,7 @@ impl Datapath {
     }
 
     fn from_loaded(bpf: Ebpf, cfg: DatapathConfig) -> anyhow::Result<Datapath> {
-        // An older agent's single CONNTRACK map: its flows move to CT4/CT6 around the swap
+        // An older agent's CONNTRACK map: its flows move to CT around the swap
         // (before: what exists; after: what the old programs added meanwhile).
         let legacy_ct = ct_migrate::open_legacy(&cfg.bpffs_dir, &bpf)?;
         let mut dp = Datapath {
