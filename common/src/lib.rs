@@ -328,6 +328,22 @@ pub struct CtKey {
     pub _pad: u8,
 }
 
+impl CtKey {
+    /// The key a reply packet of this flow is seen under: reversed tuple, other direction.
+    pub const fn reply(&self) -> CtKey {
+        CtKey {
+            saddr: self.daddr,
+            daddr: self.saddr,
+            sport: self.dport,
+            dport: self.sport,
+            proto: self.proto,
+            family: self.family,
+            dir: self.dir ^ 1,
+            _pad: 0,
+        }
+    }
+}
+
 /// Conntrack value.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -586,6 +602,26 @@ mod tests {
         let i = IpcacheKey::v4(1, [10, 1, 2, 3], 24);
         assert_eq!(IpcacheKey::from_lpm(i.prefixlen, i.lpm_data()), i);
         assert_eq!(i.lpm_data()[..6], [1, FAMILY_V4, 10, 1, 2, 3]);
+    }
+
+    #[test]
+    fn reply_key_reverses_tuple_and_direction() {
+        let k = CtKey {
+            saddr: [1; 16],
+            daddr: [2; 16],
+            sport: 1000,
+            dport: 80,
+            proto: PROTO_TCP,
+            family: FAMILY_V4,
+            dir: DIR_EGRESS,
+            _pad: 0,
+        };
+        let r = k.reply();
+        assert_eq!(
+            (r.saddr, r.daddr, r.sport, r.dport, r.dir),
+            ([2; 16], [1; 16], 80, 1000, DIR_INGRESS)
+        );
+        assert_eq!(r.reply(), k);
     }
 
     #[test]
