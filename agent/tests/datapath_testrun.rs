@@ -639,6 +639,15 @@ fn conntrack_replies_established_and_related() {
         false,
         "policy_deny",
     );
+    // IPv6 addresses with the same leading bytes (a00:1:: is 10.0.0.1 then zeros) are another
+    // flow: the key's family keeps them apart (unknown endpoint, failing open here).
+    check(
+        &dp,
+        Ingress,
+        &frame("a00:107::", "a00:1::", tcp_ack(40000, 80)),
+        true,
+        "unknown_endpoint_open",
+    );
     // Egress flow A -> C:5432; replies enter A.
     check(
         &dp,
@@ -1278,4 +1287,175 @@ fn upgrade_over_an_older_policy_trie_keeps_the_plan_in_force() {
         true,
         "policy_allow",
     );
+}
+
+/// The key an agent from before `CT` stored in its `CONNTRACK` map: the tuple as first
+/// seen + the admitting hook's direction (40 bytes), value `CtValue` (24 bytes).
+fn legacy_ct_entry(
+    src: &str,
+    dst: &str,
+    sport: u16,
+    dport: u16,
+    dir: u8,
+    generation: u64,
+    expires_ns: u64,
+) -> ([u8; 40], [u8; 24]) {
+    let bytes = |a: &str| -> ([u8; 16], u8) {
+        match a.parse::<std::net::IpAddr>().unwrap() {
+            std::net::IpAddr::V4(a) => {
+                let mut b = [0u8; 16];
+                b[..4].copy_from_slice(&a.octets());
+                (b, FAMILY_V4)
+            }
+            std::net::IpAddr::V6(a) => (a.octets(), FAMILY_V6),
+        }
+    };
+    let ((s, family), (d, _)) = (bytes(src), bytes(dst));
+    let mut k = [0u8; 40];
+    k[..16].copy_from_slice(&s);
+    k[16..32].copy_from_slice(&d);
+    k[32..34].copy_from_slice(&sport.to_ne_bytes());
+    k[34..36].copy_from_slice(&dport.to_ne_bytes());
+    k[36..39].copy_from_slice(&[PROTO_TCP, family, dir]);
+    let mut v = [0u8; 24];
+    v[..8].copy_from_slice(&generation.to_ne_bytes());
+    v[8..16].copy_from_slice(&expires_ns.to_ne_bytes());
+    v[16..20].copy_from_slice(&1u32.to_ne_bytes()); // policy 1, rule 0, no flags
+    (k, v)
+}
+
+fn monotonic_ns() -> u64 {
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    // SAFETY: ts is a valid out buffer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Upgrade from an agent whose conntrack was the `CONNTRACK` map: its live flows move into
+/// CT, so replies the Plan alone would drop keep passing, and the old pin goes.
+#[test]
+fn upgrade_over_an_older_conntrack_map_keeps_established_flows() {
+    const BPF_MAP_TYPE_LRU_HASH: u32 = 9;
+    let cfg = test_config("ctmigrate");
+    let mut dp = setup_with(cfg.clone());
+    let g = dp.current_config().unwrap().generation;
+    drop(dp.dp.take());
+    std::fs::remove_file(cfg.bpffs_dir.join("CT")).unwrap();
+    let pin = cfg.bpffs_dir.join("CONNTRACK");
+    pin_raw_map(&pin, BPF_MAP_TYPE_LRU_HASH, 40, 24, 1024);
+    {
+        let data = aya::maps::MapData::from_pin(&pin).unwrap();
+        let mut old: aya::maps::HashMap<_, [u8; 40], [u8; 24]> =
+            aya::maps::HashMap::try_from(aya::maps::Map::from_map_data(data).unwrap()).unwrap();
+        let live = monotonic_ns() + 3600 * 1_000_000_000;
+        for (k, v) in [
+            // C -> A:80 admitted at A's ingress, verified under an older generation (the
+            // new program re-checks it, as opened: ingress, port 80).
+            legacy_ct_entry(C4, A4, 40000, 80, DIR_INGRESS, g - 1, live),
+            // A -> C:5432 admitted at A's egress.
+            legacy_ct_entry(A4, C4, 40100, 5432, DIR_EGRESS, g, live),
+            legacy_ct_entry(C6, A6, 40300, 80, DIR_INGRESS, g, live),
+            // Expired: not copied.
+            legacy_ct_entry(C4, A4, 40200, 80, DIR_INGRESS, g, 1),
+        ] {
+            old.insert(k, v, 0).unwrap();
+        }
+    }
+
+    dp.dp = Some(Datapath::open_or_create(cfg.clone()).expect("upgrade over old pins"));
+    assert!(!pin.exists(), "the old CONNTRACK pin was not removed");
+    assert_eq!(dp.current_config().unwrap().generation, g);
+    // A's egress allows nothing to C:40000 and its ingress nothing to port 40100: only the
+    // migrated entries let these replies through.
+    check(
+        &dp,
+        Egress,
+        &frame(A4, C4, tcp_ack(80, 40000)),
+        true,
+        "reply",
+    );
+    check(
+        &dp,
+        Ingress,
+        &frame(C4, A4, tcp_ack(40000, 80)),
+        true,
+        "established",
+    );
+    check(
+        &dp,
+        Ingress,
+        &frame(C4, A4, tcp_ack(5432, 40100)),
+        true,
+        "reply",
+    );
+    check(
+        &dp,
+        Egress,
+        &frame(A4, C4, tcp_ack(40100, 5432)),
+        true,
+        "established",
+    );
+    check(
+        &dp,
+        Egress,
+        &frame(A6, C6, tcp_ack(80, 40300)),
+        true,
+        "reply",
+    );
+    check(
+        &dp,
+        Egress,
+        &frame(A4, C4, tcp_ack(80, 40200)),
+        false,
+        "policy_deny",
+    );
+    // A later restart (no legacy map any more) keeps the migrated flows.
+    drop(dp.dp.take());
+    dp.dp = Some(Datapath::open_or_create(cfg).expect("restart"));
+    check(
+        &dp,
+        Egress,
+        &frame(A4, C4, tcp_ack(80, 40000)),
+        true,
+        "reply",
+    );
+}
+
+/// One counter per packet, by the hook's direction and reason; totals are their sums.
+#[test]
+fn counters_split_by_direction() {
+    let dp = setup("ctrdir");
+    let mut arp = frame(C4, A4, tcp(1, 1));
+    arp[12..14].copy_from_slice(&[0x08, 0x06]);
+    for _ in 0..3 {
+        dp.test_run(Ingress, &frame(C4, A4, tcp(44000, 81)), 1)
+            .unwrap();
+    }
+    dp.test_run(Egress, &frame(A4, C4, tcp(44001, 81)), 1)
+        .unwrap();
+    dp.test_run(Egress, &arp, 2).unwrap();
+    dp.test_run(Ingress, &frame(C4, A4, tcp(44002, 80)), 1)
+        .unwrap();
+    dp.test_run(Egress, &frame(A4, C4, tcp_ack(80, 44002)), 1)
+        .unwrap();
+    let c = dp.counters().unwrap();
+    let rd = |d, r| c.reason_dir(d, r);
+    assert_eq!(rd(DIR_INGRESS, reason::POLICY_DENY), 3, "{c:?}");
+    assert_eq!(rd(DIR_EGRESS, reason::POLICY_DENY), 1, "{c:?}");
+    assert_eq!(c.reason(reason::POLICY_DENY), 4);
+    assert_eq!(
+        (
+            rd(DIR_EGRESS, reason::NON_IP),
+            rd(DIR_INGRESS, reason::NON_IP)
+        ),
+        (2, 0)
+    );
+    assert_eq!(
+        (
+            rd(DIR_INGRESS, reason::POLICY_ALLOW),
+            rd(DIR_EGRESS, reason::REPLY)
+        ),
+        (1, 1)
+    );
+    assert_eq!((c.allowed, c.denied), (4, 4), "{c:?}");
 }

@@ -1,22 +1,27 @@
-//! Connection tracking: an LRU hash of admitted flows, keyed by the tuple as first seen plus
-//! the enforcing hook's direction (so a pod pair on one node has an entry at each veth and both
-//! sides are checked). Replies are looked up as the reversed tuple with the opposite direction.
+//! Connection tracking: an LRU hash of admitted flows (`CT`), keyed in the canonical
+//! orientation of the veth: `local` is the pod behind it (source
+//! on its egress hook, destination on its ingress hook), `remote` the other side. Both
+//! directions of a flow at one veth find the same entry with ONE lookup; a same-node pod pair
+//! has an entry per veth (different `local`), so both sides are checked. The value's
+//! `CT_ORIGIN_EGRESS` says which hook admitted the flow: a packet at that hook is
+//! `established`, at the other one a `reply`.
 //!
 //! Timeouts (refreshed on every packet, checked on lookup; the LRU evicts earlier under
 //! pressure): TCP 6 h, other protocols 60 s, TCP after FIN or RST 10 s.
 //!
 //! Each entry records the Plan generation it was verified under. When `CONFIG.generation`
-//! moves on, the next packet of the flow (either direction) re-checks the flow's forward tuple
-//! against the current Plan: still allowed -> the entry is stamped with the new generation;
-//! now denied -> the entry is deleted and the packet dropped (`reason::REVOKED`).
+//! moves on, the next packet of the flow (either direction) re-checks the flow as opened
+//! (origin direction) against the current Plan: still allowed -> the entry is stamped with the
+//! new generation; now denied -> the entry is deleted and the packet dropped
+//! (`reason::REVOKED`).
 
 use netward_common::{
-    CtKey, CtValue, CT_CLOSING, CT_FROM_HOST, CT_SEEN_REPLY, CT_TIMEOUT_CLOSING_S,
-    CT_TIMEOUT_OTHER_S, CT_TIMEOUT_TCP_S, DIR_EGRESS, PROTO_TCP,
+    reason, CtFlowKey, CtValue, CT_CLOSING, CT_FROM_HOST, CT_ORIGIN_EGRESS, CT_SEEN_REPLY,
+    CT_TIMEOUT_CLOSING_S, CT_TIMEOUT_OTHER_S, CT_TIMEOUT_TCP_S, DIR_EGRESS, DIR_INGRESS, PROTO_TCP,
 };
 
 use crate::{
-    maps::CONNTRACK,
+    maps::CT,
     parse::{addr_bytes, has_ports, Tuple},
     policy::{self, Decision},
 };
@@ -25,18 +30,63 @@ const NS: u64 = 1_000_000_000;
 const TCP_FIN: u8 = 0x01;
 const TCP_RST: u8 = 0x04;
 
+/// A flow in the veth's canonical orientation (addresses as in [`Tuple`]).
+#[derive(Clone, Copy)]
+#[repr(C, align(8))]
+pub struct Flow {
+    pub local: [u64; 2],
+    pub remote: [u64; 2],
+    pub lport: u16,
+    pub rport: u16,
+    pub proto: u8,
+    pub family: u8,
+}
+
+/// The flow of a packet seen at the hook of direction `dir`.
 #[inline(always)]
-pub fn key(t: &Tuple, dir: u8) -> CtKey {
-    CtKey {
-        saddr: addr_bytes(t.saddr),
-        daddr: addr_bytes(t.daddr),
-        sport: t.sport,
-        dport: t.dport,
+pub fn flow(t: &Tuple, dir: u8) -> Flow {
+    oriented(t, dir == DIR_EGRESS)
+}
+
+/// `t` with its source as `local` (`src_local`) or its destination.
+#[inline(always)]
+fn oriented(t: &Tuple, src_local: bool) -> Flow {
+    let (local, remote, lport, rport) = if src_local {
+        (t.saddr, t.daddr, t.sport, t.dport)
+    } else {
+        (t.daddr, t.saddr, t.dport, t.sport)
+    };
+    Flow {
+        local,
+        remote,
+        lport,
+        rport,
         proto: t.proto,
         family: t.family,
-        dir,
-        _pad: 0,
     }
+}
+
+#[inline(always)]
+fn key(f: &Flow) -> CtFlowKey {
+    CtFlowKey {
+        local: addr_bytes(f.local),
+        remote: addr_bytes(f.remote),
+        lport: f.lport,
+        rport: f.rport,
+        proto: f.proto,
+        family: f.family,
+        _pad: [0; 2],
+    }
+}
+
+#[inline(always)]
+fn get(f: &Flow) -> Option<*mut CtValue> {
+    CT.get_ptr_mut(key(f))
+}
+
+#[inline(always)]
+fn remove(f: &Flow) {
+    let _ = CT.remove(key(f));
 }
 
 #[inline(always)]
@@ -50,52 +100,49 @@ fn lifetime(proto: u8, flags: u16) -> u64 {
     }
 }
 
-/// Re-check a tracked flow (forward key) against the current Plan.
+/// Re-check a tracked flow against the current Plan, as it was opened: from the local pod
+/// (egress, the remote's port) or towards it (ingress, the local port).
 #[inline(always)]
-pub fn recheck(k: &CtKey, slot: u8, cfg_flags: u32) -> Decision {
-    let (local, peer) = if k.dir == DIR_EGRESS {
-        (&k.saddr, &k.daddr)
+fn recheck(f: &Flow, ct_flags: u16, slot: u8, cfg_flags: u32) -> Decision {
+    let (dir, port) = if ct_flags & CT_ORIGIN_EGRESS != 0 {
+        (DIR_EGRESS, f.rport)
     } else {
-        (&k.daddr, &k.saddr)
+        (DIR_INGRESS, f.lport)
     };
-    let port = if has_ports(k.proto) { k.dport } else { 0 };
-    policy::check(slot, cfg_flags, k.dir, k.family, local, peer, k.proto, port)
+    let port = if has_ports(f.proto) { port } else { 0 };
+    let (local, remote) = (addr_bytes(f.local), addr_bytes(f.remote));
+    policy::check(
+        slot, cfg_flags, dir, f.family, &local, &remote, f.proto, port,
+    )
 }
 
 /// What conntrack says about a packet.
 pub enum Hit {
     Miss,
-    /// Tracked and still allowed: pass with this reason (ESTABLISHED/REPLY).
-    Pass,
+    /// Tracked and still allowed: pass with this reason (ESTABLISHED or REPLY).
+    Pass(u8),
     /// Tracked but the current Plan denies it: dropped, entry deleted.
     Revoked(Decision),
 }
 
-/// Look up `k` (forward entry when `reply` is false; `k` is then the key as stored).
-/// Refreshes the entry, handles generation changes and TCP teardown.
+/// Look up the flow of a packet at the hook of direction `dir`. Refreshes the entry, handles
+/// generation changes and TCP teardown.
 #[inline(always)]
-pub fn lookup(
-    k: &CtKey,
-    reply: bool,
-    tcp_flags: u8,
-    slot: u8,
-    cfg_flags: u32,
-    generation: u64,
-) -> Hit {
-    let Some(v) = CONNTRACK.get_ptr_mut(k) else {
+pub fn lookup(f: &Flow, dir: u8, tcp_flags: u8, slot: u8, cfg_flags: u32, generation: u64) -> Hit {
+    let Some(v) = get(f) else {
         return Hit::Miss;
     };
     let v = unsafe { &mut *v };
     let now = crate::time::now_ns();
     if now > v.expires_ns {
-        let _ = CONNTRACK.remove(k);
+        remove(f);
         return Hit::Miss;
     }
     // Flows the node opened are allowed whatever the Plan: nothing to re-check.
     if v.generation != generation && v.flags & CT_FROM_HOST == 0 {
-        let d = recheck(k, slot, cfg_flags);
+        let d = recheck(f, v.flags, slot, cfg_flags);
         if !d.allows() {
-            let _ = CONNTRACK.remove(k);
+            remove(f);
             return Hit::Revoked(d);
         }
         v.generation = generation;
@@ -103,48 +150,54 @@ pub fn lookup(
         v.rule = d.rule;
     }
     let mut flags = v.flags;
-    if reply {
+    let origin = if flags & CT_ORIGIN_EGRESS != 0 {
+        DIR_EGRESS
+    } else {
+        DIR_INGRESS
+    };
+    let r = if origin == dir {
+        reason::ESTABLISHED
+    } else {
         flags |= CT_SEEN_REPLY;
-    }
-    if k.proto == PROTO_TCP && tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+        reason::REPLY
+    };
+    if f.proto == PROTO_TCP && tcp_flags & (TCP_FIN | TCP_RST) != 0 {
         flags |= CT_CLOSING;
     }
     // Refresh at most once a second per flow: keeps the hot path free of stores.
-    let expires = now + lifetime(k.proto, flags);
+    let expires = now + lifetime(f.proto, flags);
     if flags != v.flags || expires > v.expires_ns + NS {
         v.flags = flags;
         v.expires_ns = expires;
     }
-    Hit::Pass
+    Hit::Pass(r)
 }
 
-/// Track a newly admitted flow (`from_host`: opened by the node, see `CT_FROM_HOST`).
+/// Track a flow newly admitted at the hook of direction `dir` (`from_host`: opened by the
+/// node, see `CT_FROM_HOST`).
 #[inline(always)]
-pub fn create(k: &CtKey, d: &Decision, tcp_flags: u8, generation: u64, from_host: bool) {
+pub fn create(f: &Flow, dir: u8, d: &Decision, tcp_flags: u8, generation: u64, from_host: bool) {
     let mut flags = if from_host { CT_FROM_HOST } else { 0 };
-    if k.proto == PROTO_TCP && tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+    if dir == DIR_EGRESS {
+        flags |= CT_ORIGIN_EGRESS;
+    }
+    if f.proto == PROTO_TCP && tcp_flags & (TCP_FIN | TCP_RST) != 0 {
         flags |= CT_CLOSING;
     }
     let v = CtValue {
         generation,
-        expires_ns: crate::time::now_ns() + lifetime(k.proto, flags),
+        expires_ns: crate::time::now_ns() + lifetime(f.proto, flags),
         policy: d.policy,
         rule: d.rule,
         flags,
     };
-    let _ = CONNTRACK.insert(k, &v, 0);
+    let _ = CT.insert(key(f), v, 0);
 }
 
 /// Whether an ICMP error about `inner` (the offending packet as it was sent) relates to a
-/// flow tracked at this hook (`dir`): the offending packet was either sent by the local pod
-/// (entry with the opposite direction, same tuple) or was a reply to a flow the local pod
-/// received (entry with this direction, reversed tuple) — and symmetric cases.
+/// tracked flow: the offending packet was sent by a local pod (its source is `local`) or to
+/// one (its destination is `local`). Two lookups, on the ICMP error path only.
 #[inline(always)]
-pub fn related(inner: &Tuple, dir: u8) -> bool {
-    let k = key(inner, dir ^ 1);
-    if CONNTRACK.get_ptr(&k).is_some() {
-        return true;
-    }
-    let r = k.reply(); // reversed tuple, direction `dir`
-    CONNTRACK.get_ptr(&r).is_some()
+pub fn related(inner: &Tuple) -> bool {
+    get(&oriented(inner, true)).is_some() || get(&oriented(inner, false)).is_some()
 }

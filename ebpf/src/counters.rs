@@ -1,6 +1,7 @@
-//! Per-CPU counters: allowed/denied totals, one counter per reason, event accounting.
-//! Per-CPU so the hot path never contends; the agent sums over CPUs.
-use netward_common::{reason, COUNTER_ALLOWED, COUNTER_DENIED, COUNTER_REASON_BASE};
+//! Per-CPU counters: packets by direction and reason, event accounting. One counter per
+//! packet (`counter_index(dir, reason)`); the agent derives allowed/denied totals and sums
+//! over CPUs. Per-CPU so the hot path never contends.
+use netward_common::counter_index;
 
 use crate::maps::COUNTERS;
 
@@ -11,13 +12,8 @@ pub fn bump(index: u32) {
     }
 }
 
-/// Count one verdict.
+/// Count one verdict at the hook of direction `dir`.
 #[inline(always)]
-pub fn verdict(r: u8) {
-    bump(if r < reason::FIRST_DROP {
-        COUNTER_ALLOWED
-    } else {
-        COUNTER_DENIED
-    });
-    bump(COUNTER_REASON_BASE + r as u32);
+pub fn verdict(dir: u8, r: u8) {
+    bump(counter_index(dir, r));
 }

@@ -81,7 +81,7 @@ fn enforce(ctx: &TcContext, dir: u8) -> i32 {
         let _ = ctx.pull_data(want);
     }
     let r = decide(ctx, dir);
-    counters::verdict(r);
+    counters::verdict(dir, r);
     if r < reason::FIRST_DROP {
         // Pass on to the next program / the stack: we only ever drop.
         TC_ACT_UNSPEC
@@ -192,7 +192,7 @@ fn decide(ctx: &TcContext, dir: u8) -> u8 {
             }
         }
         L4::Error(inner) => {
-            if conntrack::related(&inner, dir) {
+            if conntrack::related(&inner) {
                 return reason::RELATED;
             }
             related_error = true;
@@ -201,10 +201,10 @@ fn decide(ctx: &TcContext, dir: u8) -> u8 {
         L4::Echo | L4::PortLess => {}
     }
 
-    // Conntrack: established (forward) or reply.
-    let k = conntrack::key(t, dir);
-    let mut r = match conntrack::lookup(&k, false, tcp_flags, slot, flags, generation) {
-        Hit::Pass => reason::ESTABLISHED,
+    // Conntrack: one lookup in the veth's orientation; established or reply.
+    let f = conntrack::flow(t, dir);
+    let mut r = match conntrack::lookup(&f, dir, tcp_flags, slot, flags, generation) {
+        Hit::Pass(r) => r,
         Hit::Revoked(d) => {
             let d = plain(reason::REVOKED, d.endpoint);
             events::emit(ctx, t, dir, &d, generation, rate, burst);
@@ -212,18 +212,6 @@ fn decide(ctx: &TcContext, dir: u8) -> u8 {
         }
         Hit::Miss => reason::POLICY_DENY,
     };
-    if r == reason::POLICY_DENY {
-        let rk = k.reply();
-        r = match conntrack::lookup(&rk, true, tcp_flags, slot, flags, generation) {
-            Hit::Pass => reason::REPLY,
-            Hit::Revoked(d) => {
-                let d = plain(reason::REVOKED, d.endpoint);
-                events::emit(ctx, t, dir, &d, generation, rate, burst);
-                return reason::REVOKED;
-            }
-            Hit::Miss => reason::POLICY_DENY,
-        };
-    }
     if r == reason::POLICY_DENY {
         // A new flow: the policy decides.
         let (local, peer) = if dir == DIR_EGRESS {
@@ -240,7 +228,7 @@ fn decide(ctx: &TcContext, dir: u8) -> u8 {
         };
         if d.allows() {
             if !related_error {
-                conntrack::create(&k, &d, tcp_flags, generation, from_host);
+                conntrack::create(&f, dir, &d, tcp_flags, generation, from_host);
             }
             if flags & CFG_EVENTS_ALLOW != 0 {
                 events::emit(ctx, t, dir, &d, generation, rate, burst);

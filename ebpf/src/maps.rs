@@ -7,9 +7,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use netward_common::{
-    Config, CtKey, CtValue, EndpointValue, FragKey, FragValue, HostKey, IpcacheKey, IpcacheValue,
-    PolicyHashKey, PolicyValue, RateState, ServiceKey, ServicePolicyKey, ServiceValue,
-    COUNTER_COUNT,
+    Config, CtFlowKey, CtValue, EndpointValue, FragKey, FragValue, HostKey, IpcacheKey,
+    IpcacheValue, PolicyHashKey, PolicyValue, RateState, ServiceKey, ServicePolicyKey,
+    ServiceValue, COUNTER_COUNT,
 };
 
 /// LPM data parts (everything after `prefixlen`), see `IpcacheKey::lpm_data`.
@@ -41,8 +41,9 @@ pub static PROBE_KEY: PerCpuArray<PolicyHashKey> = PerCpuArray::with_max_entries
 #[map(name = "ENDPOINTS")]
 pub static ENDPOINTS: HashMap<HostKey, EndpointValue> = HashMap::pinned(16384, 0);
 
-#[map(name = "CONNTRACK")]
-pub static CONNTRACK: LruHashMap<CtKey, CtValue> = LruHashMap::pinned(262144, 0);
+/// Conntrack, both families, keyed in the veth's orientation (see `conntrack`).
+#[map(name = "CT")]
+pub static CT: LruHashMap<CtFlowKey, CtValue> = LruHashMap::pinned(262144, 0);
 
 #[map(name = "FRAGS")]
 pub static FRAGS: LruHashMap<FragKey, FragValue> = LruHashMap::pinned(8192, 0);

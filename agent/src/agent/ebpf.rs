@@ -61,10 +61,16 @@ impl Enforcer for EbpfEnforcer {
         Ok(Counters {
             allowed: c.allowed,
             denied: c.denied,
+            // `direction/reason`, as metrics and `netward status` split them.
             by_reason: c
-                .by_reason
+                .ingress_by_reason
                 .iter()
-                .map(|(k, v)| (k.to_string(), *v))
+                .map(|(k, v)| (format!("ingress/{k}"), *v))
+                .chain(
+                    c.egress_by_reason
+                        .iter()
+                        .map(|(k, v)| (format!("egress/{k}"), *v)),
+                )
                 .collect(),
             events_lost: c.events_lost,
             sync_failures: c.sync_failures,

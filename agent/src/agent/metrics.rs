@@ -238,3 +238,32 @@ impl Metrics {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_reason_packets_carry_the_direction() {
+        let m = Metrics::new();
+        let mut c = Counters {
+            allowed: 7,
+            denied: 4,
+            ..Default::default()
+        };
+        c.by_reason.insert("ingress/policy_deny".into(), 3);
+        c.by_reason.insert("egress/policy_deny".into(), 1);
+        c.by_reason.insert("egress/reply".into(), 7);
+        m.set_datapath(&c, &[]);
+        let text = m.encode();
+        let has = |needle: &str| text.lines().any(|l| l.contains(needle));
+        for needle in [
+            r#"direction="ingress",reason="policy_deny"} 3"#,
+            r#"direction="egress",reason="policy_deny"} 1"#,
+            r#"direction="egress",reason="reply"} 7"#,
+            r#"verdict="denied"} 4"#,
+        ] {
+            assert!(has(needle), "{needle} missing from\n{text}");
+        }
+    }
+}

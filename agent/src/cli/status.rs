@@ -140,8 +140,34 @@ pub fn render(s: &Status) -> String {
         "\nCounters:    {} allowed, {} denied, {} events lost, {} sync failures",
         c.allowed, c.denied, c.events_lost, c.sync_failures
     );
-    for (reason, n) in &c.by_reason {
-        let _ = writeln!(o, "  {reason:<28} {n}");
+    // Keys are `direction/reason`: one row per reason, one column per direction.
+    let mut by_dir: std::collections::BTreeMap<&str, [u64; 3]> = Default::default();
+    for (key, n) in &c.by_reason {
+        let (dir, reason) = key.split_once('/').unwrap_or(("any", key));
+        let col = match dir {
+            "ingress" => 0,
+            "egress" => 1,
+            _ => 2,
+        };
+        by_dir.entry(reason).or_default()[col] += n;
+    }
+    if !by_dir.is_empty() {
+        let any = by_dir.values().any(|v| v[2] > 0);
+        let mut rows = vec![[
+            "  REASON".to_string(),
+            "INGRESS".into(),
+            "EGRESS".into(),
+            if any { "ANY".into() } else { String::new() },
+        ]];
+        for (reason, [i, e, a]) in by_dir {
+            rows.push([
+                format!("  {reason}"),
+                i.to_string(),
+                e.to_string(),
+                if any { a.to_string() } else { String::new() },
+            ]);
+        }
+        table(&mut o, &rows);
     }
     let _ = writeln!(o, "\nWatches:");
     for w in &s.watches {
@@ -183,5 +209,34 @@ fn table<const N: usize>(o: &mut String, rows: &[[String; N]]) {
             .map(|(c, w)| format!("{c:<w$}"))
             .collect();
         let _ = writeln!(o, "{}", line.join("  ").trim_end());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_are_shown_by_direction() {
+        let mut s = Status::default();
+        for (k, n) in [
+            ("ingress/policy_deny", 3),
+            ("egress/policy_deny", 1),
+            ("egress/reply", 7),
+        ] {
+            s.counters.by_reason.insert(k.into(), n);
+        }
+        let out = render(&s);
+        let row = |r: &str| {
+            out.lines()
+                .find(|l| l.split_whitespace().next() == Some(r))
+                .unwrap_or_else(|| panic!("no {r} row in\n{out}"))
+                .split_whitespace()
+                .skip(1)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(row("REASON"), ["INGRESS", "EGRESS"]);
+        assert_eq!(row("policy_deny"), ["3", "1"]);
+        assert_eq!(row("reply"), ["0", "7"]);
     }
 }

@@ -1,15 +1,18 @@
 //! `cargo xtask bench datapath`: cost of the real programs per packet, measured by the kernel
 //! with `BPF_PROG_TEST_RUN` (average over `repeat` runs), for Plans of 1, 1k, 10k, 100k policy
 //! entries. Paths:
-//! * established: a tracked TCP flow (conntrack hit, the common case);
-//! * new flow (policy path): a packet no flow matches and the policy denies: both conntrack
-//!   misses, two ipcache and two policy LPM lookups, a rate-limited event: every lookup of a new
+//! * established: a tracked TCP flow at the hook that admitted it (one `CT` hit, the common
+//!   case);
+//! * reply: the same flow's answer at the pod's other hook (the same single `CT` lookup; the
+//!   entry is shared by both hooks of the veth);
+//! * new flow (policy path): a packet no flow matches and the policy denies: one conntrack
+//!   miss, two ipcache and two policy LPM lookups, a rate-limited event: every lookup of a new
 //!   flow except the conntrack insert;
 //! * new flow allowed (+ conntrack insert): distinct packets, one run each (a new flow cannot
 //!   be repeated), timed by the kernel's per-program run-time statistics
 //!   (`BPF_ENABLE_STATS`), i.e. the program alone; each run follows a syscall, so caches are
 //!   colder than in the repeated paths: an upper bound;
-//! * non-IP (ARP): parse the Ethernet header, count;
+//! * non-IP (ARP): parse the Ethernet header, count (every path bumps one per-CPU counter);
 //! * floor: `netward_floor`, a program that returns at once: what `BPF_PROG_TEST_RUN` itself
 //!   costs per run here; the other figures minus it are the program's own cost.
 //!
@@ -67,6 +70,8 @@ pub struct BenchRow {
     pub build: &'static str,
     pub policy_entries: usize,
     pub established: f64,
+    /// A reply of that flow (the other hook).
+    pub reply: f64,
     pub new_flow: f64,
     pub new_flow_allowed: f64,
     pub non_ip: f64,
@@ -254,6 +259,9 @@ fn measure(
         "allowed flow denied"
     );
     let est = dp.test_run(Direction::Ingress, &ack, opts.repeat)?;
+    let answer = eth_ipv4_tcp(POD, PEER, ALLOWED_PORT, 40000, 0x10);
+    let reply = dp.test_run(Direction::Egress, &answer, opts.repeat)?;
+    anyhow::ensure!(reply.pass, "reply denied");
     let denied = eth_ipv4_tcp(PEER, POD, 40001, DENIED_PORT, 0x02);
     let new = dp.test_run(Direction::Ingress, &denied, opts.repeat)?;
     anyhow::ensure!(!new.pass, "denied flow passed");
@@ -287,6 +295,7 @@ fn measure(
         build,
         policy_entries: n,
         established: est.ns_per_run as f64,
+        reply: reply.ns_per_run as f64,
         new_flow: new.ns_per_run as f64,
         new_flow_allowed: new_allowed,
         non_ip: non_ip.ns_per_run as f64,
@@ -298,15 +307,16 @@ fn measure(
 pub fn table(rows: &[BenchRow], repeat: u32) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "BPF_PROG_TEST_RUN, ns per packet (repeat {repeat}; allowed new flows: one run each, kernel run-time stats)\n");
-    let _ = writeln!(s, "| build | policy entries | established | new flow (policy path) | new flow allowed (+ct insert) | non-IP | test-run floor |");
-    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(s, "| build | policy entries | established | reply | new flow (policy path) | new flow allowed (+ct insert) | non-IP | test-run floor |");
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|");
     for r in rows {
         let _ = writeln!(
             s,
-            "| {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} |",
+            "| {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} |",
             r.build,
             r.policy_entries,
             r.established,
+            r.reply,
             r.new_flow,
             r.new_flow_allowed,
             r.non_ip,

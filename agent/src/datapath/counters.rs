@@ -1,11 +1,14 @@
 //! Reading the per-CPU counters (summed over CPUs) plus map sync's own failure count.
+//!
+//! The datapath bumps one counter per packet, by the hook's direction and the verdict reason
+//! (`counter_index`); allowed/denied totals are sums over reasons (below `FIRST_DROP` pass).
 use std::collections::BTreeMap;
 
 use anyhow::{Context, Result};
 use aya::maps::{MapData, PerCpuArray};
 use netward_common::{
-    reason, COUNTER_ALLOWED, COUNTER_DENIED, COUNTER_EVENTS_LOST, COUNTER_EVENTS_RATE_LIMITED,
-    COUNTER_EVENTS_SENT, COUNTER_REASON_BASE,
+    counter_index, reason, COUNTER_EVENTS_LOST, COUNTER_EVENTS_RATE_LIMITED, COUNTER_EVENTS_SENT,
+    DIR_EGRESS, DIR_INGRESS,
 };
 use serde::Serialize;
 
@@ -15,8 +18,12 @@ use super::Datapath;
 pub struct Counters {
     pub allowed: u64,
     pub denied: u64,
-    /// Packets per reason (`reason::name`), only non-zero ones.
+    /// Packets per reason (`reason::name`), both directions, only non-zero ones.
     pub by_reason: BTreeMap<&'static str, u64>,
+    /// Packets per reason at the pod's ingress hook (what it receives), only non-zero ones.
+    pub ingress_by_reason: BTreeMap<&'static str, u64>,
+    /// Packets per reason at the pod's egress hook (what it sends), only non-zero ones.
+    pub egress_by_reason: BTreeMap<&'static str, u64>,
     pub events_sent: u64,
     pub events_rate_limited: u64,
     pub events_lost: u64,
@@ -26,9 +33,39 @@ pub struct Counters {
 }
 
 impl Counters {
-    /// Packets counted for `reason` (a `reason::*` code).
+    /// Packets counted for `reason` (a `reason::*` code), both directions.
     pub fn reason(&self, r: u8) -> u64 {
         self.by_reason.get(reason::name(r)).copied().unwrap_or(0)
+    }
+
+    /// Packets counted for `reason` at the hook of direction `dir` (`DIR_*`).
+    pub fn reason_dir(&self, dir: u8, r: u8) -> u64 {
+        let m = if dir == DIR_EGRESS {
+            &self.egress_by_reason
+        } else {
+            &self.ingress_by_reason
+        };
+        m.get(reason::name(r)).copied().unwrap_or(0)
+    }
+
+    /// Sum per-reason figures into the totals (allowed/denied, both directions).
+    fn add(&mut self, dir: u8, r: u8, n: u64) {
+        if n == 0 {
+            return;
+        }
+        let name = reason::name(r);
+        if r < reason::FIRST_DROP {
+            self.allowed += n;
+        } else {
+            self.denied += n;
+        }
+        *self.by_reason.entry(name).or_default() += n;
+        let m = if dir == DIR_EGRESS {
+            &mut self.egress_by_reason
+        } else {
+            &mut self.ingress_by_reason
+        };
+        m.insert(name, n);
     }
 }
 
@@ -39,20 +76,37 @@ impl Datapath {
         let arr: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(map)?;
         let get = |i: u32| -> Result<u64> { Ok(arr.get(&i, 0)?.iter().sum()) };
         let mut c = Counters {
-            allowed: get(COUNTER_ALLOWED)?,
-            denied: get(COUNTER_DENIED)?,
             events_sent: get(COUNTER_EVENTS_SENT)?,
             events_rate_limited: get(COUNTER_EVENTS_RATE_LIMITED)?,
             events_lost: get(COUNTER_EVENTS_LOST)?,
             sync_failures: self.sync_failures,
             ..Default::default()
         };
-        for r in 0..reason::COUNT {
-            let n = get(COUNTER_REASON_BASE + r as u32)?;
-            if n > 0 {
-                c.by_reason.insert(reason::name(r), n);
+        for dir in [DIR_INGRESS, DIR_EGRESS] {
+            for r in 0..reason::COUNT {
+                c.add(dir, r, get(counter_index(dir, r))?);
             }
         }
         Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn totals_and_directions_add_up() {
+        let mut c = Counters::default();
+        c.add(DIR_INGRESS, reason::POLICY_DENY, 3);
+        c.add(DIR_EGRESS, reason::POLICY_DENY, 2);
+        c.add(DIR_EGRESS, reason::ESTABLISHED, 7);
+        c.add(DIR_INGRESS, reason::NON_IP, 0);
+        assert_eq!((c.allowed, c.denied), (7, 5));
+        assert_eq!(c.reason(reason::POLICY_DENY), 5);
+        assert_eq!(c.reason_dir(DIR_INGRESS, reason::POLICY_DENY), 3);
+        assert_eq!(c.reason_dir(DIR_EGRESS, reason::POLICY_DENY), 2);
+        assert_eq!(c.reason_dir(DIR_INGRESS, reason::ESTABLISHED), 0);
+        assert!(!c.by_reason.contains_key("non_ip"));
     }
 }

@@ -56,6 +56,12 @@ const MAP_LAYOUTS: &[(&str, usize, usize)] = &[
         size_of::<ServicePolicyKey>(),
         size_of::<PolicyValue>(),
     ),
+    // CONNTRACK above is the older agents' map (migrated into CT, see ct_migrate).
+    (
+        "CT",
+        size_of::<netward_common::CtFlowKey>(),
+        size_of::<CtValue>(),
+    ),
 ];
 
 /// Maps that hold statistics, not enforcement state, with the shape this agent expects
@@ -151,6 +157,8 @@ pub(crate) fn load_object(cfg: &DatapathConfig, object: &[u8]) -> Result<Ebpf> {
         .map_max_entries("EVENTS", cfg.events_ring_bytes)
         .map_max_entries("SERVICES", cfg.services_max)
         .map_max_entries("SERVICE_POLICY", cfg.service_policy_max)
+        // (CONNTRACK above: an older object benchmarked side by side.)
+        .map_max_entries("CT", cfg.conntrack_max)
         .load(object)
         .context("load the eBPF object")?;
     for name in [PROG_EGRESS, PROG_INGRESS] {

@@ -38,6 +38,7 @@ use crate::plan::Plan;
 mod attach;
 pub mod bench;
 mod counters;
+mod ct_migrate;
 mod events;
 mod hash_sync;
 mod loader;
@@ -156,6 +157,9 @@ impl Datapath {
     }
 
     fn from_loaded(bpf: Ebpf, cfg: DatapathConfig) -> anyhow::Result<Datapath> {
+        // An older agent's CONNTRACK map: its flows move to CT around the swap
+        // (before: what exists; after: what the old programs added meanwhile).
+        let legacy_ct = ct_migrate::open_legacy(&cfg.bpffs_dir, &bpf)?;
         let mut dp = Datapath {
             mode: cfg.attach_mode.unwrap_or_else(AttachMode::detect),
             bpf,
@@ -163,9 +167,22 @@ impl Datapath {
             history: Arc::default(),
             sync_failures: 0,
         };
-        // An older agent's layout: carry its Plan over before its programs are replaced.
+        // An older agent's layout: carry its Plan and its conntrack over before its programs
+        // are replaced, and the conntrack entries its programs added meanwhile after.
         dp.upgrade_tables()?;
+        if let Some(old) = &legacy_ct {
+            let r = old.copy_into(&mut dp.bpf)?;
+            tracing::info!(?r, "conntrack: copied the older agent's entries");
+        }
         dp.adopt_pinned_links()?;
+        if let Some(old) = legacy_ct {
+            let r = old.copy_into(&mut dp.bpf)?;
+            tracing::info!(
+                ?r,
+                "conntrack: copied entries added during the program swap"
+            );
+            old.unpin()?;
+        }
         dp.remove_old_pins()?;
         dp.write_options()?;
         Ok(dp)

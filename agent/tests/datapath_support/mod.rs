@@ -362,12 +362,23 @@ pub fn run(dp: &Datapath, dir: netward::model::Direction, frame: &[u8]) -> (bool
     let before = dp.counters().unwrap();
     let out = dp.test_run(dir, frame, 1).unwrap();
     let after = dp.counters().unwrap();
+    // One packet, one counter: the reason at this hook's direction, and the matching total.
+    let d = match dir {
+        netward::model::Direction::Egress => DIR_EGRESS,
+        netward::model::Direction::Ingress => DIR_INGRESS,
+    };
     let mut reason = "none";
     for r in 0..reason::COUNT {
-        if after.reason(r) > before.reason(r) {
+        if after.reason_dir(d, r) > before.reason_dir(d, r) {
             reason = reason::name(r);
         }
     }
+    let totals = |c: &netward::datapath::Counters| c.allowed + c.denied;
+    assert_eq!(
+        totals(&after),
+        totals(&before) + 1,
+        "{before:?} -> {after:?}"
+    );
     (out.pass, reason)
 }
 
