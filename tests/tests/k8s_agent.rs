@@ -38,6 +38,7 @@ fn config(tag: &str) -> AgentConfig {
             ..Default::default()
         },
         plan_only: true,
+        map_sizes: Default::default(),
     }
 }
 

@@ -126,6 +126,7 @@ spec:
             socket: std::env::temp_dir().join(format!("netward-bench-{}.sock", std::process::id())),
             loop_config: LoopConfig::default(),
             plan_only: false,
+            map_sizes: Default::default(),
         };
         let t0 = Instant::now();
         let running = agent::start(&cfg, server.client().unwrap(), enforcer).await.unwrap();

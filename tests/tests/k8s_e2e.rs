@@ -158,6 +158,7 @@ async fn real_packets_follow_kubernetes_changes() {
             ..Default::default()
         },
         plan_only: false,
+        map_sizes: Default::default(),
     };
     let running = agent::start(&cfg, server.client().unwrap(), enforcer)
         .await
@@ -416,6 +417,7 @@ spec:
             ..Default::default()
         },
         plan_only: false,
+        map_sizes: Default::default(),
     };
     let running = agent::start(&cfg, server.client().unwrap(), enforcer)
         .await

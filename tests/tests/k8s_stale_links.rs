@@ -160,6 +160,7 @@ async fn restart_detaches_links_left_on_interfaces_that_are_no_pod_veth() {
             ..Default::default()
         },
         plan_only: false,
+        map_sizes: Default::default(),
     };
     let enforcer = EbpfEnforcer::open(dpc.clone()).expect("datapath");
     let running = agent::start(&cfg, server.client().unwrap(), enforcer)

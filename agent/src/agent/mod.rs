@@ -35,6 +35,8 @@ pub struct AgentConfig {
     pub loop_config: LoopConfig,
     /// Compute Plans without a datapath (nothing is enforced).
     pub plan_only: bool,
+    /// Capacities of the maps the agent creates.
+    pub map_sizes: crate::datapath::MapSizes,
 }
 
 /// A kube client from an explicit kubeconfig or the inferred configuration.
@@ -109,7 +111,8 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         let dp = crate::datapath::DatapathConfig {
             bpffs_dir: cfg.bpffs.clone(),
             ..Default::default()
-        };
+        }
+        .with_sizes(cfg.map_sizes);
         let enforcer = ebpf::EbpfEnforcer::open(dp).context("loading the eBPF datapath")?;
         start(&cfg, client, enforcer).await?
     };

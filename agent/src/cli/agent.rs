@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Args, ValueEnum};
 
 use crate::agent::{AgentConfig, LoopConfig};
+use crate::datapath::MapSizes;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -40,6 +41,51 @@ pub struct AgentArgs {
     /// Compute and serve Plans without loading the eBPF datapath (nothing is enforced).
     #[arg(long)]
     pub plan_only: bool,
+    #[command(flatten)]
+    pub sizes: MapSizeArgs,
+}
+
+/// Map capacities (entries) for maps the agent creates; pinned maps of an earlier agent keep
+/// theirs. The Plan tables hold the live and the next Plan during a sync: size them for twice
+/// the largest Plan. A Plan that does not fit is not installed (the previous one stays in
+/// force, the failure is logged and counted in /metrics).
+#[derive(Args, Debug)]
+pub struct MapSizeArgs {
+    /// Ipcache entries (pod addresses, ipBlock pieces, Service addresses).
+    #[arg(long, default_value_t = MapSizes::default().ipcache, env = "NETWARD_IPCACHE_MAX")]
+    pub ipcache_max: u32,
+    /// Policy entries.
+    #[arg(long, default_value_t = MapSizes::default().policy, env = "NETWARD_POLICY_MAX")]
+    pub policy_max: u32,
+    /// Addresses of pods enforced on this node.
+    #[arg(long, default_value_t = MapSizes::default().endpoints, env = "NETWARD_ENDPOINTS_MAX")]
+    pub endpoints_max: u32,
+    /// Tracked connections (LRU: the least recently used go first when full).
+    #[arg(long, default_value_t = MapSizes::default().conntrack, env = "NETWARD_CONNTRACK_MAX")]
+    pub conntrack_max: u32,
+    /// Service (virtual address, protocol, port) entries.
+    #[arg(long, default_value_t = MapSizes::default().services, env = "NETWARD_SERVICES_MAX")]
+    pub services_max: u32,
+    /// (client subject class, Service port) allow entries.
+    #[arg(
+        long,
+        default_value_t = MapSizes::default().service_policy,
+        env = "NETWARD_SERVICE_POLICY_MAX"
+    )]
+    pub service_policy_max: u32,
+}
+
+impl MapSizeArgs {
+    pub fn sizes(&self) -> MapSizes {
+        MapSizes {
+            ipcache: self.ipcache_max,
+            policy: self.policy_max,
+            endpoints: self.endpoints_max,
+            conntrack: self.conntrack_max,
+            services: self.services_max,
+            service_policy: self.service_policy_max,
+        }
+    }
 }
 
 /// Install the tracing subscriber (RUST_LOG filters, default `info`).
@@ -68,6 +114,7 @@ pub fn run(args: AgentArgs) -> ExitCode {
             ..Default::default()
         },
         plan_only: args.plan_only,
+        map_sizes: args.sizes.sizes(),
     };
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,

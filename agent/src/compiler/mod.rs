@@ -3,13 +3,18 @@
 //! # Model: peer classes and subject classes
 //!
 //! The datapath answers "may local pod L talk to address X on (proto, port) in direction D"
-//! with a fixed number of hash/LPM lookups, whatever the number of pods and policies:
+//! with a fixed number of lookups, whatever the number of pods and policies:
 //!
-//! 1. ipcache LPM (L's address) -> `EP_LOCAL`, isolation flags, **subject class** S;
+//! 1. ipcache (L's address) -> `EP_LOCAL`, isolation flags, **subject class** S;
 //!    not isolated in D -> allow;
-//! 2. ipcache LPM (X) -> **peer class** P;
-//! 3. policy LPM `(D, S, P, proto, port)` and `(D, S, ANY_PEER, proto, port)`: allow iff
-//!    either hits.
+//! 2. ipcache (X) -> **peer class** P;
+//! 3. longest-prefix match of the policy keys `(D, S, P, proto, port)` and
+//!    `(D, S, ANY_PEER, proto, port)`: allow iff either hits.
+//!
+//! The Plan states these as longest-prefix tables (what the evaluators read); the datapath
+//! answers them with hash lookups (map sync derives the hash tables, see
+//! `ebpf/DATAPATH.md`): a full-length ipcache entry by exact address, and the policy match by
+//! probing only the prefix lengths the subject's entries use.
 //!
 //! A *peer atom* is a distinct `from`/`to` entry of a policy that enforces some local pod:
 //! a (namespace scope, pod selector) or an ipBlock (cidr, except). A peer class is a set of

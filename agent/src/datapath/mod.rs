@@ -111,6 +111,46 @@ impl Default for DatapathConfig {
     }
 }
 
+/// The configurable map capacities (entries), as the agent's flags set them. Both Plan slots
+/// coexist during a sync: size the Plan tables for twice the largest Plan. A Plan that does not
+/// fit fails closed (the previous one stays in force, the failure is logged and counted).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapSizes {
+    pub ipcache: u32,
+    pub policy: u32,
+    pub endpoints: u32,
+    pub conntrack: u32,
+    pub services: u32,
+    pub service_policy: u32,
+}
+
+impl Default for MapSizes {
+    fn default() -> Self {
+        let d = DatapathConfig::default();
+        MapSizes {
+            ipcache: d.ipcache_max,
+            policy: d.policy_max,
+            endpoints: d.endpoints_max,
+            conntrack: d.conntrack_max,
+            services: d.services_max,
+            service_policy: d.service_policy_max,
+        }
+    }
+}
+
+impl DatapathConfig {
+    /// These capacities for maps created from now on (pinned maps keep theirs).
+    pub fn with_sizes(mut self, s: MapSizes) -> Self {
+        self.ipcache_max = s.ipcache;
+        self.policy_max = s.policy;
+        self.endpoints_max = s.endpoints;
+        self.conntrack_max = s.conntrack;
+        self.services_max = s.services;
+        self.service_policy_max = s.service_policy;
+        self
+    }
+}
+
 /// Plans recently installed, by generation, to attribute events to policies.
 #[derive(Default)]
 pub(crate) struct PlanHistory {
