@@ -132,3 +132,32 @@ pub fn run(args: AgentArgs) -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::cli::{Cli, Command};
+    use crate::datapath::DatapathConfig;
+
+    fn agent_args(args: &[&str]) -> AgentArgs {
+        let argv = ["netward", "agent", "--node", "n1"].iter().chain(args);
+        match Cli::try_parse_from(argv).expect("parses").command {
+            Command::Agent(a) => a,
+            _ => unreachable!("not the agent command"),
+        }
+    }
+
+    #[test]
+    fn map_sizes_default_to_the_datapath_defaults_and_follow_the_flags() {
+        let d = agent_args(&[]).sizes.sizes();
+        assert_eq!(d, MapSizes::default());
+        let s = agent_args(&["--policy-max", "1234", "--conntrack-max", "99"])
+            .sizes
+            .sizes();
+        let cfg = DatapathConfig::default().with_sizes(s);
+        assert_eq!((cfg.policy_max, cfg.conntrack_max), (1234, 99));
+        assert_eq!(cfg.ipcache_max, DatapathConfig::default().ipcache_max);
+    }
+}
