@@ -834,6 +834,32 @@ fn traffic_from_the_node_is_allowed() {
 const VIP4: &str = "10.96.0.10"; // TCP 80 (sp 1, allowed), UDP 53 (sp 2, allowed), TCP 8443 (sp 3)
 const VIP6: &str = "fd00:96::10"; // TCP 80 (sp 4, allowed), TCP 8443 (sp 5)
 
+/// What [`service_fixture`] decides, checked on fresh flows: an allowed and a denied Service
+/// port from A, and a denied ingress to A (the Plan in force after a restart or upgrade).
+fn service_fixture_enforces(dp: &Datapath) {
+    check(
+        dp,
+        Egress,
+        &frame(A4, VIP4, tcp(43000, 80)),
+        true,
+        "policy_allow",
+    );
+    check(
+        dp,
+        Egress,
+        &frame(A4, VIP4, tcp(43001, 8443)),
+        false,
+        "service_deny",
+    );
+    check(
+        dp,
+        Ingress,
+        &frame(C4, A4, tcp(43002, 81)),
+        false,
+        "policy_deny",
+    );
+}
+
 /// [`fixture`] plus two virtual addresses; subject 1 may reach Service ports 1, 2 and 4 (the
 /// compiler's verdict that every endpoint is allowed), not 3 and 5. A plain egress rule lets
 /// subject 1 reach any peer on TCP 9999 (for ports the Service does not serve).
@@ -1138,27 +1164,7 @@ fn restart_over_an_older_counters_map_keeps_enforcing() {
     assert_eq!(info.max_entries(), COUNTER_COUNT);
     // The Plan in force was not touched and enforces without a new apply.
     assert_eq!(dp.current_config().unwrap().generation, g);
-    check(
-        &dp,
-        Egress,
-        &frame(A4, VIP4, tcp(43000, 80)),
-        true,
-        "policy_allow",
-    );
-    check(
-        &dp,
-        Egress,
-        &frame(A4, VIP4, tcp(43001, 8443)),
-        false,
-        "service_deny",
-    );
-    check(
-        &dp,
-        Ingress,
-        &frame(C4, A4, tcp(43002, 81)),
-        false,
-        "policy_deny",
-    );
+    service_fixture_enforces(&dp);
     let c = dp.counters().unwrap();
     assert_eq!((c.reason(reason::SERVICE_DENY), c.denied), (1, 2), "{c:?}");
 
@@ -1257,27 +1263,7 @@ fn upgrade_over_an_older_policy_trie_keeps_the_plan_in_force() {
         !trie_pin.exists() && !hosts_pin.exists(),
         "the older agent's pins are removed"
     );
-    check(
-        &dp,
-        Egress,
-        &frame(A4, VIP4, tcp(43000, 80)),
-        true,
-        "policy_allow",
-    );
-    check(
-        &dp,
-        Egress,
-        &frame(A4, VIP4, tcp(43001, 8443)),
-        false,
-        "service_deny",
-    );
-    check(
-        &dp,
-        Ingress,
-        &frame(C4, A4, tcp(43002, 81)),
-        false,
-        "policy_deny",
-    );
+    service_fixture_enforces(&dp);
     // And the next Plan goes in as usual.
     dp.apply(&service_fixture()).unwrap();
     check(

@@ -94,6 +94,12 @@ impl IpcacheKey {
     pub const fn addr_prefix(&self) -> u32 {
         self.prefixlen - IPCACHE_HEADER_BITS
     }
+
+    /// Whether the entry covers exactly one address (32 bits for IPv4, 128 for IPv6): the
+    /// entries the exact-address hash tables mirror.
+    pub const fn is_host(&self) -> bool {
+        self.addr_prefix() == if self.family == FAMILY_V4 { 32 } else { 128 }
+    }
 }
 
 /// What the datapath knows about an address (a pod IP or a CIDR piece).
@@ -288,6 +294,27 @@ pub struct HostKey {
     pub family: u8,
     pub _pad: u16,
     pub addr: [u8; 16],
+}
+
+impl HostKey {
+    pub const fn new(slot: u8, family: u8, addr: [u8; 16]) -> Self {
+        HostKey {
+            slot,
+            family,
+            _pad: 0,
+            addr,
+        }
+    }
+
+    /// The full-length ipcache key of the same address.
+    pub const fn to_ipcache(&self) -> IpcacheKey {
+        if self.family == FAMILY_V4 {
+            let a = self.addr;
+            IpcacheKey::v4(self.slot, [a[0], a[1], a[2], a[3]], 32)
+        } else {
+            IpcacheKey::v6(self.slot, self.addr, 128)
+        }
+    }
 }
 
 /// The port bits a policy prefix length keeps (88: none, 104: all).

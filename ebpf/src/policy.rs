@@ -48,20 +48,10 @@ impl Decision {
 #[inline(always)]
 fn ipcache_get(slot: u8, family: u8, addr: &[u8; 16]) -> Option<IpcacheValue> {
     // SAFETY: copied out at once; map values are plain integers.
-    if let Some(v) = unsafe { ADDRS.get(&host_key(slot, family, addr)) } {
+    if let Some(v) = unsafe { ADDRS.get(&HostKey::new(slot, family, *addr)) } {
         return Some(*v);
     }
     IPCACHE.get(ipcache_key(slot, family, addr)).copied()
-}
-
-#[inline(always)]
-fn host_key(slot: u8, family: u8, addr: &[u8; 16]) -> HostKey {
-    HostKey {
-        slot,
-        family,
-        _pad: 0,
-        addr: *addr,
-    }
 }
 
 /// The local pod at `addr` (`ENDPOINTS` holds exactly the ipcache entries with `EP_LOCAL`,
@@ -69,7 +59,7 @@ fn host_key(slot: u8, family: u8, addr: &[u8; 16]) -> HostKey {
 #[inline(always)]
 fn endpoint_get(slot: u8, family: u8, addr: &[u8; 16]) -> Option<EndpointValue> {
     // SAFETY: copied out at once; map values are plain integers.
-    unsafe { ENDPOINTS.get(&host_key(slot, family, addr)) }.copied()
+    unsafe { ENDPOINTS.get(&HostKey::new(slot, family, *addr)) }.copied()
 }
 
 #[inline(always)]

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 
 use netward_common::{
     policy_len_bit, EndpointValue, HostKey, IpcacheKey, IpcacheValue, PolicyHashKey, PolicyKey,
-    PolicyLens, PolicyValue, ANY_PEER, EP_LOCAL, FAMILY_V4,
+    PolicyLens, PolicyValue, ANY_PEER, EP_LOCAL,
 };
 
 use super::slot_hash::{clear_slot, fits, write_slot, SlotCounts, SlotKey};
@@ -41,19 +41,6 @@ fn unpackable(k: &PolicyKey) -> SyncError {
             k.prefixlen,
             netward_common::CLASS_LIMIT - 1
         ),
-    }
-}
-
-fn is_full(k: &IpcacheKey) -> bool {
-    k.addr_prefix() == if k.family == FAMILY_V4 { 32 } else { 128 }
-}
-
-fn host_key(slot: u8, k: &IpcacheKey) -> HostKey {
-    HostKey {
-        slot,
-        family: k.family,
-        _pad: 0,
-        addr: k.addr,
     }
 }
 
@@ -92,8 +79,8 @@ impl HashTables {
                 l.peer_lens |= 1 << bit;
             }
         }
-        for (k, v) in ipcache.iter().filter(|(k, _)| is_full(k)) {
-            t.addrs.push((host_key(slot, k), *v));
+        for (k, v) in ipcache.iter().filter(|(k, _)| k.is_host()) {
+            t.addrs.push((HostKey::new(slot, k.family, k.addr), *v));
             if v.flags & EP_LOCAL == 0 {
                 continue;
             }
@@ -106,7 +93,7 @@ impl HashTables {
                 ip: *v,
                 lens: [of(0), of(1)],
             };
-            t.endpoints.push((host_key(slot, k), e));
+            t.endpoints.push((HostKey::new(slot, k.family, k.addr), e));
         }
         Ok(HashTables {
             policy: sorted(t.policy),
@@ -213,26 +200,23 @@ impl Datapath {
     pub(super) fn hosts_hash_entries(
         &mut self,
     ) -> Result<Vec<(IpcacheKey, IpcacheValue)>, SyncError> {
-        let (all, _) = self.slot_hash_read::<HostKey, IpcacheValue>(ADDRS)?;
-        let mut out: Vec<_> = all.into_iter().map(|(k, v)| (to_ipcache(&k), v)).collect();
-        out.sort();
-        Ok(out)
+        self.by_ipcache_key(ADDRS)
     }
 
     /// Every `ENDPOINTS` entry (both slots) by ipcache key, for inspection and tests.
     pub fn endpoint_entries(&mut self) -> anyhow::Result<Vec<(IpcacheKey, EndpointValue)>> {
-        let (all, _) = self.slot_hash_read::<HostKey, EndpointValue>(ENDPOINTS)?;
-        let mut out: Vec<_> = all.into_iter().map(|(k, v)| (to_ipcache(&k), v)).collect();
-        out.sort();
-        Ok(out)
+        Ok(self.by_ipcache_key(ENDPOINTS)?)
     }
-}
 
-fn to_ipcache(k: &HostKey) -> IpcacheKey {
-    if k.family == FAMILY_V4 {
-        IpcacheKey::v4(k.slot, [k.addr[0], k.addr[1], k.addr[2], k.addr[3]], 32)
-    } else {
-        IpcacheKey::v6(k.slot, k.addr, 128)
+    /// A `HostKey` map's entries (both slots) under their ipcache keys, sorted.
+    fn by_ipcache_key<V: aya::Pod>(
+        &mut self,
+        name: &'static str,
+    ) -> Result<Vec<(IpcacheKey, V)>, SyncError> {
+        let (all, _) = self.slot_hash_read::<HostKey, V>(name)?;
+        let mut out: Vec<_> = all.into_iter().map(|(k, v)| (k.to_ipcache(), v)).collect();
+        out.sort_by_key(|(k, _)| *k);
+        Ok(out)
     }
 }
 

@@ -1,5 +1,5 @@
-//! Hash maps whose keys carry the Plan slot byte (`POLICY_HASH`, `SUBJECTS`, `SERVICES`,
-//! `SERVICE_POLICY`): read, capacity check, diff one slot to a desired set, clear a slot.
+//! Hash maps whose keys carry the Plan slot byte (`POLICY_HASH`, `ENDPOINTS`, `ADDRS`,
+//! `SERVICES`, `SERVICE_POLICY`): read, capacity check, diff one slot to a desired set, clear a slot.
 //! The slot protocol itself (check, write inactive slot, flip, clear old slot) is in `sync.rs`.
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -14,42 +14,30 @@ pub(super) trait SlotKey: aya::Pod + Ord {
     fn with_slot(self, slot: u8) -> Self;
 }
 
-impl SlotKey for ServiceKey {
-    fn slot(&self) -> u8 {
-        self.slot
-    }
-    fn with_slot(mut self, slot: u8) -> Self {
-        self.slot = slot;
-        self
-    }
+/// Keys whose slot is a plain `slot: u8` field.
+macro_rules! slot_field {
+    ($($t:ty),*) => {$(
+        impl SlotKey for $t {
+            fn slot(&self) -> u8 {
+                self.slot
+            }
+            fn with_slot(mut self, slot: u8) -> Self {
+                self.slot = slot;
+                self
+            }
+        }
+    )*};
 }
 
-impl SlotKey for ServicePolicyKey {
-    fn slot(&self) -> u8 {
-        self.slot
-    }
-    fn with_slot(mut self, slot: u8) -> Self {
-        self.slot = slot;
-        self
-    }
-}
+slot_field!(ServiceKey, ServicePolicyKey, HostKey);
 
+/// Packed with the subject class (see `PolicyHashKey::subject_word`).
 impl SlotKey for PolicyHashKey {
     fn slot(&self) -> u8 {
         PolicyHashKey::slot(self)
     }
     fn with_slot(self, slot: u8) -> Self {
         PolicyHashKey::with_slot(self, slot)
-    }
-}
-
-impl SlotKey for HostKey {
-    fn slot(&self) -> u8 {
-        self.slot
-    }
-    fn with_slot(mut self, slot: u8) -> Self {
-        self.slot = slot;
-        self
     }
 }
 

@@ -25,7 +25,7 @@ use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{Array, HashMap, MapData, MapError};
 use netward_common::{
     Config, IpcacheKey, IpcacheValue, PolicyKey, PolicyValue, CFG_EVENTS_ALLOW,
-    CFG_FAIL_CLOSED_UNKNOWN, CFG_READY, FAMILY_V4,
+    CFG_FAIL_CLOSED_UNKNOWN, CFG_READY,
 };
 use serde::Serialize;
 
@@ -126,11 +126,6 @@ impl LpmEntry for PolicyKey {
 
 /// The `HOSTS` hash map.
 type Hosts<'a> = HashMap<&'a mut MapData, IpcacheKey, IpcacheValue>;
-
-/// Whether an ipcache entry covers exactly one address (it then also goes to `HOSTS`).
-fn is_host(k: &IpcacheKey) -> bool {
-    k.addr_prefix() == if k.family == FAMILY_V4 { 32 } else { 128 }
-}
 
 fn hosts_read(map: &Hosts<'_>) -> Result<BTreeMap<IpcacheKey, IpcacheValue>, SyncError> {
     map.iter()
@@ -278,7 +273,7 @@ impl Legacy {
         Legacy {
             hosts: ipcache
                 .iter()
-                .filter(|(k, _)| is_host(k))
+                .filter(|(k, _)| k.is_host())
                 .copied()
                 .collect(),
             policy: plan
