@@ -94,12 +94,16 @@ fn policy_probe(subject_word: u32, peer: u32, proto: u8, port: u16, lens: u32) -
     };
     // SAFETY: a per-CPU array value, valid for the program's run.
     let key = unsafe { &mut *key };
+    // Bits not yet probed: the loop ends after the shortest length the subject uses, so the
+    // common case (full-length entries only) is one iteration, not 18.
+    let mut rest = lens;
     let mut bit = POLICY_LEN_BITS;
-    while bit > 0 {
+    while bit > 0 && rest != 0 {
         bit -= 1;
-        if lens & (1 << bit) == 0 {
+        if rest & (1 << bit) == 0 {
             continue;
         }
+        rest &= !(1 << bit);
         *key = PolicyHashKey::with_word(subject_word, policy_bit_len(bit), peer, proto, port);
         // SAFETY: the value is copied out at once; map values are plain integers.
         if let Some(v) = unsafe { POLICY_HASH.get(&*key) } {
