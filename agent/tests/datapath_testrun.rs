@@ -1217,7 +1217,7 @@ fn upgrade_over_an_older_policy_trie_keeps_the_plan_in_force() {
     drop(dp.dp.take());
 
     // The older agent's layout: no hash tables, a POLICY trie and HOSTS.
-    for name in ["POLICY_HASH", "ENDPOINTS", "ADDRS"] {
+    for name in ["POLICY_HASH", "LOCAL_ADDRS", "HOST_ADDRS"] {
         std::fs::remove_file(cfg.bpffs_dir.join(name)).unwrap();
     }
     let trie_pin = cfg.bpffs_dir.join("POLICY");
@@ -1273,6 +1273,107 @@ fn upgrade_over_an_older_policy_trie_keeps_the_plan_in_force() {
         true,
         "policy_allow",
     );
+}
+
+/// IPv6 addresses are keyed by a 32-bit tag (see `AddrKey`); two addresses with the same tag
+/// share a key. The first keeps the hash entry, the second is decided through the `IPCACHE`
+/// trie, and the full address stored in the value keeps one from being taken for the other,
+/// as a local pod and as a peer.
+#[test]
+fn ipv6_addresses_with_the_same_tag_are_told_apart() {
+    // w1 ^ w2 is the same (0) in each pair: same tag.
+    const X: &str = "fd00::1"; // local, subject 1: TCP 80 from class 3
+    const Y: &str = "fd00:0:0:1:0:1:0:1"; // local, subject 2: TCP 443 from class 3
+    const P: &str = "fd00:2::5"; // peer, class 3
+    const Q: &str = "fd00:2:0:1:0:1:0:5"; // peer, class 6 (allowed nowhere)
+    assert_eq!(addr_tag(&v6(X)), addr_tag(&v6(Y)));
+    assert_eq!(addr_tag(&v6(P)), addr_tag(&v6(Q)));
+    let mut p = PlanBuilder::new();
+    p.pod(X, 2, 1, EP_ISOLATED_INGRESS, 1)
+        .pod(Y, 7, 2, EP_ISOLATED_INGRESS, 2)
+        .peer("fd00:2::5/128", 3)
+        .peer("fd00:2:0:1:0:1:0:5/128", 6)
+        .allow(POLICY_PREFIX_FULL, DIR_INGRESS, 1, 3, PROTO_TCP, 80, 1, 0)
+        .allow(
+            POLICY_PREFIX_FULL - 2,
+            DIR_INGRESS,
+            2,
+            3,
+            PROTO_TCP,
+            440,
+            2,
+            0,
+        );
+    let mut dp = open(test_config("tags"));
+    dp.apply(&p.build()).unwrap();
+    let eps = dp.endpoint_entries().unwrap();
+    assert_eq!(eps.len(), 1, "one hash entry for the shared tag: {eps:?}");
+    for (src, dst, port, pass, reason) in [
+        (P, X, 80, true, "policy_allow"),
+        (P, X, 443, false, "policy_deny"),
+        (P, Y, 443, true, "policy_allow"), // Y through the trie, 440..443 block
+        (P, Y, 80, false, "policy_deny"),
+        (Q, X, 80, false, "policy_deny"), // Q is not P
+        (Q, Y, 443, false, "policy_deny"),
+    ] {
+        let f = frame(src, dst, tcp(40000 + port, port));
+        assert_eq!(
+            run(&dp, Ingress, &f),
+            (pass, reason),
+            "{src} -> {dst}:{port}"
+        );
+    }
+}
+
+/// The previous build keyed its address tables (`ENDPOINTS`, `ADDRS`) by the full 20-byte
+/// address. A new agent fills its tagged tables from `IPCACHE` and `POLICY_HASH` before its
+/// programs take over, and removes the old pins; the Plan in force keeps enforcing.
+#[test]
+fn upgrade_over_full_key_address_tables_keeps_the_plan_in_force() {
+    const BPF_MAP_TYPE_HASH: u32 = 1;
+    let cfg = test_config("upgrade-tags");
+    let mut dp = open(cfg.clone());
+    dp.apply(&service_fixture()).unwrap();
+    let g = dp.current_config().unwrap().generation;
+    let endpoints = dp.endpoint_entries().unwrap();
+    let hosts = dp.host_entries().unwrap();
+    assert!(!endpoints.is_empty() && !hosts.is_empty());
+    drop(dp.dp.take());
+
+    // The previous layout: no tagged tables, ENDPOINTS and ADDRS by HostKey.
+    for name in ["LOCAL_ADDRS", "HOST_ADDRS"] {
+        std::fs::remove_file(cfg.bpffs_dir.join(name)).unwrap();
+    }
+    let old = [
+        ("ENDPOINTS", size_of::<EndpointValue>()),
+        ("ADDRS", size_of::<IpcacheValue>()),
+    ];
+    for (name, value) in old {
+        pin_raw_map(
+            &cfg.bpffs_dir.join(name),
+            BPF_MAP_TYPE_HASH,
+            size_of::<HostKey>() as u32,
+            value as u32,
+            1024,
+        );
+    }
+
+    dp.dp = Some(Datapath::open_or_create(cfg.clone()).expect("upgrade over old pins"));
+    assert_eq!(
+        dp.current_config().unwrap().generation,
+        g,
+        "no new Plan was applied"
+    );
+    assert_eq!(
+        dp.endpoint_entries().unwrap(),
+        endpoints,
+        "rebuilt before the swap"
+    );
+    assert_eq!(dp.host_entries().unwrap(), hosts);
+    for (name, _) in old {
+        assert!(!cfg.bpffs_dir.join(name).exists(), "{name} pin removed");
+    }
+    service_fixture_enforces(&dp);
 }
 
 /// The key an agent from before `CT` stored in its `CONNTRACK` map: the tuple as first

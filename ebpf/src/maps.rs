@@ -7,9 +7,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use netward_common::{
-    Config, CtFlowKey, CtValue, EndpointValue, FragKey, FragValue, HostKey, IpcacheKey,
+    AddrKey, Config, CtFlowKey, CtValue, EndpointValue, FragKey, FragValue, IpcacheKey,
     IpcacheValue, PolicyHashKey, PolicyValue, RateState, ServiceKey, ServicePolicyKey,
-    ServiceValue, COUNTER_COUNT,
+    ServiceValue, Tagged, COUNTER_COUNT,
 };
 
 /// LPM data parts (everything after `prefixlen`), see `IpcacheKey::lpm_data`.
@@ -23,9 +23,9 @@ pub static IPCACHE: LpmTrie<IpcacheData, IpcacheValue> = LpmTrie::pinned(65536, 
 
 /// The ipcache entries of full address length (pods, Service addresses): a hit is exactly what
 /// the trie would answer (nothing is longer than a full prefix), so those addresses resolve in
-/// one hash lookup and only other addresses walk the trie.
-#[map(name = "ADDRS")]
-pub static ADDRS: HashMap<HostKey, IpcacheValue> = HashMap::pinned(65536, 0);
+/// one hash lookup of an 8-byte key and only other addresses walk the trie (see `AddrKey`).
+#[map(name = "HOST_ADDRS")]
+pub static HOST_ADDRS: HashMap<AddrKey, Tagged<IpcacheValue>> = HashMap::pinned(65536, 0);
 
 /// The Plan's policy entries as exact keys (`PolicyHashKey`: one prefix length each); probed
 /// only at the lengths `SUBJECTS` lists for the subject, longest first.
@@ -38,8 +38,8 @@ pub static PROBE_KEY: PerCpuArray<PolicyHashKey> = PerCpuArray::with_max_entries
 
 /// Local pods' addresses -> their ipcache entry and the prefix lengths their subject class's
 /// `POLICY_HASH` entries use per direction: the local side of a new flow in one lookup.
-#[map(name = "ENDPOINTS")]
-pub static ENDPOINTS: HashMap<HostKey, EndpointValue> = HashMap::pinned(16384, 0);
+#[map(name = "LOCAL_ADDRS")]
+pub static LOCAL_ADDRS: HashMap<AddrKey, Tagged<EndpointValue>> = HashMap::pinned(16384, 0);
 
 /// Conntrack, both families, keyed in the veth's orientation (see `conntrack`).
 #[map(name = "CT")]

@@ -1,6 +1,6 @@
 //! The policy decision for one side of a flow: ipcache (local endpoint, then peer class) and
-//! the policy hash. The local address resolves in `ENDPOINTS` (its ipcache entry plus the
-//! prefix lengths its subject's policy entries use), the peer through `ADDRS` (hash of the
+//! the policy hash. The local address resolves in `LOCAL_ADDRS` (its ipcache entry plus the
+//! prefix lengths its subject's policy entries use), the peer through `HOST_ADDRS` (hash of the
 //! single-address entries, i.e. pods) with a fallback to the `IPCACHE` trie for other
 //! addresses (CIDRs); then `POLICY_HASH` is probed at the subject's lengths only, longest
 //! first: the longest-prefix match without a trie walk whose depth grows with the map. A
@@ -18,12 +18,12 @@
 //!   for the Service's endpoints by [`crate::service::check`].
 use aya_ebpf::maps::lpm_trie::Key;
 use netward_common::{
-    policy_bit_len, reason, EndpointValue, HostKey, IpcacheKey, IpcacheValue, PolicyHashKey,
-    PolicyValue, ANY_PEER, CFG_FAIL_CLOSED_UNKNOWN, DIR_EGRESS, EP_ISOLATED_EGRESS,
-    EP_ISOLATED_INGRESS, EP_SERVICE, FAMILY_V4, IPCACHE_HEADER_BITS, POLICY_LEN_BITS,
+    policy_bit_len, reason, AddrKey, EndpointValue, IpcacheKey, IpcacheValue, PolicyHashKey,
+    PolicyLens, PolicyValue, ANY_PEER, CFG_FAIL_CLOSED_UNKNOWN, DIR_EGRESS, EP_ISOLATED_EGRESS,
+    EP_ISOLATED_INGRESS, EP_LOCAL, EP_SERVICE, FAMILY_V4, IPCACHE_HEADER_BITS, POLICY_LEN_BITS,
 };
 
-use crate::maps::{ADDRS, ENDPOINTS, IPCACHE, POLICY_HASH, PROBE_KEY};
+use crate::maps::{HOST_ADDRS, IPCACHE, LOCAL_ADDRS, POLICY_HASH, PROBE_KEY};
 use crate::parse::has_ports;
 
 /// Outcome of a policy check.
@@ -44,22 +44,67 @@ impl Decision {
     }
 }
 
+/// The `LOCAL_ADDRS` / `HOST_ADDRS` key of an address and whether a value found under it is
+/// for that very address (IPv6 tags are digests, see `AddrKey`).
+#[inline(always)]
+fn addr_key(slot: u8, family: u8, addr: &[u8; 16]) -> AddrKey {
+    let w = words(addr);
+    let x = w[0] ^ w[1];
+    AddrKey {
+        slot,
+        family,
+        _pad: 0,
+        tag: (x as u32) ^ ((x >> 32) as u32),
+    }
+}
+
+#[inline(always)]
+fn words(addr: &[u8; 16]) -> [u64; 2] {
+    // SAFETY: same size, every bit pattern valid.
+    unsafe { core::mem::transmute::<[u8; 16], [u64; 2]>(*addr) }
+}
+
+#[inline(always)]
+fn same_addr(stored: &[u8; 16], addr: &[u8; 16]) -> bool {
+    let (a, b) = (words(stored), words(addr));
+    a[0] == b[0] && a[1] == b[1]
+}
+
 /// The ipcache answer for a full address: the host entry if there is one, else the LPM walk.
 #[inline(always)]
 fn ipcache_get(slot: u8, family: u8, addr: &[u8; 16]) -> Option<IpcacheValue> {
     // SAFETY: copied out at once; map values are plain integers.
-    if let Some(v) = unsafe { ADDRS.get(&HostKey::new(slot, family, *addr)) } {
-        return Some(*v);
+    if let Some(t) = unsafe { HOST_ADDRS.get(&addr_key(slot, family, addr)) } {
+        if same_addr(&t.addr, addr) {
+            return Some(t.v);
+        }
     }
     IPCACHE.get(ipcache_key(slot, family, addr)).copied()
 }
 
-/// The local pod at `addr` (`ENDPOINTS` holds exactly the ipcache entries with `EP_LOCAL`,
-/// which are always full-length).
+/// The local pod at `addr`. `LOCAL_ADDRS` holds the ipcache entries with `EP_LOCAL` (always
+/// full-length) except IPv6 addresses whose tag another one already uses: those are found in
+/// the trie and probed at every prefix length (exact, only slower).
 #[inline(always)]
 fn endpoint_get(slot: u8, family: u8, addr: &[u8; 16]) -> Option<EndpointValue> {
     // SAFETY: copied out at once; map values are plain integers.
-    unsafe { ENDPOINTS.get(&HostKey::new(slot, family, *addr)) }.copied()
+    if let Some(t) = unsafe { LOCAL_ADDRS.get(&addr_key(slot, family, addr)) } {
+        if same_addr(&t.addr, addr) {
+            return Some(t.v);
+        }
+    }
+    let ip = *IPCACHE.get(ipcache_key(slot, family, addr))?;
+    if ip.flags & EP_LOCAL == 0 {
+        return None;
+    }
+    let all = PolicyLens {
+        peer_lens: (1 << POLICY_LEN_BITS) - 1,
+        any_lens: (1 << POLICY_LEN_BITS) - 1,
+    };
+    Some(EndpointValue {
+        ip,
+        lens: [all, all],
+    })
 }
 
 #[inline(always)]

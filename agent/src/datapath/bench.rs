@@ -6,8 +6,8 @@
 //! * reply: the same flow's answer at the pod's other hook (the same single `CT` lookup; the
 //!   entry is shared by both hooks of the veth);
 //! * new flow (policy path): a packet no flow matches and the policy denies: one conntrack
-//!   miss, the local endpoint (`ENDPOINTS`), the peer (`ADDRS`), the policy hash probed at the
-//!   subject's prefix lengths, a rate-limited event: every lookup of a new flow except the
+//!   miss, the local endpoint (`LOCAL_ADDRS`), the peer (`HOST_ADDRS`), the policy hash probed
+//!   at the subject's prefix lengths, a rate-limited event: every lookup of a new flow except the
 //!   conntrack insert;
 //! * new flow allowed (+ conntrack insert): distinct packets, one run each (a new flow cannot
 //!   be repeated), timed by the kernel's per-program run-time statistics

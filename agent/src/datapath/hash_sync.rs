@@ -1,4 +1,4 @@
-//! Map sync of the hash tables derived from a Plan: `POLICY_HASH`, `ENDPOINTS` and `ADDRS`,
+//! Map sync of the hash tables derived from a Plan: `POLICY_HASH`, `LOCAL_ADDRS` and `HOST_ADDRS`,
 //! following the slot protocol of [`super::sync`]: capacity checked first (fail
 //! closed), the inactive slot diffed to exactly the new Plan, `CONFIG` flips, the old slot
 //! deleted.
@@ -7,13 +7,19 @@
 //! an exact [`PolicyHashKey`], and every local endpoint (the ipcache entries with `EP_LOCAL`)
 //! carries, per direction, the prefix lengths its subject class's entries use
 //! ([`PolicyLens`]): all the datapath needs to find the longest match with a few hash probes
-//! after one lookup of the local address. `ADDRS` mirrors the full-length ipcache entries
+//! after one lookup of the local address. `HOST_ADDRS` mirrors the full-length ipcache entries
 //! (pods, Service addresses) so the peer resolves in one hash lookup.
+//!
+//! Both address tables are keyed by an 8-byte [`AddrKey`] (IPv6 addresses by a 32-bit tag,
+//! the full address in the value): an IPv6 address whose tag an earlier address of the same
+//! slot already holds is left out, and the datapath finds it in the `IPCACHE` trie instead.
+//! An older object (benchmarked side by side) has `ENDPOINTS` / `ADDRS` keyed by the full
+//! [`HostKey`]; [`HostLayout`] tells which one the loaded object has.
 use std::collections::BTreeMap;
 
 use netward_common::{
-    policy_len_bit, EndpointValue, HostKey, IpcacheKey, IpcacheValue, PolicyHashKey, PolicyKey,
-    PolicyLens, PolicyValue, ANY_PEER, EP_LOCAL,
+    policy_len_bit, AddrKey, EndpointValue, HostKey, IpcacheKey, IpcacheValue, PolicyHashKey,
+    PolicyKey, PolicyLens, PolicyValue, Tagged, ANY_PEER, EP_LOCAL,
 };
 
 use super::slot_hash::{clear_slot, fits, write_slot, SlotCounts, SlotKey};
@@ -21,8 +27,34 @@ use super::{Datapath, SyncError};
 use crate::plan::Plan;
 
 pub(super) const POLICY_HASH: &str = "POLICY_HASH";
+pub(super) const LOCAL_ADDRS: &str = "LOCAL_ADDRS";
+pub(super) const HOST_ADDRS: &str = "HOST_ADDRS";
+/// The previous layout's tables (full-address keys).
 pub(super) const ENDPOINTS: &str = "ENDPOINTS";
 pub(super) const ADDRS: &str = "ADDRS";
+
+/// How the loaded object keys its address tables.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum HostLayout {
+    /// `LOCAL_ADDRS` / `HOST_ADDRS` by [`AddrKey`].
+    Tagged,
+    /// `ENDPOINTS` / `ADDRS` by [`HostKey`] (the previous build).
+    Full,
+}
+
+/// `entries` (sorted by address) as tagged entries: the first address of a tag keeps it, a
+/// later one with the same tag is left to the trie.
+pub(super) fn tagged<V: Copy>(entries: &[(HostKey, V)]) -> Vec<(AddrKey, Tagged<V>)> {
+    let mut out: BTreeMap<AddrKey, Tagged<V>> = BTreeMap::new();
+    for (k, v) in entries {
+        out.entry(AddrKey::new(k.slot, k.family, &k.addr))
+            .or_insert(Tagged {
+                addr: k.addr,
+                v: *v,
+            });
+    }
+    out.into_iter().collect()
+}
 
 /// A Plan's hash tables, in the slot being installed.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -106,17 +138,40 @@ impl HashTables {
 /// What the maps held before the write (both slots), for the diff.
 pub(super) struct HashCurrent {
     policy: BTreeMap<PolicyHashKey, PolicyValue>,
-    endpoints: BTreeMap<HostKey, EndpointValue>,
-    addrs: BTreeMap<HostKey, IpcacheValue>,
+    hosts: HostsCurrent,
+}
+
+enum HostsCurrent {
+    Tagged {
+        endpoints: BTreeMap<AddrKey, Tagged<EndpointValue>>,
+        addrs: BTreeMap<AddrKey, Tagged<IpcacheValue>>,
+    },
+    Full {
+        endpoints: BTreeMap<HostKey, EndpointValue>,
+        addrs: BTreeMap<HostKey, IpcacheValue>,
+    },
 }
 
 impl Datapath {
-    /// Whether the loaded object has these hash maps (an older build benchmarked side by side
-    /// has the `POLICY` trie and `HOSTS` instead, see `sync.rs`).
+    /// Which address tables the loaded object has (`None`: neither, an object from before
+    /// the hash tables, see `sync.rs`).
+    pub(super) fn host_layout(&self) -> Option<HostLayout> {
+        let has = |m: &str| self.bpf.map(m).is_some();
+        if !has(POLICY_HASH) {
+            None
+        } else if has(LOCAL_ADDRS) && has(HOST_ADDRS) {
+            Some(HostLayout::Tagged)
+        } else if has(ENDPOINTS) && has(ADDRS) {
+            Some(HostLayout::Full)
+        } else {
+            None
+        }
+    }
+
+    /// Whether the loaded object has the policy hash tables (an older build benchmarked side
+    /// by side has the `POLICY` trie and `HOSTS` instead, see `sync.rs`).
     pub(super) fn has_policy_hash(&self) -> bool {
-        [POLICY_HASH, ENDPOINTS, ADDRS]
-            .iter()
-            .all(|m| self.bpf.map(m).is_some())
+        self.host_layout().is_some()
     }
 
     fn hash_fits<K: SlotKey, V: aya::Pod>(
@@ -137,11 +192,18 @@ impl Datapath {
         t: &HashTables,
         live: Option<u8>,
     ) -> Result<HashCurrent, SyncError> {
-        Ok(HashCurrent {
-            policy: self.hash_fits(POLICY_HASH, live, t.policy.len())?,
-            endpoints: self.hash_fits(ENDPOINTS, live, t.endpoints.len())?,
-            addrs: self.hash_fits(ADDRS, live, t.addrs.len())?,
-        })
+        let policy = self.hash_fits(POLICY_HASH, live, t.policy.len())?;
+        let hosts = match self.host_layout() {
+            Some(HostLayout::Full) => HostsCurrent::Full {
+                endpoints: self.hash_fits(ENDPOINTS, live, t.endpoints.len())?,
+                addrs: self.hash_fits(ADDRS, live, t.addrs.len())?,
+            },
+            _ => HostsCurrent::Tagged {
+                endpoints: self.hash_fits(LOCAL_ADDRS, live, t.endpoints.len())?,
+                addrs: self.hash_fits(HOST_ADDRS, live, t.addrs.len())?,
+            },
+        };
+        Ok(HashCurrent { policy, hosts })
     }
 
     fn hash_write_one<K: SlotKey, V: aya::Pod + PartialEq>(
@@ -166,8 +228,17 @@ impl Datapath {
     ) -> Result<(), SyncError> {
         let mut other = SlotCounts::default();
         self.hash_write_one(POLICY_HASH, slot, &cur.policy, &t.policy, counts)?;
-        self.hash_write_one(ADDRS, slot, &cur.addrs, &t.addrs, &mut other)?;
-        self.hash_write_one(ENDPOINTS, slot, &cur.endpoints, &t.endpoints, &mut other)
+        match &cur.hosts {
+            HostsCurrent::Tagged { endpoints, addrs } => {
+                self.hash_write_one(HOST_ADDRS, slot, addrs, &tagged(&t.addrs), &mut other)?;
+                let eps = tagged(&t.endpoints);
+                self.hash_write_one(LOCAL_ADDRS, slot, endpoints, &eps, &mut other)
+            }
+            HostsCurrent::Full { endpoints, addrs } => {
+                self.hash_write_one(ADDRS, slot, addrs, &t.addrs, &mut other)?;
+                self.hash_write_one(ENDPOINTS, slot, endpoints, &t.endpoints, &mut other)
+            }
+        }
     }
 
     fn hash_clear_one<K: SlotKey, V: aya::Pod>(
@@ -183,8 +254,13 @@ impl Datapath {
     /// Steps 2 (on failure) and 4: delete every entry of `slot` from these maps; returns the
     /// number of policy entries deleted.
     pub(super) fn hash_clear(&mut self, slot: u8) -> Result<usize, SyncError> {
-        self.hash_clear_one::<HostKey, EndpointValue>(ENDPOINTS, slot)?;
-        self.hash_clear_one::<HostKey, IpcacheValue>(ADDRS, slot)?;
+        if self.host_layout() == Some(HostLayout::Full) {
+            self.hash_clear_one::<HostKey, EndpointValue>(ENDPOINTS, slot)?;
+            self.hash_clear_one::<HostKey, IpcacheValue>(ADDRS, slot)?;
+        } else {
+            self.hash_clear_one::<AddrKey, Tagged<EndpointValue>>(LOCAL_ADDRS, slot)?;
+            self.hash_clear_one::<AddrKey, Tagged<IpcacheValue>>(HOST_ADDRS, slot)?;
+        }
         self.hash_clear_one::<PolicyHashKey, PolicyValue>(POLICY_HASH, slot)
     }
 
@@ -196,16 +272,22 @@ impl Datapath {
         Ok(all.into_iter().map(|(k, v)| (k.to_policy(), v)).collect())
     }
 
-    /// Every `ADDRS` entry (both slots) as ipcache keys.
+    /// Every address-table entry (both slots) as ipcache keys.
     pub(super) fn hosts_hash_entries(
         &mut self,
     ) -> Result<Vec<(IpcacheKey, IpcacheValue)>, SyncError> {
-        self.by_ipcache_key(ADDRS)
+        match self.host_layout() {
+            Some(HostLayout::Full) => self.by_ipcache_key(ADDRS),
+            _ => self.by_tagged_ipcache_key(HOST_ADDRS),
+        }
     }
 
-    /// Every `ENDPOINTS` entry (both slots) by ipcache key, for inspection and tests.
+    /// Every local-endpoint entry (both slots) by ipcache key, for inspection and tests.
     pub fn endpoint_entries(&mut self) -> anyhow::Result<Vec<(IpcacheKey, EndpointValue)>> {
-        Ok(self.by_ipcache_key(ENDPOINTS)?)
+        Ok(match self.host_layout() {
+            Some(HostLayout::Full) => self.by_ipcache_key(ENDPOINTS)?,
+            _ => self.by_tagged_ipcache_key(LOCAL_ADDRS)?,
+        })
     }
 
     /// A `HostKey` map's entries (both slots) under their ipcache keys, sorted.
@@ -215,6 +297,23 @@ impl Datapath {
     ) -> Result<Vec<(IpcacheKey, V)>, SyncError> {
         let (all, _) = self.slot_hash_read::<HostKey, V>(name)?;
         let mut out: Vec<_> = all.into_iter().map(|(k, v)| (k.to_ipcache(), v)).collect();
+        out.sort_by_key(|(k, _)| *k);
+        Ok(out)
+    }
+
+    /// An `AddrKey` map's entries (both slots) under their ipcache keys, sorted.
+    fn by_tagged_ipcache_key<V: Copy>(
+        &mut self,
+        name: &'static str,
+    ) -> Result<Vec<(IpcacheKey, V)>, SyncError>
+    where
+        Tagged<V>: aya::Pod,
+    {
+        let (all, _) = self.slot_hash_read::<AddrKey, Tagged<V>>(name)?;
+        let mut out: Vec<_> = all
+            .into_iter()
+            .map(|(k, t)| (HostKey::new(k.slot, k.family, t.addr).to_ipcache(), t.v))
+            .collect();
         out.sort_by_key(|(k, _)| *k);
         Ok(out)
     }
@@ -301,6 +400,31 @@ mod tests {
             .0;
         assert_eq!(k.port, 8080 & !7);
         assert_eq!(k.to_policy().prefixlen, POLICY_PREFIX_FULL - 3);
+    }
+
+    #[test]
+    fn a_tag_goes_to_the_first_address_that_has_it() {
+        let host = |last: u8, w1: u8| {
+            let mut a = [0u8; 16];
+            a[0] = 0xfd;
+            a[7] = w1; // word 1
+            a[11] = w1; // word 2: cancels word 1 in the tag
+            a[15] = last;
+            HostKey::new(0, netward_common::FAMILY_V6, a)
+        };
+        let (x, y, z) = (host(1, 0), host(1, 1), host(2, 0));
+        assert_eq!(
+            AddrKey::new(0, x.family, &x.addr),
+            AddrKey::new(0, y.family, &y.addr)
+        );
+        let t = tagged(&[(x, 10u32), (y, 11), (z, 12)]);
+        assert_eq!(t.len(), 2);
+        let by_addr: Vec<([u8; 16], u32)> = t.iter().map(|(_, v)| (v.addr, v.v)).collect();
+        assert!(by_addr.contains(&(x.addr, 10)) && by_addr.contains(&(z.addr, 12)));
+        assert!(
+            !by_addr.iter().any(|(a, _)| *a == y.addr),
+            "y is left to the trie"
+        );
     }
 
     #[test]

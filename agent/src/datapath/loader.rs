@@ -8,9 +8,9 @@ use aya::maps::MapInfo;
 use aya::programs::SchedClassifier;
 use aya::{Ebpf, EbpfLoader};
 use netward_common::{
-    Config, CtKey, CtValue, EndpointValue, FragKey, FragValue, HostKey, IpcacheKey, IpcacheValue,
-    PolicyHashKey, PolicyValue, RateState, ServiceKey, ServicePolicyKey, ServiceValue,
-    COUNTER_COUNT,
+    AddrKey, Config, CtKey, CtValue, EndpointValue, FragKey, FragValue, HostKey, IpcacheKey,
+    IpcacheValue, PolicyHashKey, PolicyValue, RateState, ServiceKey, ServicePolicyKey,
+    ServiceValue, Tagged, COUNTER_COUNT,
 };
 
 use super::DatapathConfig;
@@ -42,6 +42,16 @@ const MAP_LAYOUTS: &[(&str, usize, usize)] = &[
         size_of::<EndpointValue>(),
     ),
     ("ADDRS", size_of::<HostKey>(), size_of::<IpcacheValue>()),
+    (
+        "LOCAL_ADDRS",
+        size_of::<AddrKey>(),
+        size_of::<Tagged<EndpointValue>>(),
+    ),
+    (
+        "HOST_ADDRS",
+        size_of::<AddrKey>(),
+        size_of::<Tagged<IpcacheValue>>(),
+    ),
     ("CONNTRACK", size_of::<CtKey>(), size_of::<CtValue>()),
     ("FRAGS", size_of::<FragKey>(), size_of::<FragValue>()),
     ("COUNTERS", 4, 8),
@@ -146,6 +156,9 @@ pub(crate) fn load_object(cfg: &DatapathConfig, object: &[u8]) -> Result<Ebpf> {
     let mut bpf = EbpfLoader::new()
         .default_map_pin_directory(&cfg.bpffs_dir)
         .map_max_entries("IPCACHE", cfg.ipcache_max)
+        .map_max_entries("HOST_ADDRS", cfg.ipcache_max)
+        .map_max_entries("LOCAL_ADDRS", cfg.endpoints_max)
+        // ADDRS, ENDPOINTS: the previous build's address tables (a benchmark baseline).
         .map_max_entries("ADDRS", cfg.ipcache_max)
         // HOSTS and POLICY: the maps of builds before the hash tables (a benchmark baseline).
         .map_max_entries("HOSTS", cfg.ipcache_max)

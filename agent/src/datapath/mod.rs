@@ -67,7 +67,7 @@ pub struct DatapathConfig {
     pub ipcache_max: u32,
     /// Policy map capacity (`POLICY_HASH` entries), same 2x rule.
     pub policy_max: u32,
-    /// `ENDPOINTS` capacity: addresses of pods enforced on this node, same 2x rule.
+    /// `LOCAL_ADDRS` capacity: addresses of pods enforced on this node, same 2x rule.
     pub endpoints_max: u32,
     pub conntrack_max: u32,
     pub frags_max: u32,

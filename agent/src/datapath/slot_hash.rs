@@ -1,10 +1,10 @@
-//! Hash maps whose keys carry the Plan slot byte (`POLICY_HASH`, `ENDPOINTS`, `ADDRS`,
+//! Hash maps whose keys carry the Plan slot byte (`POLICY_HASH`, `LOCAL_ADDRS`, `HOST_ADDRS`,
 //! `SERVICES`, `SERVICE_POLICY`): read, capacity check, diff one slot to a desired set, clear a slot.
 //! The slot protocol itself (check, write inactive slot, flip, clear old slot) is in `sync.rs`.
 use std::collections::{BTreeMap, BTreeSet};
 
 use aya::maps::{HashMap, Map, MapData, MapError};
-use netward_common::{HostKey, PolicyHashKey, ServiceKey, ServicePolicyKey};
+use netward_common::{AddrKey, HostKey, PolicyHashKey, ServiceKey, ServicePolicyKey};
 
 use super::{Datapath, SyncError};
 
@@ -29,7 +29,7 @@ macro_rules! slot_field {
     )*};
 }
 
-slot_field!(ServiceKey, ServicePolicyKey, HostKey);
+slot_field!(ServiceKey, ServicePolicyKey, HostKey, AddrKey);
 
 /// Packed with the subject class (see `PolicyHashKey::subject_word`).
 impl SlotKey for PolicyHashKey {

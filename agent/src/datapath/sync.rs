@@ -10,7 +10,7 @@
 //!    next packet; conntrack entries re-check against it lazily (generation mismatch);
 //! 4. delete the old slot's entries.
 //!
-//! The hash tables derived from the Plan (`POLICY_HASH`, `ENDPOINTS`, `ADDRS`,
+//! The hash tables derived from the Plan (`POLICY_HASH`, `LOCAL_ADDRS`, `HOST_ADDRS`,
 //! `hash_sync.rs`) and the Service maps (`service_sync.rs`) follow the same protocol. An older
 //! build of the eBPF object (benchmarked side by side, `--baseline-object`) has `HOSTS` and the
 //! `POLICY` trie instead: the Plan's entries are then written there as they are.
@@ -514,7 +514,8 @@ impl Datapath {
         ))
     }
 
-    /// Every `ADDRS` entry (both slots), as ipcache keys.
+    /// Every entry of the full-address table (`HOST_ADDRS`, both slots), as ipcache keys (an
+    /// IPv6 address whose tag another one holds is only in the trie).
     pub fn host_entries(&mut self) -> anyhow::Result<Vec<(IpcacheKey, IpcacheValue)>> {
         if self.has_policy_hash() {
             return Ok(self.hosts_hash_entries()?);

@@ -1,25 +1,30 @@
 //! Upgrading over the pins of an older agent whose maps had another layout.
 //!
-//! Builds before the hash tables kept the policy in a `POLICY` trie and the full-length
-//! ipcache entries in `HOSTS`. A new agent that finds such pins (and a Plan in force, but its
-//! own hash maps still empty) rebuilds the live slot of `POLICY_HASH`, `ENDPOINTS` and
-//! `ADDRS` from the pinned `IPCACHE` and `POLICY` *before* its programs replace the old
-//! ones in the pinned links, so enforcement continues with the same Plan and no window; the
-//! old pins are removed once no program uses them.
+//! * Builds before the hash tables kept the policy in a `POLICY` trie and the full-length
+//!   ipcache entries in `HOSTS`.
+//! * The build after them keyed its address tables (`ENDPOINTS`, `ADDRS`) by the full
+//!   20-byte address; this one has `LOCAL_ADDRS` / `HOST_ADDRS` keyed by an 8-byte tag.
+//!
+//! A new agent that finds such pins (and a Plan in force) fills the live slot of its own
+//! tables from the pinned `IPCACHE` and the policy (`POLICY` trie or `POLICY_HASH`) *before*
+//! its programs replace the old ones in the pinned links, so enforcement continues with the
+//! same Plan and no window; the old pins are removed once no program uses them. (Even with
+//! empty address tables the programs decide exactly, through the `IPCACHE` trie; the rebuild
+//! gives them their one-lookup path back at once.)
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{Map, MapData};
 use netward_common::{Config, IpcacheKey, IpcacheValue, PolicyKey, PolicyValue, CFG_READY};
 
-use super::hash_sync::HashTables;
+use super::hash_sync::{HashTables, HostLayout};
 use super::slot_hash::SlotCounts;
 use super::Datapath;
 
 /// Pins of older builds that this one no longer uses.
-const OLD_PINS: &[&str] = &["POLICY", "HOSTS"];
+const OLD_PINS: &[&str] = &["POLICY", "HOSTS", "ENDPOINTS", "ADDRS"];
 
 impl Datapath {
     fn old_pin(&self, name: &str) -> PathBuf {
@@ -27,10 +32,13 @@ impl Datapath {
     }
 
     /// Before the programs are swapped: fill the new tables' live slot from an older agent's
-    /// `POLICY` trie when they are empty. Returns whether anything was migrated.
+    /// pins (`POLICY` trie, or the full-key address tables) when ours lack it. Returns whether
+    /// anything was migrated.
     pub(super) fn upgrade_tables(&mut self) -> Result<bool> {
         let old_policy = self.old_pin("POLICY");
-        if !old_policy.exists() || !self.has_policy_hash() {
+        let from_trie = old_policy.exists();
+        let from_full_keys = self.old_pin("ENDPOINTS").exists();
+        if !(from_trie || from_full_keys) || self.host_layout() != Some(HostLayout::Tagged) {
             return Ok(false);
         }
         let cfg: Config = self.current_config()?;
@@ -39,24 +47,25 @@ impl Datapath {
         }
         let slot = Config::slot_of(cfg.generation);
         let (ip, pol) = self.all_entries()?;
-        if pol.iter().any(|(k, _)| k.slot == slot) {
+        let in_hash: Vec<(PolicyKey, PolicyValue)> =
+            pol.into_iter().filter(|(k, _)| k.slot == slot).collect();
+        let live_endpoints = self
+            .endpoint_entries()?
+            .iter()
+            .filter(|(k, _)| k.slot == slot)
+            .count();
+        if !in_hash.is_empty() && live_endpoints > 0 {
             return Ok(false); // already ours
         }
-        let data = MapData::from_pin(&old_policy)
-            .with_context(|| format!("open the older agent's {}", old_policy.display()))?;
-        let trie: LpmTrie<MapData, [u8; PolicyKey::DATA_LEN], PolicyValue> =
-            LpmTrie::try_from(Map::LpmTrie(data)).context("the older POLICY is not a trie")?;
-        let mut policy: BTreeMap<PolicyKey, PolicyValue> = BTreeMap::new();
-        for r in trie.iter() {
-            let (k, v): (Key<[u8; PolicyKey::DATA_LEN]>, PolicyValue) = r?;
-            let k = PolicyKey::from_lpm(k.prefix_len(), k.data());
-            if k.slot == slot {
-                policy.insert(k, v);
-            }
-        }
+        let policy = if !in_hash.is_empty() {
+            in_hash
+        } else if from_trie {
+            Self::read_old_trie(&old_policy, slot)?
+        } else {
+            return Ok(false); // an empty Plan: nothing to carry
+        };
         let ipcache: Vec<(IpcacheKey, IpcacheValue)> =
             ip.into_iter().filter(|(k, _)| k.slot == slot).collect();
-        let policy: Vec<(PolicyKey, PolicyValue)> = policy.into_iter().collect();
         let tables = HashTables::from_entries(&ipcache, &policy, slot)?;
         let cur = self.hash_check(&tables, None)?;
         let mut counts = SlotCounts::default();
@@ -69,9 +78,26 @@ impl Datapath {
         Ok(true)
     }
 
+    /// The `slot` entries of an older agent's `POLICY` trie.
+    fn read_old_trie(pin: &Path, slot: u8) -> Result<Vec<(PolicyKey, PolicyValue)>> {
+        let data = MapData::from_pin(pin)
+            .with_context(|| format!("open the older agent's {}", pin.display()))?;
+        let trie: LpmTrie<MapData, [u8; PolicyKey::DATA_LEN], PolicyValue> =
+            LpmTrie::try_from(Map::LpmTrie(data)).context("the older POLICY is not a trie")?;
+        let mut policy: BTreeMap<PolicyKey, PolicyValue> = BTreeMap::new();
+        for r in trie.iter() {
+            let (k, v): (Key<[u8; PolicyKey::DATA_LEN]>, PolicyValue) = r?;
+            let k = PolicyKey::from_lpm(k.prefix_len(), k.data());
+            if k.slot == slot {
+                policy.insert(k, v);
+            }
+        }
+        Ok(policy.into_iter().collect())
+    }
+
     /// After the programs are swapped: the older agent's maps are no longer used by anything.
     pub(super) fn remove_old_pins(&self) -> Result<()> {
-        if !self.has_policy_hash() {
+        if self.host_layout() != Some(HostLayout::Tagged) {
             return Ok(()); // an older object benchmarked side by side still uses them
         }
         for name in OLD_PINS {
