@@ -1281,18 +1281,25 @@ fn upgrade_over_an_older_policy_trie_keeps_the_plan_in_force() {
 /// as a local pod and as a peer.
 #[test]
 fn ipv6_addresses_with_the_same_tag_are_told_apart() {
-    // w1 ^ w2 is the same (0) in each pair: same tag.
+    let twin = |a: &str| {
+        let t = tag_twin(&v6(a), 0x5a5a);
+        std::net::Ipv6Addr::from(t).to_string()
+    };
+    // X < Y and P < Q as addresses: X and P keep the hash entries.
     const X: &str = "fd00::1"; // local, subject 1: TCP 80 from class 3
-    const Y: &str = "fd00:0:0:1:0:1:0:1"; // local, subject 2: TCP 443 from class 3
     const P: &str = "fd00:2::5"; // peer, class 3
-    const Q: &str = "fd00:2:0:1:0:1:0:5"; // peer, class 6 (allowed nowhere)
+    let (y, q) = (twin(X), twin(P));
+    // Y: local, subject 2, TCP 443 from class 3; Q: peer, class 6 (allowed nowhere).
+    #[allow(non_snake_case)]
+    let (Y, Q) = (y.as_str(), q.as_str());
+    assert!(v6(X) < v6(Y) && v6(P) < v6(Q), "{Y} {Q}");
     assert_eq!(addr_tag(&v6(X)), addr_tag(&v6(Y)));
     assert_eq!(addr_tag(&v6(P)), addr_tag(&v6(Q)));
     let mut p = PlanBuilder::new();
     p.pod(X, 2, 1, EP_ISOLATED_INGRESS, 1)
         .pod(Y, 7, 2, EP_ISOLATED_INGRESS, 2)
         .peer("fd00:2::5/128", 3)
-        .peer("fd00:2:0:1:0:1:0:5/128", 6)
+        .peer(&format!("{Q}/128"), 6)
         .allow(POLICY_PREFIX_FULL, DIR_INGRESS, 1, 3, PROTO_TCP, 80, 1, 0)
         .allow(
             POLICY_PREFIX_FULL - 2,

@@ -316,14 +316,53 @@ impl HostKey {
     }
 }
 
-/// XOR of the address's four native-endian 32-bit words: the IPv4 address itself (its other
-/// words are zero), a 32-bit digest of an IPv6 address. Computed the same way by the agent
-/// (from bytes) and the datapath (from the two 64-bit words it parses into).
+/// Odd multiplier of [`addr_tag`] (a bijection on 64-bit words).
+pub const TAG_MUL: u64 = 0x9e37_79b9_7f4a_7c15;
+
+/// A 32-bit digest of an address's two native-endian 64-bit words `(a0, a1)`:
+/// `x = a0 ^ a1 * TAG_MUL`, folded to 32 bits. For IPv4 (`a1 = 0`, `a0 < 2^32`) it is the
+/// address itself; for IPv6 the multiply mixes the interface identifier into every bit, so
+/// structured numbering (words that differ by the same bits) does not collide the way a plain
+/// XOR of the words would. Computed the same way by the agent (from bytes) and the datapath
+/// (from the two words it parses into), see [`tag_words`].
 pub const fn addr_tag(addr: &[u8; 16]) -> u32 {
-    const fn w(a: &[u8; 16], i: usize) -> u32 {
-        u32::from_ne_bytes([a[i], a[i + 1], a[i + 2], a[i + 3]])
+    let a0 = u64::from_ne_bytes([
+        addr[0], addr[1], addr[2], addr[3], addr[4], addr[5], addr[6], addr[7],
+    ]);
+    let a1 = u64::from_ne_bytes([
+        addr[8], addr[9], addr[10], addr[11], addr[12], addr[13], addr[14], addr[15],
+    ]);
+    tag_words(a0, a1)
+}
+
+/// [`addr_tag`] of an address held as its two native-endian words.
+#[inline(always)]
+pub const fn tag_words(a0: u64, a1: u64) -> u32 {
+    let x = a0 ^ a1.wrapping_mul(TAG_MUL);
+    (x ^ (x >> 32)) as u32
+}
+
+/// Another address with the same [`addr_tag`] as the IPv6 address `addr` (the same first 8
+/// bytes, `d != 0` picks which): for tests of how tag collisions are handled.
+pub const fn tag_twin(addr: &[u8; 16], d: u32) -> [u8; 16] {
+    // Inverse of TAG_MUL modulo 2^64 (Newton's iteration doubles the correct bits each step).
+    let mut inv = TAG_MUL;
+    let mut i = 0;
+    while i < 6 {
+        inv = inv.wrapping_mul(2u64.wrapping_sub(TAG_MUL.wrapping_mul(inv)));
+        i += 1;
     }
-    w(addr, 0) ^ w(addr, 4) ^ w(addr, 8) ^ w(addr, 12)
+    let a1 = u64::from_ne_bytes([
+        addr[8], addr[9], addr[10], addr[11], addr[12], addr[13], addr[14], addr[15],
+    ]);
+    // x ^ D with D's halves equal folds to the same tag.
+    let delta = ((d as u64) << 32) | d as u64;
+    let b1 = (a1.wrapping_mul(TAG_MUL) ^ delta).wrapping_mul(inv);
+    let b = b1.to_ne_bytes();
+    [
+        addr[0], addr[1], addr[2], addr[3], addr[4], addr[5], addr[6], addr[7], b[0], b[1], b[2],
+        b[3], b[4], b[5], b[6], b[7],
+    ]
 }
 
 /// Key of `LOCAL_ADDRS` and `HOST_ADDRS`: 8 bytes, so the kernel hashes it in one `jhash`
@@ -899,6 +938,17 @@ mod tests {
         a[..4].copy_from_slice(&[10, 1, 2, 3]);
         assert_eq!(addr_tag(&a), u32::from_ne_bytes([10, 1, 2, 3]));
         assert_eq!(AddrKey::new(1, FAMILY_V4, &a).tag, addr_tag(&a));
+        let v6 = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+        for d in [1, 7, u32::MAX] {
+            let t = tag_twin(&v6, d);
+            assert_ne!(t, v6);
+            assert_eq!(addr_tag(&t), addr_tag(&v6));
+        }
+        // Structured neighbours do not collide (a plain XOR of the words would for these).
+        let mut n = v6;
+        n[7] = 1;
+        n[11] = 1;
+        assert_ne!(addr_tag(&n), addr_tag(&v6));
         assert_eq!(core::mem::size_of::<Tagged<EndpointValue>>(), 48);
         assert_eq!(core::mem::size_of::<Tagged<IpcacheValue>>(), 32);
     }

@@ -18,9 +18,10 @@
 //!   for the Service's endpoints by [`crate::service::check`].
 use aya_ebpf::maps::lpm_trie::Key;
 use netward_common::{
-    policy_bit_len, reason, AddrKey, EndpointValue, IpcacheKey, IpcacheValue, PolicyHashKey,
-    PolicyLens, PolicyValue, ANY_PEER, CFG_FAIL_CLOSED_UNKNOWN, DIR_EGRESS, EP_ISOLATED_EGRESS,
-    EP_ISOLATED_INGRESS, EP_LOCAL, EP_SERVICE, FAMILY_V4, IPCACHE_HEADER_BITS, POLICY_LEN_BITS,
+    policy_bit_len, reason, tag_words, AddrKey, EndpointValue, IpcacheKey, IpcacheValue,
+    PolicyHashKey, PolicyLens, PolicyValue, ANY_PEER, CFG_FAIL_CLOSED_UNKNOWN, DIR_EGRESS,
+    EP_ISOLATED_EGRESS, EP_ISOLATED_INGRESS, EP_LOCAL, EP_SERVICE, FAMILY_V4, IPCACHE_HEADER_BITS,
+    POLICY_LEN_BITS,
 };
 
 use crate::maps::{HOST_ADDRS, IPCACHE, LOCAL_ADDRS, POLICY_HASH, PROBE_KEY};
@@ -49,12 +50,11 @@ impl Decision {
 #[inline(always)]
 fn addr_key(slot: u8, family: u8, addr: &[u8; 16]) -> AddrKey {
     let w = words(addr);
-    let x = w[0] ^ w[1];
     AddrKey {
         slot,
         family,
         _pad: 0,
-        tag: (x as u32) ^ ((x >> 32) as u32),
+        tag: tag_words(w[0], w[1]),
     }
 }
 

@@ -404,15 +404,15 @@ mod tests {
 
     #[test]
     fn a_tag_goes_to_the_first_address_that_has_it() {
-        let host = |last: u8, w1: u8| {
-            let mut a = [0u8; 16];
-            a[0] = 0xfd;
-            a[7] = w1; // word 1
-            a[11] = w1; // word 2: cancels word 1 in the tag
-            a[15] = last;
-            HostKey::new(0, netward_common::FAMILY_V6, a)
-        };
-        let (x, y, z) = (host(1, 0), host(1, 1), host(2, 0));
+        let host = |a: [u8; 16]| HostKey::new(0, netward_common::FAMILY_V6, a);
+        let mut a = [0u8; 16];
+        a[0] = 0xfd;
+        a[15] = 1;
+        let twin = netward_common::tag_twin(&a, 3);
+        let (x, y) = if a < twin { (a, twin) } else { (twin, a) };
+        let mut z = a;
+        z[15] = 2;
+        let (x, y, z) = (host(x), host(y), host(z));
         assert_eq!(
             AddrKey::new(0, x.family, &x.addr),
             AddrKey::new(0, y.family, &y.addr)
