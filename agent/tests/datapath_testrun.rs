@@ -1332,6 +1332,58 @@ fn ipv6_addresses_with_the_same_tag_are_told_apart() {
     }
 }
 
+/// A TCP SYN without ACK opens a flow: conntrack is not consulted, so a retransmitted SYN is
+/// decided by the policy again, and a SYN at the hook where the flow's replies pass meets the
+/// policy of that direction instead of passing as a reply.
+#[test]
+fn a_syn_is_always_decided_by_policy() {
+    let dp = setup("syn");
+    check(
+        &dp,
+        Ingress,
+        &frame(C4, A4, tcp(40000, 80)),
+        true,
+        "policy_allow",
+    );
+    check(
+        &dp,
+        Ingress,
+        &frame(C4, A4, tcp(40000, 80)),
+        true,
+        "policy_allow",
+    );
+    check(
+        &dp,
+        Ingress,
+        &frame(C4, A4, tcp_ack(40000, 80)),
+        true,
+        "established",
+    );
+    check(
+        &dp,
+        Egress,
+        &frame(A4, C4, tcp_ack(80, 40000)),
+        true,
+        "reply",
+    );
+    // The same addresses and ports, but a SYN from A: A's egress allows nothing to C:40000.
+    check(
+        &dp,
+        Egress,
+        &frame(A4, C4, tcp(80, 40000)),
+        false,
+        "policy_deny",
+    );
+    // The flow itself is untouched.
+    check(
+        &dp,
+        Egress,
+        &frame(A4, C4, tcp_ack(80, 40000)),
+        true,
+        "reply",
+    );
+}
+
 /// The previous build keyed its address tables (`ENDPOINTS`, `ADDRS`) by the full 20-byte
 /// address. A new agent fills its tagged tables from `IPCACHE` and `POLICY_HASH` before its
 /// programs take over, and removes the old pins; the Plan in force keeps enforcing.

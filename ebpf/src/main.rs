@@ -41,7 +41,7 @@ use aya_ebpf::{
 };
 use netward_common::{
     reason, FragKey, FragValue, CFG_EVENTS_ALLOW, CFG_READY, DIR_EGRESS, DIR_INGRESS,
-    FRAG_TIMEOUT_S,
+    FRAG_TIMEOUT_S, PROTO_TCP,
 };
 
 use crate::{
@@ -91,6 +91,8 @@ fn enforce(ctx: &TcContext, dir: u8) -> i32 {
 }
 
 const NS: u64 = 1_000_000_000;
+const TCP_SYN: u8 = 0x02;
+const TCP_ACK: u8 = 0x10;
 
 #[inline(always)]
 fn frag_key(t: &Tuple, id: u32, dir: u8) -> FragKey {
@@ -201,9 +203,18 @@ fn decide(ctx: &TcContext, dir: u8) -> u8 {
         L4::Echo | L4::PortLess => {}
     }
 
-    // Conntrack: one lookup in the veth's orientation; established or reply.
+    // Conntrack: one lookup in the veth's orientation; established or reply. A TCP SYN
+    // without ACK opens a flow, it is never an established packet or a reply: the policy
+    // decides it without that lookup (a retransmitted SYN is decided again and renews the
+    // entry; the peer's SYN of a simultaneous open meets the policy like any opening).
     let f = conntrack::flow(t, dir);
-    let mut r = match conntrack::lookup(&f, dir, tcp_flags, slot, flags, generation) {
+    let opening = t.proto == PROTO_TCP && tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+    let hit = if opening {
+        Hit::Miss
+    } else {
+        conntrack::lookup(&f, dir, tcp_flags, slot, flags, generation)
+    };
+    let mut r = match hit {
         Hit::Pass(r) => r,
         Hit::Revoked(d) => {
             let d = plain(reason::REVOKED, d.endpoint);

@@ -5,7 +5,9 @@
 //!   case);
 //! * reply: the same flow's answer at the pod's other hook (the same single `CT` lookup; the
 //!   entry is shared by both hooks of the veth);
-//! * new flow (policy path): a packet no flow matches and the policy denies: one conntrack
+//! * new flow, TCP SYN (policy path): a SYN the policy denies (a SYN skips conntrack: it
+//!   always opens a flow);
+//! * new flow, UDP: a packet no flow matches and the policy denies: one conntrack
 //!   miss, the local endpoint (`LOCAL_ADDRS`), the peer (`HOST_ADDRS`), the policy hash probed
 //!   at the subject's prefix lengths, a rate-limited event: every lookup of a new flow except the
 //!   conntrack insert;
@@ -73,7 +75,10 @@ pub struct BenchRow {
     pub established: f64,
     /// A reply of that flow (the other hook).
     pub reply: f64,
+    /// A TCP SYN the policy denies (a SYN skips conntrack).
     pub new_flow: f64,
+    /// A UDP packet of no tracked flow that the policy denies: conntrack miss + policy.
+    pub new_flow_udp: f64,
     pub new_flow_allowed: f64,
     pub non_ip: f64,
     /// `netward_floor` (the test-run floor) in the same run; NaN when the object lacks it.
@@ -182,6 +187,17 @@ pub fn synthetic_plan(n: usize) -> Plan {
     plan
 }
 
+fn eth_ipv4_udp(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16) -> Vec<u8> {
+    let mut f = vec![2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1, 0x08, 0x00];
+    f.extend_from_slice(&[0x45, 0, 0, 29, 0, 1, 0x40, 0, 64, PROTO_UDP, 0, 0]);
+    f.extend_from_slice(&src);
+    f.extend_from_slice(&dst);
+    f.extend_from_slice(&sport.to_be_bytes());
+    f.extend_from_slice(&dport.to_be_bytes());
+    f.extend_from_slice(&[0, 9, 0, 0, 1]);
+    f
+}
+
 fn eth_ipv4_tcp(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, flags: u8) -> Vec<u8> {
     let mut f = vec![2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1, 0x08, 0x00];
     f.extend_from_slice(&[0x45, 0, 0, 40, 0, 1, 0x40, 0, 64, PROTO_TCP, 0, 0]);
@@ -266,6 +282,9 @@ fn measure(
     let denied = eth_ipv4_tcp(PEER, POD, 40001, DENIED_PORT, 0x02);
     let new = dp.test_run(Direction::Ingress, &denied, opts.repeat)?;
     anyhow::ensure!(!new.pass, "denied flow passed");
+    let udp = eth_ipv4_udp(PEER, POD, 40001, DENIED_PORT);
+    let new_udp = dp.test_run(Direction::Ingress, &udp, opts.repeat)?;
+    anyhow::ensure!(!new_udp.pass, "denied UDP flow passed");
     let mut arp = ack.clone();
     arp[12..14].copy_from_slice(&[0x08, 0x06]);
     let non_ip = dp.test_run(Direction::Ingress, &arp, opts.repeat)?;
@@ -298,6 +317,7 @@ fn measure(
         established: est.ns_per_run as f64,
         reply: reply.ns_per_run as f64,
         new_flow: new.ns_per_run as f64,
+        new_flow_udp: new_udp.ns_per_run as f64,
         new_flow_allowed: new_allowed,
         non_ip: non_ip.ns_per_run as f64,
         floor,
@@ -308,17 +328,18 @@ fn measure(
 pub fn table(rows: &[BenchRow], repeat: u32) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "BPF_PROG_TEST_RUN, ns per packet (repeat {repeat}; allowed new flows: one run each, kernel run-time stats)\n");
-    let _ = writeln!(s, "| build | policy entries | established | reply | new flow (policy path) | new flow allowed (+ct insert) | non-IP | test-run floor |");
-    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(s, "| build | policy entries | established | reply | new flow, TCP SYN (policy path) | new flow, UDP (ct miss + policy path) | new flow allowed (+ct insert) | non-IP | test-run floor |");
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in rows {
         let _ = writeln!(
             s,
-            "| {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} |",
+            "| {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} |",
             r.build,
             r.policy_entries,
             r.established,
             r.reply,
             r.new_flow,
+            r.new_flow_udp,
             r.new_flow_allowed,
             r.non_ip,
             r.floor
@@ -336,9 +357,10 @@ pub fn table(rows: &[BenchRow], repeat: u32) -> String {
     };
     let _ = writeln!(
         s,
-        "\nspread across sizes, current build (max/min - 1): established {:.0} %, new flow {:.0} %, new flow allowed {:.0} %",
+        "\nspread across sizes, current build (max/min - 1): established {:.0} %, new flow {:.0} % (UDP {:.0} %), new flow allowed {:.0} %",
         spread(|r| r.established),
         spread(|r| r.new_flow),
+        spread(|r| r.new_flow_udp),
         spread(|r| r.new_flow_allowed)
     );
     let _ = writeln!(
