@@ -11,7 +11,9 @@
 //!   kube-router does (one hash:net set holding the N sources and the client).
 //!
 //! The lab's `netward` (daemon, servers) is a `--release` build ([`use_release_binary`]).
-//! Ratios are to the mean of the two no-program runs. iptables rules live in a chain of
+//! The whole sequence runs `--rounds` times (default 3). Within a round, ratios are to the
+//! mean of its two no-program runs, so drift between rounds cancels; the table gives each
+//! configuration's median ratio and the range over rounds. iptables rules live in a chain of
 //! their own, reached only for packets to the server's veth, and are removed afterwards.
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -34,6 +36,7 @@ struct Args {
     seconds: u64,
     conn_seconds: u64,
     sizes: Vec<usize>,
+    rounds: u32,
 }
 
 fn args() -> Result<Args> {
@@ -41,6 +44,7 @@ fn args() -> Result<Args> {
         seconds: 4,
         conn_seconds: 3,
         sizes: vec![1_000, 10_000],
+        rounds: 3,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -55,6 +59,7 @@ fn args() -> Result<Args> {
                     .map(|s| s.trim().parse())
                     .collect::<Result<_, _>>()?
             }
+            "--rounds" => a.rounds = it.next().context("--rounds N")?.parse()?,
             "--bench" => {}
             other => bail!("unknown argument {other}"),
         }
@@ -236,6 +241,105 @@ struct Row {
     cps: f64,
 }
 
+/// The whole sequence once: no program, netward (0 rules, then each size), iptables linear
+/// and ipset (each size), no program again.
+fn one_round(
+    a: &Args,
+    lab: &TestLab,
+    dir: &ManifestDir,
+    client: &LabPod,
+    server: &LabPod,
+) -> Result<Vec<Row>> {
+    let mut rows = Vec::new();
+    let mut measure = |config: String| -> Result<()> {
+        let bps = iperf(client, a.seconds)?;
+        let cps = conn_rate(client, a.conn_seconds)?;
+        eprintln!("{config:32} {:8.2} Gbit/s {cps:9.0} conn/s", bps / 1e9);
+        rows.push(Row { config, bps, cps });
+        Ok(())
+    };
+    measure("no program".into())?;
+
+    process::spawn(&netward_bin(), Role::Daemon, &lab.name, &[])?;
+    measure("netward, 0 rules".into())?;
+    for &n in &a.sizes {
+        let before = daemon::applied(&lab.name);
+        dir.write("policy.yaml", &policy_yaml(n));
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while daemon::applied(&lab.name) <= before {
+            if Instant::now() > deadline {
+                bail!("netward did not apply {n} rules within 120 s");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        measure(format!("netward, {n} rules"))?;
+    }
+    // Back to no program: stop the daemon and unpin (the links detach).
+    process::stop(Role::Daemon, &lab.name, Duration::from_secs(5))?;
+    std::fs::remove_dir_all(lab.name.pin_dir()).context("unpinning")?;
+    dir.remove("policy.yaml");
+
+    for &n in &a.sizes {
+        let _rules = Iptables::install(&server.host_veth, n, false)?;
+        measure(format!("iptables linear, {n} rules"))?;
+    }
+    for &n in &a.sizes {
+        let _rules = Iptables::install(&server.host_veth, n, true)?;
+        measure(format!("iptables + ipset, {n} rules"))?;
+    }
+    measure("no program (again)".into())?;
+    Ok(rows)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// Per configuration: median absolute figures, and the median and range of the per-round
+/// ratios to that round's no-program mean.
+fn print_table(rounds: &[Vec<Row>]) {
+    let ratios = |r: &[Row], f: fn(&Row) -> f64| -> Vec<f64> {
+        let base = (f(&r[0]) + f(&r[r.len() - 1])) / 2.0;
+        r.iter().map(|x| f(x) / base).collect()
+    };
+    let per_round: Vec<(Vec<f64>, Vec<f64>)> = rounds
+        .iter()
+        .map(|r| (ratios(r, |x| x.bps), ratios(r, |x| x.cps)))
+        .collect();
+    println!(
+        "\n{} round(s); ratios to the round's no-program mean: median (min-max)\n",
+        rounds.len()
+    );
+    println!(
+        "| configuration | TCP throughput (Gbit/s) | ratio | connections/s | ratio |\n|---|---:|---:|---:|---:|"
+    );
+    let range = |v: &[f64]| {
+        let (lo, hi) = v
+            .iter()
+            .fold((f64::MAX, f64::MIN), |(l, h), x| (l.min(*x), h.max(*x)));
+        format!("{:.2} ({lo:.2}-{hi:.2})", median(v.to_vec()))
+    };
+    for (i, row) in rounds[0].iter().enumerate() {
+        let col = |f: fn(&Row) -> f64| median(rounds.iter().map(|r| f(&r[i])).collect());
+        let bps: Vec<f64> = per_round.iter().map(|(b, _)| b[i]).collect();
+        let cps: Vec<f64> = per_round.iter().map(|(_, c)| c[i]).collect();
+        println!(
+            "| {} | {:.2} | {} | {:.0} | {} |",
+            row.config,
+            col(|x| x.bps) / 1e9,
+            range(&bps),
+            col(|x| x.cps),
+            range(&cps),
+        );
+    }
+}
+
 fn main() -> Result<()> {
     let a = args()?;
     if !is_root() {
@@ -292,59 +396,11 @@ fn main() -> Result<()> {
     conn_server(&server)?;
     std::thread::sleep(Duration::from_millis(500));
 
-    let mut rows = Vec::new();
-    let mut measure = |config: String| -> Result<()> {
-        let bps = iperf(&client, a.seconds)?;
-        let cps = conn_rate(&client, a.conn_seconds)?;
-        eprintln!("{config:32} {:8.2} Gbit/s {cps:9.0} conn/s", bps / 1e9);
-        rows.push(Row { config, bps, cps });
-        Ok(())
-    };
-    measure("no program".into())?;
-
-    process::spawn(&netward_bin(), Role::Daemon, &lab.name, &[])?;
-    measure("netward, 0 rules".into())?;
-    for &n in &a.sizes {
-        let before = daemon::applied(&lab.name);
-        dir.write("policy.yaml", &policy_yaml(n));
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while daemon::applied(&lab.name) <= before {
-            if Instant::now() > deadline {
-                bail!("netward did not apply {n} rules within 120 s");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        measure(format!("netward, {n} rules"))?;
+    let mut rounds = Vec::new();
+    for round in 1..=a.rounds.max(1) {
+        eprintln!("round {round} of {}", a.rounds.max(1));
+        rounds.push(one_round(&a, &lab, &dir, &client, &server)?);
     }
-    // Back to no program: stop the daemon and unpin (the links detach).
-    process::stop(Role::Daemon, &lab.name, Duration::from_secs(5))?;
-    std::fs::remove_dir_all(lab.name.pin_dir()).context("unpinning")?;
-    dir.remove("policy.yaml");
-
-    for &n in &a.sizes {
-        let _rules = Iptables::install(&server.host_veth, n, false)?;
-        measure(format!("iptables linear, {n} rules"))?;
-    }
-    for &n in &a.sizes {
-        let _rules = Iptables::install(&server.host_veth, n, true)?;
-        measure(format!("iptables + ipset, {n} rules"))?;
-    }
-    measure("no program (again)".into())?;
-
-    let base_bps = (rows[0].bps + rows[rows.len() - 1].bps) / 2.0;
-    let base_cps = (rows[0].cps + rows[rows.len() - 1].cps) / 2.0;
-    println!(
-        "\n| configuration | TCP throughput (Gbit/s) | ratio | connections/s | ratio |\n|---|---:|---:|---:|---:|"
-    );
-    for r in &rows {
-        println!(
-            "| {} | {:.2} | {:.2} | {:.0} | {:.2} |",
-            r.config,
-            r.bps / 1e9,
-            r.bps / base_bps,
-            r.cps,
-            r.cps / base_cps
-        );
-    }
+    print_table(&rounds);
     Ok(())
 }

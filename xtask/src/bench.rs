@@ -38,6 +38,9 @@ pub struct LabArgs {
     /// Rule counts, comma-separated.
     #[arg(long, default_value = "1000,10000")]
     sizes: String,
+    /// Rounds of the whole sequence; ratios are taken within a round, then the median.
+    #[arg(long, default_value_t = 3)]
+    rounds: u32,
 }
 
 #[derive(Args)]
@@ -120,7 +123,8 @@ pub fn run(which: Bench) -> Result<()> {
                 ])
                 .args(["--seconds", &a.seconds.to_string()])
                 .args(["--conn-seconds", &a.conn_seconds.to_string()])
-                .args(["--sizes", &a.sizes]),
+                .args(["--sizes", &a.sizes])
+                .args(["--rounds", &a.rounds.to_string()]),
         ),
     }
 }
