@@ -11,7 +11,9 @@
 //!   miss, the local endpoint (`LOCAL_ADDRS`), the peer (`HOST_ADDRS`), the policy hash probed
 //!   at the subject's prefix lengths, a rate-limited event: every lookup of a new flow except the
 //!   conntrack insert;
-//! * new flow allowed (+ conntrack insert): distinct packets, one run each (a new flow cannot
+//! * new flow allowed, TCP SYN (warm): an allowed SYN repeated; as a SYN skips the conntrack
+//!   lookup, every run takes the policy path and writes the conntrack entry;
+//! * new flow allowed (+ conntrack insert, cold): distinct packets, one run each (a new flow cannot
 //!   be repeated), timed by the kernel's per-program run-time statistics
 //!   (`BPF_ENABLE_STATS`), i.e. the program alone; each run follows a syscall, so caches are
 //!   colder than in the repeated paths: an upper bound;
@@ -79,6 +81,8 @@ pub struct BenchRow {
     pub new_flow: f64,
     /// A UDP packet of no tracked flow that the policy denies: conntrack miss + policy.
     pub new_flow_udp: f64,
+    /// An allowed TCP SYN repeated: policy path + conntrack write, warm caches.
+    pub new_flow_allowed_warm: f64,
     pub new_flow_allowed: f64,
     pub non_ip: f64,
     /// `netward_floor` (the test-run floor) in the same run; NaN when the object lacks it.
@@ -282,6 +286,11 @@ fn measure(
     let denied = eth_ipv4_tcp(PEER, POD, 40001, DENIED_PORT, 0x02);
     let new = dp.test_run(Direction::Ingress, &denied, opts.repeat)?;
     anyhow::ensure!(!new.pass, "denied flow passed");
+    // An allowed SYN, repeated: each run takes the policy path and writes the conntrack entry
+    // (a SYN skips the lookup, so the repeats are new flows, warm).
+    let allowed_syn = eth_ipv4_tcp(PEER, POD, 40002, ALLOWED_PORT, 0x02);
+    let allowed_warm = dp.test_run(Direction::Ingress, &allowed_syn, opts.repeat)?;
+    anyhow::ensure!(allowed_warm.pass, "allowed SYN denied");
     let udp = eth_ipv4_udp(PEER, POD, 40001, DENIED_PORT);
     let new_udp = dp.test_run(Direction::Ingress, &udp, opts.repeat)?;
     anyhow::ensure!(!new_udp.pass, "denied UDP flow passed");
@@ -318,6 +327,7 @@ fn measure(
         reply: reply.ns_per_run as f64,
         new_flow: new.ns_per_run as f64,
         new_flow_udp: new_udp.ns_per_run as f64,
+        new_flow_allowed_warm: allowed_warm.ns_per_run as f64,
         new_flow_allowed: new_allowed,
         non_ip: non_ip.ns_per_run as f64,
         floor,
@@ -328,18 +338,19 @@ fn measure(
 pub fn table(rows: &[BenchRow], repeat: u32) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "BPF_PROG_TEST_RUN, ns per packet (repeat {repeat}; allowed new flows: one run each, kernel run-time stats)\n");
-    let _ = writeln!(s, "| build | policy entries | established | reply | new flow, TCP SYN (policy path) | new flow, UDP (ct miss + policy path) | new flow allowed (+ct insert) | non-IP | test-run floor |");
-    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(s, "| build | policy entries | established | reply | new flow, TCP SYN (policy path) | new flow, UDP (ct miss + policy path) | new flow allowed, TCP SYN (+ct write, warm) | new flow allowed (+ct insert, cold) | non-IP | test-run floor |");
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in rows {
         let _ = writeln!(
             s,
-            "| {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} |",
+            "| {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} |",
             r.build,
             r.policy_entries,
             r.established,
             r.reply,
             r.new_flow,
             r.new_flow_udp,
+            r.new_flow_allowed_warm,
             r.new_flow_allowed,
             r.non_ip,
             r.floor
