@@ -1338,50 +1338,19 @@ fn ipv6_addresses_with_the_same_tag_are_told_apart() {
 #[test]
 fn a_syn_is_always_decided_by_policy() {
     let dp = setup("syn");
-    check(
-        &dp,
-        Ingress,
-        &frame(C4, A4, tcp(40000, 80)),
-        true,
-        "policy_allow",
-    );
-    check(
-        &dp,
-        Ingress,
-        &frame(C4, A4, tcp(40000, 80)),
-        true,
-        "policy_allow",
-    );
-    check(
-        &dp,
-        Ingress,
-        &frame(C4, A4, tcp_ack(40000, 80)),
-        true,
-        "established",
-    );
-    check(
-        &dp,
-        Egress,
-        &frame(A4, C4, tcp_ack(80, 40000)),
-        true,
-        "reply",
-    );
-    // The same addresses and ports, but a SYN from A: A's egress allows nothing to C:40000.
-    check(
-        &dp,
-        Egress,
-        &frame(A4, C4, tcp(80, 40000)),
-        false,
-        "policy_deny",
-    );
-    // The flow itself is untouched.
-    check(
-        &dp,
-        Egress,
-        &frame(A4, C4, tcp_ack(80, 40000)),
-        true,
-        "reply",
-    );
+    let steps = [
+        (Ingress, C4, A4, tcp(40000, 80), true, "policy_allow"),
+        (Ingress, C4, A4, tcp(40000, 80), true, "policy_allow"),
+        (Ingress, C4, A4, tcp_ack(40000, 80), true, "established"),
+        (Egress, A4, C4, tcp_ack(80, 40000), true, "reply"),
+        // The same addresses and ports, but a SYN from A: A's egress allows nothing to C:40000.
+        (Egress, A4, C4, tcp(80, 40000), false, "policy_deny"),
+        // The flow itself is untouched.
+        (Egress, A4, C4, tcp_ack(80, 40000), true, "reply"),
+    ];
+    for (dir, src, dst, l4, pass, reason) in steps {
+        check(&dp, dir, &frame(src, dst, l4), pass, reason);
+    }
 }
 
 /// The previous build keyed its address tables (`ENDPOINTS`, `ADDRS`) by the full 20-byte

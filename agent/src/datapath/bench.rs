@@ -191,26 +191,33 @@ pub fn synthetic_plan(n: usize) -> Plan {
     plan
 }
 
-fn eth_ipv4_udp(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16) -> Vec<u8> {
+/// An Ethernet + IPv4 frame (no options) carrying `l4`.
+fn eth_ipv4(src: [u8; 4], dst: [u8; 4], proto: u8, l4: &[u8]) -> Vec<u8> {
+    let total = (20 + l4.len() as u16).to_be_bytes();
     let mut f = vec![2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1, 0x08, 0x00];
-    f.extend_from_slice(&[0x45, 0, 0, 29, 0, 1, 0x40, 0, 64, PROTO_UDP, 0, 0]);
+    f.extend_from_slice(&[0x45, 0, total[0], total[1], 0, 1, 0x40, 0, 64, proto, 0, 0]);
     f.extend_from_slice(&src);
     f.extend_from_slice(&dst);
-    f.extend_from_slice(&sport.to_be_bytes());
-    f.extend_from_slice(&dport.to_be_bytes());
-    f.extend_from_slice(&[0, 9, 0, 0, 1]);
+    f.extend_from_slice(l4);
     f
 }
 
+fn eth_ipv4_udp(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16) -> Vec<u8> {
+    let (s, d) = (sport.to_be_bytes(), dport.to_be_bytes());
+    eth_ipv4(
+        src,
+        dst,
+        PROTO_UDP,
+        &[s[0], s[1], d[0], d[1], 0, 9, 0, 0, 1],
+    )
+}
+
 fn eth_ipv4_tcp(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, flags: u8) -> Vec<u8> {
-    let mut f = vec![2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1, 0x08, 0x00];
-    f.extend_from_slice(&[0x45, 0, 0, 40, 0, 1, 0x40, 0, 64, PROTO_TCP, 0, 0]);
-    f.extend_from_slice(&src);
-    f.extend_from_slice(&dst);
-    f.extend_from_slice(&sport.to_be_bytes());
-    f.extend_from_slice(&dport.to_be_bytes());
-    f.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0x50, flags, 0xff, 0xff, 0, 0, 0, 0]);
-    f
+    let (s, d) = (sport.to_be_bytes(), dport.to_be_bytes());
+    let tcp = [
+        s[0], s[1], d[0], d[1], 0, 0, 0, 1, 0, 0, 0, 0, 0x50, flags, 0xff, 0xff, 0, 0, 0, 0,
+    ];
+    eth_ipv4(src, dst, PROTO_TCP, &tcp)
 }
 
 /// Run the benchmark; one row per Plan size (and per build with a baseline object).
