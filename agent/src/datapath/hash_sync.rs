@@ -22,7 +22,7 @@ use netward_common::{
     PolicyKey, PolicyLens, PolicyValue, Tagged, ANY_PEER, EP_LOCAL,
 };
 
-use super::slot_hash::{clear_slot, fits, write_slot, SlotCounts, SlotKey};
+use super::slot_hash::SlotCounts;
 use super::{Datapath, SyncError};
 use crate::plan::Plan;
 
@@ -174,17 +174,6 @@ impl Datapath {
         self.host_layout().is_some()
     }
 
-    fn hash_fits<K: SlotKey, V: aya::Pod>(
-        &mut self,
-        name: &'static str,
-        live: Option<u8>,
-        new: usize,
-    ) -> Result<BTreeMap<K, V>, SyncError> {
-        let (cur, cap) = self.slot_hash_read::<K, V>(name)?;
-        fits(name, &cur, live, new, cap)?;
-        Ok(cur)
-    }
-
     /// Step 1: the live slot (`live`, None before the first Plan) plus the new tables must fit
     /// in every map; nothing is written otherwise.
     pub(super) fn hash_check(
@@ -192,30 +181,18 @@ impl Datapath {
         t: &HashTables,
         live: Option<u8>,
     ) -> Result<HashCurrent, SyncError> {
-        let policy = self.hash_fits(POLICY_HASH, live, t.policy.len())?;
+        let policy = self.slot_hash_fits(POLICY_HASH, live, t.policy.len())?;
         let hosts = match self.host_layout() {
             Some(HostLayout::Full) => HostsCurrent::Full {
-                endpoints: self.hash_fits(ENDPOINTS, live, t.endpoints.len())?,
-                addrs: self.hash_fits(ADDRS, live, t.addrs.len())?,
+                endpoints: self.slot_hash_fits(ENDPOINTS, live, t.endpoints.len())?,
+                addrs: self.slot_hash_fits(ADDRS, live, t.addrs.len())?,
             },
             _ => HostsCurrent::Tagged {
-                endpoints: self.hash_fits(LOCAL_ADDRS, live, t.endpoints.len())?,
-                addrs: self.hash_fits(HOST_ADDRS, live, t.addrs.len())?,
+                endpoints: self.slot_hash_fits(LOCAL_ADDRS, live, t.endpoints.len())?,
+                addrs: self.slot_hash_fits(HOST_ADDRS, live, t.addrs.len())?,
             },
         };
         Ok(HashCurrent { policy, hosts })
-    }
-
-    fn hash_write_one<K: SlotKey, V: aya::Pod + PartialEq>(
-        &mut self,
-        name: &'static str,
-        slot: u8,
-        cur: &BTreeMap<K, V>,
-        desired: &[(K, V)],
-        counts: &mut SlotCounts,
-    ) -> Result<(), SyncError> {
-        let (mut h, _) = self.slot_hash::<K, V>(name)?;
-        write_slot(&mut h, name, slot, cur, desired, counts)
     }
 
     /// Step 2: make `slot` hold exactly the new tables; `counts` counts policy entries.
@@ -227,41 +204,31 @@ impl Datapath {
         counts: &mut SlotCounts,
     ) -> Result<(), SyncError> {
         let mut other = SlotCounts::default();
-        self.hash_write_one(POLICY_HASH, slot, &cur.policy, &t.policy, counts)?;
+        self.slot_hash_write(POLICY_HASH, slot, &cur.policy, &t.policy, counts)?;
         match &cur.hosts {
             HostsCurrent::Tagged { endpoints, addrs } => {
-                self.hash_write_one(HOST_ADDRS, slot, addrs, &tagged(&t.addrs), &mut other)?;
+                self.slot_hash_write(HOST_ADDRS, slot, addrs, &tagged(&t.addrs), &mut other)?;
                 let eps = tagged(&t.endpoints);
-                self.hash_write_one(LOCAL_ADDRS, slot, endpoints, &eps, &mut other)
+                self.slot_hash_write(LOCAL_ADDRS, slot, endpoints, &eps, &mut other)
             }
             HostsCurrent::Full { endpoints, addrs } => {
-                self.hash_write_one(ADDRS, slot, addrs, &t.addrs, &mut other)?;
-                self.hash_write_one(ENDPOINTS, slot, endpoints, &t.endpoints, &mut other)
+                self.slot_hash_write(ADDRS, slot, addrs, &t.addrs, &mut other)?;
+                self.slot_hash_write(ENDPOINTS, slot, endpoints, &t.endpoints, &mut other)
             }
         }
-    }
-
-    fn hash_clear_one<K: SlotKey, V: aya::Pod>(
-        &mut self,
-        name: &'static str,
-        slot: u8,
-    ) -> Result<usize, SyncError> {
-        let (all, _) = self.slot_hash_read::<K, V>(name)?;
-        let (mut h, _) = self.slot_hash::<K, V>(name)?;
-        clear_slot(&mut h, name, slot, all.keys())
     }
 
     /// Steps 2 (on failure) and 4: delete every entry of `slot` from these maps; returns the
     /// number of policy entries deleted.
     pub(super) fn hash_clear(&mut self, slot: u8) -> Result<usize, SyncError> {
         if self.host_layout() == Some(HostLayout::Full) {
-            self.hash_clear_one::<HostKey, EndpointValue>(ENDPOINTS, slot)?;
-            self.hash_clear_one::<HostKey, IpcacheValue>(ADDRS, slot)?;
+            self.slot_hash_clear::<HostKey, EndpointValue>(ENDPOINTS, slot)?;
+            self.slot_hash_clear::<HostKey, IpcacheValue>(ADDRS, slot)?;
         } else {
-            self.hash_clear_one::<AddrKey, Tagged<EndpointValue>>(LOCAL_ADDRS, slot)?;
-            self.hash_clear_one::<AddrKey, Tagged<IpcacheValue>>(HOST_ADDRS, slot)?;
+            self.slot_hash_clear::<AddrKey, Tagged<EndpointValue>>(LOCAL_ADDRS, slot)?;
+            self.slot_hash_clear::<AddrKey, Tagged<IpcacheValue>>(HOST_ADDRS, slot)?;
         }
-        self.hash_clear_one::<PolicyHashKey, PolicyValue>(POLICY_HASH, slot)
+        self.slot_hash_clear::<PolicyHashKey, PolicyValue>(POLICY_HASH, slot)
     }
 
     /// Every `POLICY_HASH` entry (both slots) as the Plan's keys.

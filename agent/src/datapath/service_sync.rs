@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use netward_common::{PolicyValue, ServiceKey, ServicePolicyKey, ServiceValue};
 
-use super::slot_hash::{clear_slot, fits, in_slot, write_slot, SlotCounts};
+use super::slot_hash::{in_slot, SlotCounts};
 use super::{Datapath, SyncError};
 use crate::plan::Plan;
 
@@ -59,10 +59,8 @@ impl Datapath {
         if !self.has_service_maps() && t.services.is_empty() && t.policy.is_empty() {
             return Ok(ServiceCurrent(None));
         }
-        let (services, cap) = self.slot_hash_read::<ServiceKey, ServiceValue>(SERVICES)?;
-        fits(SERVICES, &services, live, t.services.len(), cap)?;
-        let (policy, cap) = self.slot_hash_read::<ServicePolicyKey, PolicyValue>(SERVICE_POLICY)?;
-        fits(SERVICE_POLICY, &policy, live, t.policy.len(), cap)?;
+        let services = self.slot_hash_fits(SERVICES, live, t.services.len())?;
+        let policy = self.slot_hash_fits(SERVICE_POLICY, live, t.policy.len())?;
         Ok(ServiceCurrent(Some(ServiceMaps { services, policy })))
     }
 
@@ -75,10 +73,8 @@ impl Datapath {
         counts: &mut ServiceCounts,
     ) -> Result<(), SyncError> {
         let Some(cur) = &cur.0 else { return Ok(()) };
-        let (mut h, _) = self.slot_hash::<ServiceKey, ServiceValue>(SERVICES)?;
-        write_slot(&mut h, SERVICES, slot, &cur.services, &t.services, counts)?;
-        let (mut h, _) = self.slot_hash::<ServicePolicyKey, PolicyValue>(SERVICE_POLICY)?;
-        write_slot(&mut h, SERVICE_POLICY, slot, &cur.policy, &t.policy, counts)
+        self.slot_hash_write(SERVICES, slot, &cur.services, &t.services, counts)?;
+        self.slot_hash_write(SERVICE_POLICY, slot, &cur.policy, &t.policy, counts)
     }
 
     /// Steps 2 (on failure) and 4: delete every entry of `slot` from both maps.
@@ -86,13 +82,10 @@ impl Datapath {
         if !self.has_service_maps() {
             return Ok(0);
         }
-        let (all, _) = self.slot_hash_read::<ServiceKey, ServiceValue>(SERVICES)?;
-        let (mut h, _) = self.slot_hash::<ServiceKey, ServiceValue>(SERVICES)?;
-        let mut n = clear_slot(&mut h, SERVICES, slot, all.keys())?;
-        let (all, _) = self.slot_hash_read::<ServicePolicyKey, PolicyValue>(SERVICE_POLICY)?;
-        let (mut h, _) = self.slot_hash::<ServicePolicyKey, PolicyValue>(SERVICE_POLICY)?;
-        n += clear_slot(&mut h, SERVICE_POLICY, slot, all.keys())?;
-        Ok(n)
+        Ok(
+            self.slot_hash_clear::<ServiceKey, ServiceValue>(SERVICES, slot)?
+                + self.slot_hash_clear::<ServicePolicyKey, PolicyValue>(SERVICE_POLICY, slot)?,
+        )
     }
 
     /// Every entry of both Service maps (both slots, keys as stored), for inspection and tests.

@@ -94,9 +94,46 @@ impl Datapath {
             .map_err(|e| map_err(name, e))?;
         Ok((all, capacity))
     }
+
+    /// Step 1 for one map: everything it holds, after checking that its live slot (`live`,
+    /// None before the first Plan) plus `new` entries fit.
+    pub(super) fn slot_hash_fits<K: SlotKey, V: aya::Pod>(
+        &mut self,
+        name: &'static str,
+        live: Option<u8>,
+        new: usize,
+    ) -> Result<BTreeMap<K, V>, SyncError> {
+        let (cur, cap) = self.slot_hash_read::<K, V>(name)?;
+        fits(name, &cur, live, new, cap)?;
+        Ok(cur)
+    }
+
+    /// Step 2 for one map: `slot` becomes exactly `desired`, diffed against `cur`.
+    pub(super) fn slot_hash_write<K: SlotKey, V: aya::Pod + PartialEq>(
+        &mut self,
+        name: &'static str,
+        slot: u8,
+        cur: &BTreeMap<K, V>,
+        desired: &[(K, V)],
+        counts: &mut SlotCounts,
+    ) -> Result<(), SyncError> {
+        let (mut h, _) = self.slot_hash::<K, V>(name)?;
+        write_slot(&mut h, name, slot, cur, desired, counts)
+    }
+
+    /// Steps 2 (on failure) and 4 for one map: delete every entry of `slot`; returns how many.
+    pub(super) fn slot_hash_clear<K: SlotKey, V: aya::Pod>(
+        &mut self,
+        name: &'static str,
+        slot: u8,
+    ) -> Result<usize, SyncError> {
+        let (all, _) = self.slot_hash_read::<K, V>(name)?;
+        let (mut h, _) = self.slot_hash::<K, V>(name)?;
+        clear_slot(&mut h, name, slot, all.keys())
+    }
 }
 
-pub(super) fn fits<K: SlotKey, V>(
+fn fits<K: SlotKey, V>(
     map: &'static str,
     cur: &BTreeMap<K, V>,
     live: Option<u8>,
@@ -126,7 +163,7 @@ fn remove<K: SlotKey, V: aya::Pod>(
     }
 }
 
-pub(super) fn write_slot<K: SlotKey, V: aya::Pod + PartialEq>(
+fn write_slot<K: SlotKey, V: aya::Pod + PartialEq>(
     h: &mut Hash<'_, K, V>,
     map: &'static str,
     slot: u8,
@@ -152,7 +189,7 @@ pub(super) fn write_slot<K: SlotKey, V: aya::Pod + PartialEq>(
     Ok(())
 }
 
-pub(super) fn clear_slot<'k, K: SlotKey + 'k, V: aya::Pod>(
+fn clear_slot<'k, K: SlotKey + 'k, V: aya::Pod>(
     h: &mut Hash<'_, K, V>,
     map: &'static str,
     slot: u8,
