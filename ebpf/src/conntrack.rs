@@ -22,13 +22,11 @@ use netward_common::{
 
 use crate::{
     maps::CT,
-    parse::{addr_bytes, has_ports, Tuple},
+    parse::{addr_bytes, has_ports, tcp_closing, Tuple},
     policy::{self, Decision},
 };
 
 const NS: u64 = 1_000_000_000;
-const TCP_FIN: u8 = 0x01;
-const TCP_RST: u8 = 0x04;
 
 /// A flow in the veth's canonical orientation (addresses as in [`Tuple`]).
 #[derive(Clone, Copy)]
@@ -161,7 +159,7 @@ pub fn lookup(f: &Flow, dir: u8, tcp_flags: u8, slot: u8, cfg_flags: u32, genera
         flags |= CT_SEEN_REPLY;
         reason::REPLY
     };
-    if f.proto == PROTO_TCP && tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+    if tcp_closing(f.proto, tcp_flags) {
         flags |= CT_CLOSING;
     }
     // Refresh at most once a second per flow: keeps the hot path free of stores.
@@ -181,7 +179,7 @@ pub fn create(f: &Flow, dir: u8, d: &Decision, tcp_flags: u8, generation: u64, f
     if dir == DIR_EGRESS {
         flags |= CT_ORIGIN_EGRESS;
     }
-    if f.proto == PROTO_TCP && tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+    if tcp_closing(f.proto, tcp_flags) {
         flags |= CT_CLOSING;
     }
     let v = CtValue {

@@ -41,7 +41,7 @@ use aya_ebpf::{
 };
 use netward_common::{
     reason, FragKey, FragValue, CFG_EVENTS_ALLOW, CFG_READY, DIR_EGRESS, DIR_INGRESS,
-    FRAG_TIMEOUT_S, PROTO_TCP,
+    FRAG_TIMEOUT_S,
 };
 
 use crate::{
@@ -91,8 +91,6 @@ fn enforce(ctx: &TcContext, dir: u8) -> i32 {
 }
 
 const NS: u64 = 1_000_000_000;
-const TCP_SYN: u8 = 0x02;
-const TCP_ACK: u8 = 0x10;
 
 #[inline(always)]
 fn frag_key(t: &Tuple, id: u32, dir: u8) -> FragKey {
@@ -208,8 +206,7 @@ fn decide(ctx: &TcContext, dir: u8) -> u8 {
     // decides it without that lookup (a retransmitted SYN is decided again and renews the
     // entry; the peer's SYN of a simultaneous open meets the policy like any opening).
     let f = conntrack::flow(t, dir);
-    let opening = t.proto == PROTO_TCP && tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
-    let hit = if opening {
+    let hit = if parse::tcp_opening(t.proto, tcp_flags) {
         Hit::Miss
     } else {
         conntrack::lookup(&f, dir, tcp_flags, slot, flags, generation)

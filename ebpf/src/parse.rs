@@ -27,6 +27,24 @@ const ETH_P_8021AD: u16 = 0x88A8;
 /// Extension headers walked before giving up (the packet is then malformed).
 const IPV6_MAX_EXT: usize = 8;
 
+/// TCP header flags ([`L4::Ports`] carries them for TCP, 0 for other protocols).
+const TCP_FIN: u8 = 0x01;
+const TCP_SYN: u8 = 0x02;
+const TCP_RST: u8 = 0x04;
+const TCP_ACK: u8 = 0x10;
+
+/// A TCP SYN without ACK: the first packet of a connection.
+#[inline(always)]
+pub fn tcp_opening(proto: u8, tcp_flags: u8) -> bool {
+    proto == PROTO_TCP && tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+}
+
+/// A TCP FIN or RST: the connection is closing.
+#[inline(always)]
+pub fn tcp_closing(proto: u8, tcp_flags: u8) -> bool {
+    proto == PROTO_TCP && tcp_flags & (TCP_FIN | TCP_RST) != 0
+}
+
 /// Bytes the parser may need in the linear area (eth + 2 tags + IPv6 + ext headers + L4 + an
 /// ICMP error's embedded IPv6 header and ports).
 pub const PARSE_MAX: u32 = 256;

@@ -20,8 +20,8 @@ use aya_ebpf::maps::lpm_trie::Key;
 use netward_common::{
     policy_bit_len, reason, tag_words, AddrKey, EndpointValue, IpcacheKey, IpcacheValue,
     PolicyHashKey, PolicyLens, PolicyValue, ANY_PEER, CFG_FAIL_CLOSED_UNKNOWN, DIR_EGRESS,
-    EP_ISOLATED_EGRESS, EP_ISOLATED_INGRESS, EP_LOCAL, EP_SERVICE, FAMILY_V4, IPCACHE_HEADER_BITS,
-    POLICY_LEN_BITS,
+    DIR_INGRESS, EP_ISOLATED_EGRESS, EP_ISOLATED_INGRESS, EP_LOCAL, EP_SERVICE, FAMILY_V4,
+    IPCACHE_HEADER_BITS, POLICY_LEN_BITS,
 };
 
 use crate::maps::{HOST_ADDRS, IPCACHE, LOCAL_ADDRS, POLICY_HASH, PROBE_KEY};
@@ -160,6 +160,16 @@ fn policy_probe(subject_word: u32, peer: u32, proto: u8, port: u16, lens: u32) -
     out
 }
 
+/// The `EP_ISOLATED_*` flag of direction `dir`.
+#[inline(always)]
+fn isolation_flag(dir: u8) -> u32 {
+    if dir == DIR_EGRESS {
+        EP_ISOLATED_EGRESS
+    } else {
+        EP_ISOLATED_INGRESS
+    }
+}
+
 /// Decide whether the local pod at `local` may exchange (`proto`, `port`) with `peer` in
 /// direction `dir`, under the Plan in `slot`.
 #[inline(always)]
@@ -190,12 +200,7 @@ pub fn check(
     };
     let ep = local_ep.ip;
     d.endpoint = ep.endpoint;
-    let isolated = if dir == DIR_EGRESS {
-        EP_ISOLATED_EGRESS
-    } else {
-        EP_ISOLATED_INGRESS
-    };
-    if ep.flags & isolated == 0 {
+    if ep.flags & isolation_flag(dir) == 0 {
         d.reason = reason::NOT_ISOLATED;
         return d;
     }
@@ -214,9 +219,9 @@ pub fn check(
     let peer_class = peer_v.map(|v| v.peer_class).unwrap_or(ANY_PEER);
     // Which prefix lengths to probe (none: the subject allows nothing in this direction).
     let lens = if dir == DIR_EGRESS {
-        local_ep.lens[1]
+        local_ep.lens[DIR_EGRESS as usize]
     } else {
-        local_ep.lens[0]
+        local_ep.lens[DIR_INGRESS as usize]
     };
     // A rule naming the peer's class wins over one for any peer, as in the Plan evaluator.
     let word = PolicyHashKey::subject_word(slot, dir, ep.subject_class);
@@ -259,12 +264,7 @@ pub fn check_portless_fallback(
         Some(e) => {
             let v = e.ip;
             d.endpoint = v.endpoint;
-            let isolated = if dir == DIR_EGRESS {
-                EP_ISOLATED_EGRESS
-            } else {
-                EP_ISOLATED_INGRESS
-            };
-            if v.flags & isolated == 0 {
+            if v.flags & isolation_flag(dir) == 0 {
                 d.reason = pass_reason;
             }
         }

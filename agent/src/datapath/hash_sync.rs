@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 
 use netward_common::{
     policy_len_bit, AddrKey, EndpointValue, HostKey, IpcacheKey, IpcacheValue, PolicyHashKey,
-    PolicyKey, PolicyLens, PolicyValue, Tagged, ANY_PEER, EP_LOCAL,
+    PolicyKey, PolicyLens, PolicyValue, Tagged, ANY_PEER, DIR_EGRESS, DIR_INGRESS, EP_LOCAL,
 };
 
 use super::slot_hash::SlotCounts;
@@ -123,7 +123,7 @@ impl HashTables {
             };
             let e = EndpointValue {
                 ip: *v,
-                lens: [of(0), of(1)],
+                lens: [of(DIR_INGRESS), of(DIR_EGRESS)],
             };
             t.endpoints.push((HostKey::new(slot, k.family, k.addr), e));
         }
