@@ -28,7 +28,7 @@ pub static IPCACHE: LpmTrie<IpcacheData, IpcacheValue> = LpmTrie::pinned(65536, 
 pub static HOST_ADDRS: HashMap<AddrKey, Tagged<IpcacheValue>> = HashMap::pinned(65536, 0);
 
 /// The Plan's policy entries as exact keys (`PolicyHashKey`: one prefix length each); probed
-/// only at the lengths `SUBJECTS` lists for the subject, longest first.
+/// only at the lengths the subject's `LOCAL_ADDRS` entry lists, longest first.
 #[map(name = "POLICY_HASH")]
 pub static POLICY_HASH: HashMap<PolicyHashKey, PolicyValue> = HashMap::pinned(262144, 0);
 

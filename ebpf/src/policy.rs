@@ -18,10 +18,10 @@
 //!   for the Service's endpoints by [`crate::service::check`].
 use aya_ebpf::maps::lpm_trie::Key;
 use netward_common::{
-    policy_bit_len, reason, tag_words, AddrKey, EndpointValue, IpcacheKey, IpcacheValue,
-    PolicyHashKey, PolicyLens, PolicyValue, ANY_PEER, CFG_FAIL_CLOSED_UNKNOWN, DIR_EGRESS,
-    DIR_INGRESS, EP_ISOLATED_EGRESS, EP_ISOLATED_INGRESS, EP_LOCAL, EP_SERVICE, FAMILY_V4,
-    IPCACHE_HEADER_BITS, POLICY_LEN_BITS,
+    addr_words, policy_bit_len, reason, tag_words, AddrKey, EndpointValue, IpcacheKey,
+    IpcacheValue, PolicyHashKey, PolicyLens, PolicyValue, ANY_PEER, CFG_FAIL_CLOSED_UNKNOWN,
+    DIR_EGRESS, DIR_INGRESS, EP_ISOLATED_EGRESS, EP_ISOLATED_INGRESS, EP_LOCAL, EP_SERVICE,
+    FAMILY_V4, IPCACHE_HEADER_BITS, POLICY_LEN_BITS,
 };
 
 use crate::maps::{HOST_ADDRS, IPCACHE, LOCAL_ADDRS, POLICY_HASH, PROBE_KEY};
@@ -45,11 +45,10 @@ impl Decision {
     }
 }
 
-/// The `LOCAL_ADDRS` / `HOST_ADDRS` key of an address and whether a value found under it is
-/// for that very address (IPv6 tags are digests, see `AddrKey`).
+/// The `LOCAL_ADDRS` / `HOST_ADDRS` key of an address (an IPv6 tag is a digest, see `AddrKey`).
 #[inline(always)]
 fn addr_key(slot: u8, family: u8, addr: &[u8; 16]) -> AddrKey {
-    let w = words(addr);
+    let w = addr_words(addr);
     AddrKey {
         slot,
         family,
@@ -58,15 +57,10 @@ fn addr_key(slot: u8, family: u8, addr: &[u8; 16]) -> AddrKey {
     }
 }
 
-#[inline(always)]
-fn words(addr: &[u8; 16]) -> [u64; 2] {
-    // SAFETY: same size, every bit pattern valid.
-    unsafe { core::mem::transmute::<[u8; 16], [u64; 2]>(*addr) }
-}
-
+/// Whether a value found under an address's key is for that very address.
 #[inline(always)]
 fn same_addr(stored: &[u8; 16], addr: &[u8; 16]) -> bool {
-    let (a, b) = (words(stored), words(addr));
+    let (a, b) = (addr_words(stored), addr_words(addr));
     a[0] == b[0] && a[1] == b[1]
 }
 
