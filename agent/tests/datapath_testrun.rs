@@ -1574,3 +1574,98 @@ fn counters_split_by_direction() {
     );
     assert_eq!((c.allowed, c.denied), (4, 4), "{c:?}");
 }
+
+/// Keep this thread on the CPU it runs on: the flow cache is per CPU, and a test run executes
+/// on the calling CPU.
+fn pin_to_this_cpu() {
+    // SAFETY: plain libc calls on this thread with a properly initialised cpu_set_t.
+    unsafe {
+        let cpu = libc::sched_getcpu();
+        assert!(cpu >= 0, "sched_getcpu");
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu as usize, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set),
+            0,
+            "sched_setaffinity"
+        );
+    }
+}
+
+/// Remove every conntrack entry behind the programs' back (as an LRU eviction would).
+fn forget_conntrack(cfg: &DatapathConfig) {
+    let data = aya::maps::MapData::from_pin(cfg.bpffs_dir.join("CT")).unwrap();
+    let mut ct: aya::maps::HashMap<_, CtFlowKey, CtValue> =
+        aya::maps::HashMap::try_from(aya::maps::Map::from_map_data(data).unwrap()).unwrap();
+    let keys: Vec<CtFlowKey> = ct.keys().map(|k| k.unwrap()).collect();
+    assert!(!keys.is_empty(), "no flow was tracked");
+    for k in keys {
+        ct.remove(&k).unwrap();
+    }
+}
+
+/// The per-CPU flow cache stands in for conntrack only within its window, under the same
+/// Plan generation, for packets that are not closing the flow; with no cache, every packet
+/// reads conntrack.
+#[test]
+fn the_flow_cache_stands_in_for_conntrack_only_within_its_window() {
+    pin_to_this_cpu();
+    let syn = frame(C4, A4, tcp(42000, 80));
+    // A's egress allows nothing to C:42000: only conntrack (or the cache) passes the reply.
+    let reply = frame(A4, C4, tcp_ack(80, 42000));
+    let mut fin = reply.clone();
+    fin[14 + 20 + 13] |= 0x01; // TCP flags of an IPv4 frame without options
+    assert_eq!(fin[14 + 20 + 13], 0x11);
+
+    let cfg = test_config("flowcache");
+    let mut dp = setup_with(cfg.clone());
+    check(&dp, Ingress, &syn, true, "policy_allow");
+    check(&dp, Egress, &reply, true, "reply");
+    forget_conntrack(&cfg);
+    // Within the window: the cache answers as conntrack did.
+    check(&dp, Egress, &reply, true, "reply");
+    // A FIN always reads conntrack.
+    check(&dp, Egress, &fin, false, "policy_deny");
+    // A new Plan generation always reads conntrack.
+    check(&dp, Egress, &reply, true, "reply");
+    dp.apply(&fixture()).unwrap();
+    check(&dp, Egress, &reply, false, "policy_deny");
+    // After the window (at most 1 s) the cache no longer answers.
+    check(&dp, Ingress, &syn, true, "policy_allow");
+    check(&dp, Egress, &reply, true, "reply");
+    forget_conntrack(&cfg);
+    check(&dp, Egress, &reply, true, "reply");
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    check(&dp, Egress, &reply, false, "policy_deny");
+    drop(dp);
+
+    // Off (0 slots), and a zero window (every probe misses): conntrack decides every packet.
+    for (tag, slots, window) in [("flowcache-off", 0, 100), ("flowcache-miss", 4096, 0)] {
+        let cfg = DatapathConfig {
+            flow_cache_slots: slots,
+            flow_cache_window_jiffies: window,
+            ..test_config(tag)
+        };
+        let dp = setup_with(cfg.clone());
+        check(&dp, Ingress, &syn, true, "policy_allow");
+        check(&dp, Egress, &reply, true, "reply");
+        forget_conntrack(&cfg);
+        check(&dp, Egress, &reply, false, "policy_deny");
+    }
+}
+
+#[test]
+fn flow_cache_slots_must_be_a_power_of_two() {
+    let cfg = DatapathConfig {
+        flow_cache_slots: 1000,
+        ..test_config("flowcache-size")
+    };
+    let err = Datapath::open_or_create(cfg.clone())
+        .err()
+        .expect("1000 slots accepted");
+    assert!(
+        format!("{err:#}").contains("flow cache slots 1000: must be 0 (off) or a power of two"),
+        "{err:#}"
+    );
+    let _ = std::fs::remove_dir_all(&cfg.bpffs_dir);
+}

@@ -641,6 +641,12 @@ pub const CT_FROM_HOST: u16 = 1 << 2;
 /// is `established`, at the other hook a `reply`; a re-check uses the origin direction.
 pub const CT_ORIGIN_EGRESS: u16 = 1 << 3;
 
+/// Default slots of each CPU's flow cache in front of `CT` (a power of two; 64 bytes each).
+pub const FLOW_CACHE_DEFAULT_SLOTS: u32 = 4096;
+/// How long a flow cache entry stands in for `CT`, in jiffies: at most 1 s whatever the
+/// kernel's HZ (100 to 1000).
+pub const FLOW_CACHE_WINDOW_JIFFIES: u64 = 100;
+
 /// Conntrack lifetimes, refreshed on every packet (the LRU evicts earlier under pressure).
 pub const CT_TIMEOUT_TCP_S: u64 = 6 * 3600;
 pub const CT_TIMEOUT_OTHER_S: u64 = 60;

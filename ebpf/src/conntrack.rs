@@ -6,8 +6,10 @@
 //! `CT_ORIGIN_EGRESS` says which hook admitted the flow: a packet at that hook is
 //! `established`, at the other one a `reply`.
 //!
-//! Timeouts (refreshed on every packet, checked on lookup; the LRU evicts earlier under
-//! pressure): TCP 6 h, other protocols 60 s, TCP after FIN or RST 10 s.
+//! Timeouts (refreshed by every packet that reads the entry, checked on lookup; the LRU evicts
+//! earlier under pressure): TCP 6 h, other protocols 60 s, TCP after FIN or RST 10 s. The
+//! `flowcache` in front answers for a flow `CT` passed less than a second ago, so a busy flow
+//! reads (and refreshes) its entry about once a second per CPU.
 //!
 //! Each entry records the Plan generation it was verified under. When `CONFIG.generation`
 //! moves on, the next packet of the flow (either direction) re-checks the flow as opened
@@ -21,6 +23,7 @@ use netward_common::{
 };
 
 use crate::{
+    flowcache,
     maps::CT,
     parse::{addr_bytes, has_ports, tcp_closing, Tuple},
     policy::{self, Decision},
@@ -127,6 +130,13 @@ pub enum Hit {
 /// generation changes and TCP teardown.
 #[inline(always)]
 pub fn lookup(f: &Flow, dir: u8, tcp_flags: u8, slot: u8, cfg_flags: u32, generation: u64) -> Hit {
+    let closing = tcp_closing(f.proto, tcp_flags);
+    let cached = flowcache::slot(f);
+    if !closing {
+        if let Some(r) = flowcache::get(&cached, dir, generation) {
+            return Hit::Pass(r);
+        }
+    }
     let Some(v) = get(f) else {
         return Hit::Miss;
     };
@@ -159,7 +169,7 @@ pub fn lookup(f: &Flow, dir: u8, tcp_flags: u8, slot: u8, cfg_flags: u32, genera
         flags |= CT_SEEN_REPLY;
         reason::REPLY
     };
-    if tcp_closing(f.proto, tcp_flags) {
+    if closing {
         flags |= CT_CLOSING;
     }
     // Refresh at most once a second per flow: keeps the hot path free of stores.
@@ -167,6 +177,9 @@ pub fn lookup(f: &Flow, dir: u8, tcp_flags: u8, slot: u8, cfg_flags: u32, genera
     if flags != v.flags || expires > v.expires_ns + NS {
         v.flags = flags;
         v.expires_ns = expires;
+    }
+    if flags & CT_CLOSING == 0 {
+        flowcache::fill(&cached, generation, origin, flags & CT_SEEN_REPLY != 0);
     }
     Hit::Pass(r)
 }
@@ -190,6 +203,7 @@ pub fn create(f: &Flow, dir: u8, d: &Decision, tcp_flags: u8, generation: u64, f
         flags,
     };
     let _ = CT.insert(key(f), v, 0);
+    flowcache::clear(&flowcache::slot(f));
 }
 
 /// Whether an ICMP error about `inner` (the offending packet as it was sent) relates to a

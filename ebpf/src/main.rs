@@ -2,8 +2,8 @@
 //! tc ingress carries what the pod sends (its egress), tc egress what it receives (its ingress).
 //!
 //! Per packet (one module per concern, like Cilium's bpf/lib):
-//! [`parse`] -> `CONFIG` (live slot, generation) -> [`conntrack`] (established, reply,
-//! related) -> [`policy`] (ipcache + policy LPM, constant number of lookups) -> [`counters`],
+//! [`parse`] -> `CONFIG` (live slot, generation) -> [`flowcache`] (this CPU's copy of recent
+//! conntrack verdicts) -> [`conntrack`] (established, reply, related) -> [`policy`] (ipcache + policy LPM, constant number of lookups) -> [`counters`],
 //! [`events`].
 //!
 //! Verdicts for traffic NetworkPolicy leaves undefined (also in DATAPATH.md of the report):
@@ -28,6 +28,7 @@
 mod conntrack;
 mod counters;
 mod events;
+mod flowcache;
 mod maps;
 mod parse;
 mod policy;

@@ -63,6 +63,10 @@ pub struct MapSizeArgs {
     /// Tracked connections (LRU: the least recently used go first when full).
     #[arg(long, default_value_t = MapSizes::default().conntrack, env = "NETWARD_CONNTRACK_MAX")]
     pub conntrack_max: u32,
+    /// Slots of each CPU's flow cache in front of conntrack (64 bytes each; 0 or a power of
+    /// two; 0: off): packets of flows conntrack passed within the last second skip its lookup.
+    #[arg(long, default_value_t = MapSizes::default().flow_cache, env = "NETWARD_FLOW_CACHE_SLOTS")]
+    pub flow_cache_slots: u32,
     /// Service (virtual address, protocol, port) entries.
     #[arg(long, default_value_t = MapSizes::default().services, env = "NETWARD_SERVICES_MAX")]
     pub services_max: u32,
@@ -82,6 +86,7 @@ impl MapSizeArgs {
             policy: self.policy_max,
             endpoints: self.endpoints_max,
             conntrack: self.conntrack_max,
+            flow_cache: self.flow_cache_slots,
             services: self.services_max,
             service_policy: self.service_policy_max,
         }

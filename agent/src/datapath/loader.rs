@@ -140,6 +140,9 @@ pub(crate) fn ensure_bpffs(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Largest flow cache per CPU (64 MiB of 64-byte slots).
+const FLOW_CACHE_MAX_SLOTS: u32 = 1 << 20;
+
 /// Load the object: maps pinned under `cfg.bpffs_dir` (reused when present), programs loaded.
 pub(crate) fn load(cfg: &DatapathConfig) -> Result<Ebpf> {
     load_object(cfg, OBJECT)
@@ -149,6 +152,12 @@ pub(crate) fn load(cfg: &DatapathConfig) -> Result<Ebpf> {
 pub(crate) fn load_object(cfg: &DatapathConfig, object: &[u8]) -> Result<Ebpf> {
     if object.is_empty() {
         bail!("the eBPF object is empty: the agent was built with AYA_BUILD_SKIP");
+    }
+    let slots = cfg.flow_cache_slots;
+    if slots != 0 && (!slots.is_power_of_two() || slots > FLOW_CACHE_MAX_SLOTS) {
+        bail!(
+            "flow cache slots {slots}: must be 0 (off) or a power of two up to {FLOW_CACHE_MAX_SLOTS}"
+        );
     }
     ensure_bpffs(&cfg.bpffs_dir)?;
     replace_stale_stats_maps(&cfg.bpffs_dir)?;
@@ -172,6 +181,11 @@ pub(crate) fn load_object(cfg: &DatapathConfig, object: &[u8]) -> Result<Ebpf> {
         .map_max_entries("SERVICE_POLICY", cfg.service_policy_max)
         // (CONNTRACK above: an older object benchmarked side by side.)
         .map_max_entries("CT", cfg.conntrack_max)
+        .map_max_entries("FLOW_CACHE", slots.max(1))
+        // Read-only data: the verifier sees constants (the cache code goes when it is off).
+        // Not required: an older object (a benchmark baseline) has no flow cache.
+        .override_global("FLOW_CACHE_SLOTS", &slots, false)
+        .override_global("FLOW_CACHE_WINDOW", &cfg.flow_cache_window_jiffies, false)
         .load(object)
         .context("load the eBPF object")?;
     for name in [PROG_EGRESS, PROG_INGRESS] {

@@ -70,6 +70,11 @@ pub struct DatapathConfig {
     /// `LOCAL_ADDRS` capacity: addresses of pods enforced on this node, same 2x rule.
     pub endpoints_max: u32,
     pub conntrack_max: u32,
+    /// Slots of each CPU's flow cache in front of conntrack (0 or a power of two; 0: off).
+    pub flow_cache_slots: u32,
+    /// How long a flow cache entry stands in for conntrack, in jiffies (at most 1 s at any HZ
+    /// by default; the benchmark sets 0 so that every probe misses).
+    pub flow_cache_window_jiffies: u64,
     pub frags_max: u32,
     /// `SERVICES` capacity: (virtual address, protocol, port) entries, same 2x rule.
     pub services_max: u32,
@@ -98,6 +103,8 @@ impl Default for DatapathConfig {
             policy_max: 262144,
             endpoints_max: 16384,
             conntrack_max: 262144,
+            flow_cache_slots: netward_common::FLOW_CACHE_DEFAULT_SLOTS,
+            flow_cache_window_jiffies: netward_common::FLOW_CACHE_WINDOW_JIFFIES,
             frags_max: 8192,
             services_max: 16384,
             service_policy_max: 65536,
@@ -120,6 +127,8 @@ pub struct MapSizes {
     pub policy: u32,
     pub endpoints: u32,
     pub conntrack: u32,
+    /// Flow cache slots per CPU (0 or a power of two; 0: off).
+    pub flow_cache: u32,
     pub services: u32,
     pub service_policy: u32,
 }
@@ -132,6 +141,7 @@ impl Default for MapSizes {
             policy: d.policy_max,
             endpoints: d.endpoints_max,
             conntrack: d.conntrack_max,
+            flow_cache: d.flow_cache_slots,
             services: d.services_max,
             service_policy: d.service_policy_max,
         }
@@ -145,6 +155,7 @@ impl DatapathConfig {
         self.policy_max = s.policy;
         self.endpoints_max = s.endpoints;
         self.conntrack_max = s.conntrack;
+        self.flow_cache_slots = s.flow_cache;
         self.services_max = s.services;
         self.service_policy_max = s.service_policy;
         self

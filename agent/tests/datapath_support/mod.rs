@@ -61,6 +61,8 @@ pub fn test_config(tag: &str) -> DatapathConfig {
         events_burst: 1000,
         events_allow: true,
         attach_mode: None,
+        flow_cache_slots: netward_common::FLOW_CACHE_DEFAULT_SLOTS,
+        flow_cache_window_jiffies: netward_common::FLOW_CACHE_WINDOW_JIFFIES,
     }
 }
 
