@@ -1622,8 +1622,10 @@ fn the_flow_cache_stands_in_for_conntrack_only_within_its_window() {
     check(&dp, Ingress, &syn, true, "policy_allow");
     check(&dp, Egress, &reply, true, "reply");
     forget_conntrack(&cfg);
-    // Within the window: the cache answers as conntrack did.
+    // Within the window: the cache answers as conntrack did (and counts it).
+    let hits = dp.counters().unwrap().flow_cache_hits;
     check(&dp, Egress, &reply, true, "reply");
+    assert_eq!(dp.counters().unwrap().flow_cache_hits, hits + 1);
     // A FIN always reads conntrack.
     check(&dp, Egress, &fin, false, "policy_deny");
     // A new Plan generation always reads conntrack.
@@ -1651,6 +1653,7 @@ fn the_flow_cache_stands_in_for_conntrack_only_within_its_window() {
         check(&dp, Egress, &reply, true, "reply");
         forget_conntrack(&cfg);
         check(&dp, Egress, &reply, false, "policy_deny");
+        assert_eq!(dp.counters().unwrap().flow_cache_hits, 0);
     }
 }
 

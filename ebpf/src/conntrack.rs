@@ -18,12 +18,13 @@
 //! (`reason::REVOKED`).
 
 use netward_common::{
-    reason, CtFlowKey, CtValue, CT_CLOSING, CT_FROM_HOST, CT_ORIGIN_EGRESS, CT_SEEN_REPLY,
-    CT_TIMEOUT_CLOSING_S, CT_TIMEOUT_OTHER_S, CT_TIMEOUT_TCP_S, DIR_EGRESS, DIR_INGRESS, PROTO_TCP,
+    reason, CtFlowKey, CtValue, COUNTER_FLOW_CACHE_HITS, CT_CLOSING, CT_FROM_HOST,
+    CT_ORIGIN_EGRESS, CT_SEEN_REPLY, CT_TIMEOUT_CLOSING_S, CT_TIMEOUT_OTHER_S, CT_TIMEOUT_TCP_S,
+    DIR_EGRESS, DIR_INGRESS, PROTO_TCP,
 };
 
 use crate::{
-    flowcache,
+    counters, flowcache,
     maps::CT,
     parse::{addr_bytes, has_ports, tcp_closing, Tuple},
     policy::{self, Decision},
@@ -134,6 +135,7 @@ pub fn lookup(f: &Flow, dir: u8, tcp_flags: u8, slot: u8, cfg_flags: u32, genera
     let cached = flowcache::slot(f);
     if !closing {
         if let Some(r) = flowcache::get(&cached, dir, generation) {
+            counters::bump(COUNTER_FLOW_CACHE_HITS);
             return Hit::Pass(r);
         }
     }

@@ -5,7 +5,8 @@
 //! from a client pod to a server pod under:
 //! * no program (the lab without its daemon), measured first and last;
 //! * netward with 0 rules and with N ingress rules on the server (N ipBlock /32 peers that
-//!   never match, then the rule that admits the client);
+//!   never match, then the rule that admits the client), and with the largest N again with
+//!   the per-CPU flow cache off (`--flow-cache-slots 0`);
 //! * the equivalent iptables ruleset in the FORWARD path: linear rules (conntrack
 //!   ESTABLISHED accept, N source rules, the client rule, drop), and ipset-based as
 //!   kube-router does (one hash:net set holding the N sources and the client).
@@ -273,6 +274,14 @@ fn one_round(
             std::thread::sleep(Duration::from_millis(50));
         }
         measure(format!("netward, {n} rules"))?;
+    }
+    // The largest Plan again, with the flow cache off: what the cache changes on real traffic.
+    // The Plan stays pinned and in force while the daemon is replaced.
+    if let Some(n) = a.sizes.iter().max() {
+        process::stop(Role::Daemon, &lab.name, Duration::from_secs(5))?;
+        let off = ["--flow-cache-slots".to_string(), "0".to_string()];
+        process::spawn(&netward_bin(), Role::Daemon, &lab.name, &off)?;
+        measure(format!("netward, {n} rules, no flow cache"))?;
     }
     // Back to no program: stop the daemon and unpin (the links detach).
     process::stop(Role::Daemon, &lab.name, Duration::from_secs(5))?;

@@ -74,6 +74,7 @@ impl Enforcer for EbpfEnforcer {
                 .collect(),
             events_lost: c.events_lost,
             sync_failures: c.sync_failures,
+            flow_cache_hits: c.flow_cache_hits,
         })
     }
 

@@ -33,6 +33,7 @@ pub struct Metrics {
     generation: Gauge<i64>,
     ready: Gauge<i64>,
     endpoints_attached: Gauge<i64>,
+    flow_cache_hits: Counter<u64, AtomicU64>,
 }
 
 impl Default for Metrics {
@@ -60,7 +61,14 @@ impl Metrics {
             generation: Gauge::default(),
             ready: Gauge::default(),
             endpoints_attached: Gauge::default(),
+            flow_cache_hits: Counter::default(),
         };
+        m.registry.register(
+            "flow_cache_hits",
+            "Packets of tracked flows (established, reply) answered by the per-CPU flow cache \
+             without a conntrack lookup",
+            m.flow_cache_hits.clone(),
+        );
         m.registry.register(
             "verdicts",
             "Packets by verdict (allowed/denied), as counted by the datapath",
@@ -196,6 +204,7 @@ impl Metrics {
                 .get_or_create(&vec![("verdict", "denied".to_string())]),
             counters.denied,
         );
+        Self::set_total(&self.flow_cache_hits, counters.flow_cache_hits);
         for (key, n) in &counters.by_reason {
             let (direction, reason) = key.split_once('/').unwrap_or(("any", key));
             let labels = vec![
@@ -249,6 +258,7 @@ mod tests {
         let mut c = Counters {
             allowed: 7,
             denied: 4,
+            flow_cache_hits: 5,
             ..Default::default()
         };
         c.by_reason.insert("ingress/policy_deny".into(), 3);
@@ -262,6 +272,7 @@ mod tests {
             r#"direction="egress",reason="policy_deny"} 1"#,
             r#"direction="egress",reason="reply"} 7"#,
             r#"verdict="denied"} 4"#,
+            "netward_flow_cache_hits_total 5",
         ] {
             assert!(has(needle), "{needle} missing from\n{text}");
         }

@@ -107,6 +107,9 @@ pub struct Counters {
     pub by_reason: BTreeMap<String, u64>,
     pub events_lost: u64,
     pub sync_failures: u64,
+    /// Packets of tracked flows the per-CPU flow cache answered (0 from an agent without one).
+    #[serde(default)]
+    pub flow_cache_hits: u64,
 }
 
 /// One verdict, attributed, as `netward monitor` prints it.

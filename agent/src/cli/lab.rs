@@ -83,6 +83,9 @@ pub enum LabCommand {
     Daemon {
         #[arg(long)]
         name: String,
+        /// Flow cache slots per CPU (as `netward agent`; `lab up` passes its environment on).
+        #[arg(long, default_value_t = netward_common::FLOW_CACHE_DEFAULT_SLOTS, env = "NETWARD_FLOW_CACHE_SLOTS")]
+        flow_cache_slots: u32,
     },
     /// (internal) The servers of a lab, started by `lab up`.
     #[command(hide = true)]
@@ -245,9 +248,12 @@ pub fn run(args: LabArgs) -> Result<ExitCode> {
                 None => ExitCode::from(2),
             })
         }
-        LabCommand::Daemon { name } => {
+        LabCommand::Daemon {
+            name,
+            flow_cache_slots,
+        } => {
             init_background_logging();
-            lab::daemon::run(&LabName::new(&name)?)?;
+            lab::daemon::run(&LabName::new(&name)?, flow_cache_slots)?;
             Ok(ExitCode::SUCCESS)
         }
         LabCommand::Serve { name } => {

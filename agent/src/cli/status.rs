@@ -140,6 +140,21 @@ pub fn render(s: &Status) -> String {
         "\nCounters:    {} allowed, {} denied, {} events lost, {} sync failures",
         c.allowed, c.denied, c.events_lost, c.sync_failures
     );
+    let tracked: u64 = c
+        .by_reason
+        .iter()
+        .filter(|(k, _)| k.ends_with("/established") || k.ends_with("/reply"))
+        .map(|(_, n)| n)
+        .sum();
+    if tracked > 0 {
+        let _ = writeln!(
+            o,
+            "Flow cache:  {} of {} packets of tracked flows ({:.1}%) answered without a conntrack lookup",
+            c.flow_cache_hits,
+            tracked,
+            100.0 * c.flow_cache_hits as f64 / tracked as f64
+        );
+    }
     // Keys are `direction/reason`: one row per reason, one column per direction.
     let mut by_dir: std::collections::BTreeMap<&str, [u64; 3]> = Default::default();
     for (key, n) in &c.by_reason {

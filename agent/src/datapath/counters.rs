@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use aya::maps::{MapData, PerCpuArray};
 use netward_common::{
     counter_index, reason, COUNTER_EVENTS_LOST, COUNTER_EVENTS_RATE_LIMITED, COUNTER_EVENTS_SENT,
-    DIR_EGRESS, DIR_INGRESS,
+    COUNTER_FLOW_CACHE_HITS, DIR_EGRESS, DIR_INGRESS,
 };
 use serde::Serialize;
 
@@ -27,6 +27,9 @@ pub struct Counters {
     pub events_sent: u64,
     pub events_rate_limited: u64,
     pub events_lost: u64,
+    /// Packets of tracked flows (`established`, `reply`) the per-CPU flow cache answered
+    /// without reading conntrack.
+    pub flow_cache_hits: u64,
     /// Plans that failed to apply in this agent process (map full, ...): each left the
     /// previous Plan in force.
     pub sync_failures: u64,
@@ -79,6 +82,7 @@ impl Datapath {
             events_sent: get(COUNTER_EVENTS_SENT)?,
             events_rate_limited: get(COUNTER_EVENTS_RATE_LIMITED)?,
             events_lost: get(COUNTER_EVENTS_LOST)?,
+            flow_cache_hits: get(COUNTER_FLOW_CACHE_HITS)?,
             sync_failures: self.sync_failures,
             ..Default::default()
         };

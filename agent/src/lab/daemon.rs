@@ -192,10 +192,14 @@ fn load(state: &LabState) -> Result<Cluster> {
 }
 
 /// Run the daemon of lab `name` until killed.
-pub fn run(name: &LabName) -> Result<()> {
+pub fn run(name: &LabName, flow_cache_slots: u32) -> Result<()> {
     let mut state = LabState::require(name)?;
     let cluster = load(&state).context("initial manifests")?;
-    let dp = Datapath::open_or_create(datapath_config(name)).context("loading the datapath")?;
+    let cfg = DatapathConfig {
+        flow_cache_slots,
+        ..datapath_config(name)
+    };
+    let dp = Datapath::open_or_create(cfg).context("loading the datapath")?;
     // A pod of the state that is not (fully) on the machine is made again by the first sync.
     state.pods.retain(|p| {
         let present = super::netns::exists(&p.netns)
