@@ -757,9 +757,9 @@ pub const COUNTER_EVENTS_RATE_LIMITED: u32 = 0;
 pub const COUNTER_EVENTS_LOST: u32 = 1;
 /// Events emitted.
 pub const COUNTER_EVENTS_SENT: u32 = 2;
-/// Packets of tracked flows the flow cache answered (counted also under their reason,
-/// `established` or `reply`; the others of those read `CT`).
-pub const COUNTER_FLOW_CACHE_HITS: u32 = 3;
+/// Packets of tracked flows that `CT` passed (`established` or `reply` after a flow cache
+/// miss): the flow cache answered the other `established` and `reply` packets.
+pub const COUNTER_CT_PASSES: u32 = 3;
 /// Packets by direction and reason: one counter per packet at
 /// [`counter_index`]`(dir, reason)`. Allowed/denied totals are sums (reasons below
 /// `reason::FIRST_DROP` pass), so the hot path bumps a single counter.
@@ -954,7 +954,7 @@ mod tests {
             COUNTER_EVENTS_RATE_LIMITED,
             COUNTER_EVENTS_LOST,
             COUNTER_EVENTS_SENT,
-            COUNTER_FLOW_CACHE_HITS,
+            COUNTER_CT_PASSES,
         ] {
             assert!(!seen[i as usize]);
             seen[i as usize] = true;

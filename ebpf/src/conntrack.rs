@@ -18,9 +18,9 @@
 //! (`reason::REVOKED`).
 
 use netward_common::{
-    reason, CtFlowKey, CtValue, COUNTER_FLOW_CACHE_HITS, CT_CLOSING, CT_FROM_HOST,
-    CT_ORIGIN_EGRESS, CT_SEEN_REPLY, CT_TIMEOUT_CLOSING_S, CT_TIMEOUT_OTHER_S, CT_TIMEOUT_TCP_S,
-    DIR_EGRESS, DIR_INGRESS, PROTO_TCP,
+    reason, CtFlowKey, CtValue, COUNTER_CT_PASSES, CT_CLOSING, CT_FROM_HOST, CT_ORIGIN_EGRESS,
+    CT_SEEN_REPLY, CT_TIMEOUT_CLOSING_S, CT_TIMEOUT_OTHER_S, CT_TIMEOUT_TCP_S, DIR_EGRESS,
+    DIR_INGRESS, PROTO_TCP,
 };
 
 use crate::{
@@ -132,10 +132,8 @@ pub enum Hit {
 #[inline(always)]
 pub fn lookup(f: &Flow, dir: u8, tcp_flags: u8, slot: u8, cfg_flags: u32, generation: u64) -> Hit {
     let closing = tcp_closing(f.proto, tcp_flags);
-    let cached = flowcache::slot(f);
     if !closing {
-        if let Some(r) = flowcache::get(&cached, dir, generation) {
-            counters::bump(COUNTER_FLOW_CACHE_HITS);
+        if let Some(r) = flowcache::get(f, dir, generation) {
             return Hit::Pass(r);
         }
     }
@@ -181,8 +179,10 @@ pub fn lookup(f: &Flow, dir: u8, tcp_flags: u8, slot: u8, cfg_flags: u32, genera
         v.expires_ns = expires;
     }
     if flags & CT_CLOSING == 0 {
-        flowcache::fill(&cached, generation, origin, flags & CT_SEEN_REPLY != 0);
+        flowcache::fill(f, generation, origin, flags & CT_SEEN_REPLY != 0);
     }
+    // Counted here, on the slower path, to keep the cache hit lean: the agent derives hits.
+    counters::bump(COUNTER_CT_PASSES);
     Hit::Pass(r)
 }
 
@@ -205,7 +205,7 @@ pub fn create(f: &Flow, dir: u8, d: &Decision, tcp_flags: u8, generation: u64, f
         flags,
     };
     let _ = CT.insert(key(f), v, 0);
-    flowcache::clear(&flowcache::slot(f));
+    flowcache::clear(f);
 }
 
 /// Whether an ICMP error about `inner` (the offending packet as it was sent) relates to a

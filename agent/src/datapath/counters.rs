@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use anyhow::{Context, Result};
 use aya::maps::{MapData, PerCpuArray};
 use netward_common::{
-    counter_index, reason, COUNTER_EVENTS_LOST, COUNTER_EVENTS_RATE_LIMITED, COUNTER_EVENTS_SENT,
-    COUNTER_FLOW_CACHE_HITS, DIR_EGRESS, DIR_INGRESS,
+    counter_index, reason, COUNTER_CT_PASSES, COUNTER_EVENTS_LOST, COUNTER_EVENTS_RATE_LIMITED,
+    COUNTER_EVENTS_SENT, DIR_EGRESS, DIR_INGRESS,
 };
 use serde::Serialize;
 
@@ -78,11 +78,13 @@ impl Datapath {
         let map = self.bpf.map("COUNTERS").context("COUNTERS missing")?;
         let arr: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(map)?;
         let get = |i: u32| -> Result<u64> { Ok(arr.get(&i, 0)?.iter().sum()) };
+        // Read before the reasons, so that hits (tracked-flow packets minus those conntrack
+        // passed) are never below zero.
+        let ct_passes = get(COUNTER_CT_PASSES)?;
         let mut c = Counters {
             events_sent: get(COUNTER_EVENTS_SENT)?,
             events_rate_limited: get(COUNTER_EVENTS_RATE_LIMITED)?,
             events_lost: get(COUNTER_EVENTS_LOST)?,
-            flow_cache_hits: get(COUNTER_FLOW_CACHE_HITS)?,
             sync_failures: self.sync_failures,
             ..Default::default()
         };
@@ -91,6 +93,8 @@ impl Datapath {
                 c.add(dir, r, get(counter_index(dir, r))?);
             }
         }
+        let tracked = c.reason(reason::ESTABLISHED) + c.reason(reason::REPLY);
+        c.flow_cache_hits = tracked.saturating_sub(ct_passes);
         Ok(c)
     }
 }
