@@ -18,13 +18,12 @@
 //! (`reason::REVOKED`).
 
 use netward_common::{
-    reason, CtFlowKey, CtValue, COUNTER_CT_PASSES, CT_CLOSING, CT_FROM_HOST, CT_ORIGIN_EGRESS,
-    CT_SEEN_REPLY, CT_TIMEOUT_CLOSING_S, CT_TIMEOUT_OTHER_S, CT_TIMEOUT_TCP_S, DIR_EGRESS,
-    DIR_INGRESS, PROTO_TCP,
+    reason, CtFlowKey, CtValue, CT_CLOSING, CT_FROM_HOST, CT_ORIGIN_EGRESS, CT_SEEN_REPLY,
+    CT_TIMEOUT_CLOSING_S, CT_TIMEOUT_OTHER_S, CT_TIMEOUT_TCP_S, DIR_EGRESS, DIR_INGRESS, PROTO_TCP,
 };
 
 use crate::{
-    counters, flowcache,
+    flowcache,
     maps::CT,
     parse::{addr_bytes, has_ports, tcp_closing, Tuple},
     policy::{self, Decision},
@@ -181,8 +180,6 @@ pub fn lookup(f: &Flow, dir: u8, tcp_flags: u8, slot: u8, cfg_flags: u32, genera
     if flags & CT_CLOSING == 0 {
         flowcache::fill(f, generation, origin, flags & CT_SEEN_REPLY != 0);
     }
-    // Counted here, on the slower path, to keep the cache hit lean: the agent derives hits.
-    counters::bump(COUNTER_CT_PASSES);
     Hit::Pass(r)
 }
 

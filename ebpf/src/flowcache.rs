@@ -18,7 +18,7 @@
 //! empty. `CT` stays the flow's state: the cache only saves re-reading it every packet, and
 //! refreshing it at most once a window keeps the lifetimes of seconds exact to a second.
 use aya_ebpf::{helpers::bpf_jiffies64, macros::map, maps::PerCpuArray};
-use netward_common::{FLOW_CACHE_DEFAULT_SLOTS, FLOW_CACHE_WINDOW_JIFFIES};
+use netward_common::{reason, FLOW_CACHE_DEFAULT_SLOTS, FLOW_CACHE_WINDOW_JIFFIES};
 
 use crate::conntrack::Flow;
 
@@ -90,8 +90,9 @@ fn index(f: &Flow, meta: u64) -> u32 {
 /// An odd constant with well-spread bits (2^64 / golden ratio).
 const HASH_MUL: u64 = 0x9E37_79B9_7F4A_7C15;
 
-/// Whether this CPU's cache passes the flow's packet at the hook of direction `dir`: it
-/// returns the reason (`ESTABLISHED` or `REPLY`) `CT` gave at the fill. Everything is
+/// Whether this CPU's cache passes the flow's packet at the hook of direction `dir`: the
+/// reason `CT` gave at the fill, as its `_CACHED` twin (`ESTABLISHED_CACHED`, `REPLY_CACHED`:
+/// the same verdict and name, counted apart so the agent can tell the cache's share). Everything is
 /// recomputed from `f` (cheap ALU work) rather than kept across the `CT` lookup, which would
 /// spill it to the stack on every miss.
 #[inline(always)]
@@ -107,9 +108,9 @@ pub fn get(f: &Flow, dir: u8, generation: u64) -> Option<u8> {
         return None;
     }
     if dir == e.origin {
-        Some(netward_common::reason::ESTABLISHED)
+        Some(reason::ESTABLISHED_CACHED)
     } else if e.reply_seen != 0 {
-        Some(netward_common::reason::REPLY)
+        Some(reason::REPLY_CACHED)
     } else {
         None
     }

@@ -5,8 +5,8 @@
 //! from a client pod to a server pod under:
 //! * no program (the lab without its daemon), measured first and last;
 //! * netward with 0 rules and with N ingress rules on the server (N ipBlock /32 peers that
-//!   never match, then the rule that admits the client), and with the largest N again with
-//!   the per-CPU flow cache off (`--flow-cache-slots 0`);
+//!   never match, then the rule that admits the client), and with the largest N again under
+//!   a restarted daemon, with the per-CPU flow cache off (`--flow-cache-slots 0`) and on;
 //! * the equivalent iptables ruleset in the FORWARD path: linear rules (conntrack
 //!   ESTABLISHED accept, N source rules, the client rule, drop), and ipset-based as
 //!   kube-router does (one hash:net set holding the N sources and the client).
@@ -275,13 +275,15 @@ fn one_round(
         }
         measure(format!("netward, {n} rules"))?;
     }
-    // The largest Plan again, with the flow cache off: what the cache changes on real traffic.
-    // The Plan stays pinned and in force while the daemon is replaced.
+    // The largest Plan again, with the flow cache off and on, each under a daemon started
+    // afresh over the pinned Plan (which stays in force): the two differ only in the cache.
     if let Some(n) = a.sizes.iter().max() {
-        process::stop(Role::Daemon, &lab.name, Duration::from_secs(5))?;
-        let off = ["--flow-cache-slots".to_string(), "0".to_string()];
-        process::spawn(&netward_bin(), Role::Daemon, &lab.name, &off)?;
-        measure(format!("netward, {n} rules, no flow cache"))?;
+        for (label, slots) in [("flow cache off", "0"), ("flow cache on", "4096")] {
+            process::stop(Role::Daemon, &lab.name, Duration::from_secs(5))?;
+            let args = ["--flow-cache-slots".to_string(), slots.to_string()];
+            process::spawn(&netward_bin(), Role::Daemon, &lab.name, &args)?;
+            measure(format!("netward, {n} rules, restarted, {label}"))?;
+        }
     }
     // Back to no program: stop the daemon and unpin (the links detach).
     process::stop(Role::Daemon, &lab.name, Duration::from_secs(5))?;

@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use anyhow::{Context, Result};
 use aya::maps::{MapData, PerCpuArray};
 use netward_common::{
-    counter_index, reason, COUNTER_CT_PASSES, COUNTER_EVENTS_LOST, COUNTER_EVENTS_RATE_LIMITED,
-    COUNTER_EVENTS_SENT, DIR_EGRESS, DIR_INGRESS,
+    counter_index, reason, COUNTER_EVENTS_LOST, COUNTER_EVENTS_RATE_LIMITED, COUNTER_EVENTS_SENT,
+    DIR_EGRESS, DIR_INGRESS,
 };
 use serde::Serialize;
 
@@ -68,7 +68,8 @@ impl Counters {
         } else {
             &mut self.ingress_by_reason
         };
-        m.insert(name, n);
+        // (Two codes share a name: `ESTABLISHED` and `ESTABLISHED_CACHED`, ...)
+        *m.entry(name).or_default() += n;
     }
 }
 
@@ -78,9 +79,6 @@ impl Datapath {
         let map = self.bpf.map("COUNTERS").context("COUNTERS missing")?;
         let arr: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(map)?;
         let get = |i: u32| -> Result<u64> { Ok(arr.get(&i, 0)?.iter().sum()) };
-        // Read before the reasons, so that hits (tracked-flow packets minus those conntrack
-        // passed) are never below zero.
-        let ct_passes = get(COUNTER_CT_PASSES)?;
         let mut c = Counters {
             events_sent: get(COUNTER_EVENTS_SENT)?,
             events_rate_limited: get(COUNTER_EVENTS_RATE_LIMITED)?,
@@ -90,11 +88,13 @@ impl Datapath {
         };
         for dir in [DIR_INGRESS, DIR_EGRESS] {
             for r in 0..reason::COUNT {
-                c.add(dir, r, get(counter_index(dir, r))?);
+                let n = get(counter_index(dir, r))?;
+                if r == reason::ESTABLISHED_CACHED || r == reason::REPLY_CACHED {
+                    c.flow_cache_hits += n;
+                }
+                c.add(dir, r, n);
             }
         }
-        let tracked = c.reason(reason::ESTABLISHED) + c.reason(reason::REPLY);
-        c.flow_cache_hits = tracked.saturating_sub(ct_passes);
         Ok(c)
     }
 }
@@ -110,7 +110,12 @@ mod tests {
         c.add(DIR_EGRESS, reason::POLICY_DENY, 2);
         c.add(DIR_EGRESS, reason::ESTABLISHED, 7);
         c.add(DIR_INGRESS, reason::NON_IP, 0);
-        assert_eq!((c.allowed, c.denied), (7, 5));
+        c.add(DIR_EGRESS, reason::ESTABLISHED_CACHED, 5);
+        c.add(DIR_EGRESS, reason::REPLY_CACHED, 1);
+        c.add(DIR_EGRESS, reason::REPLY, 2);
+        assert_eq!((c.allowed, c.denied), (15, 5));
+        assert_eq!(c.reason_dir(DIR_EGRESS, reason::ESTABLISHED), 12);
+        assert_eq!(c.reason_dir(DIR_EGRESS, reason::REPLY), 3);
         assert_eq!(c.reason(reason::POLICY_DENY), 5);
         assert_eq!(c.reason_dir(DIR_INGRESS, reason::POLICY_DENY), 3);
         assert_eq!(c.reason_dir(DIR_EGRESS, reason::POLICY_DENY), 2);
