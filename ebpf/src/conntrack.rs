@@ -202,7 +202,6 @@ pub fn create(f: &Flow, dir: u8, d: &Decision, tcp_flags: u8, generation: u64, f
         flags,
     };
     let _ = CT.insert(key(f), v, 0);
-    flowcache::clear(f);
 }
 
 /// Whether an ICMP error about `inner` (the offending packet as it was sent) relates to a
