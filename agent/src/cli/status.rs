@@ -254,4 +254,23 @@ mod tests {
         assert_eq!(row("policy_deny"), ["3", "1"]);
         assert_eq!(row("reply"), ["0", "7"]);
     }
+
+    #[test]
+    fn the_flow_cache_share_is_of_tracked_flow_packets() {
+        let mut s = Status::default();
+        s.counters
+            .by_reason
+            .insert("ingress/established".into(), 12);
+        s.counters.by_reason.insert("egress/reply".into(), 4);
+        s.counters.by_reason.insert("egress/policy_deny".into(), 9);
+        s.counters.flow_cache_hits = 12;
+        let out = render(&s);
+        assert!(
+            out.contains("Flow cache:  12 of 16 packets of tracked flows (75.0%)"),
+            "{out}"
+        );
+        // Nothing tracked yet: no line.
+        s.counters.by_reason.clear();
+        assert!(!render(&s).contains("Flow cache"));
+    }
 }
