@@ -6,7 +6,8 @@
 //! * no program (the lab without its daemon), measured first and last;
 //! * netward with 0 rules and with N ingress rules on the server (N ipBlock /32 peers that
 //!   never match, then the rule that admits the client), and with the largest N again under
-//!   a restarted daemon, with the per-CPU flow cache off (`--flow-cache-slots 0`) and on;
+//!   a restarted daemon, with the per-CPU flow cache off (`--flow-cache-slots 0`) and on,
+//!   and with `--baseline-netward PATH` under that build's daemon (an older release);
 //! * the equivalent iptables ruleset in the FORWARD path: linear rules (conntrack
 //!   ESTABLISHED accept, N source rules, the client rule, drop), and ipset-based as
 //!   kube-router does (one hash:net set holding the N sources and the client).
@@ -18,6 +19,7 @@
 //! their own, reached only for packets to the server's veth, and are removed afterwards.
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -38,6 +40,8 @@ struct Args {
     conn_seconds: u64,
     sizes: Vec<usize>,
     rounds: u32,
+    /// Another build's `netward` whose daemon also runs the largest Plan.
+    baseline: Option<PathBuf>,
 }
 
 fn args() -> Result<Args> {
@@ -46,6 +50,7 @@ fn args() -> Result<Args> {
         conn_seconds: 3,
         sizes: vec![1_000, 10_000],
         rounds: 3,
+        baseline: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -61,6 +66,15 @@ fn args() -> Result<Args> {
                     .collect::<Result<_, _>>()?
             }
             "--rounds" => a.rounds = it.next().context("--rounds N")?.parse()?,
+            "--baseline-netward" => {
+                let p = PathBuf::from(it.next().context("--baseline-netward PATH")?);
+                anyhow::ensure!(
+                    p.is_file(),
+                    "--baseline-netward {}: no such file",
+                    p.display()
+                );
+                a.baseline = Some(p);
+            }
             "--bench" => {}
             other => bail!("unknown argument {other}"),
         }
@@ -283,6 +297,13 @@ fn one_round(
             let args = ["--flow-cache-slots".to_string(), slots.to_string()];
             process::spawn(&netward_bin(), Role::Daemon, &lab.name, &args)?;
             measure(format!("netward, {n} rules, restarted, {label}"))?;
+        }
+        if let Some(old) = &a.baseline {
+            // Its daemon takes over the pinned maps and links as in a downgrade; the next
+            // round's daemon (this build) takes them back as in an upgrade.
+            process::stop(Role::Daemon, &lab.name, Duration::from_secs(5))?;
+            process::spawn(old, Role::Daemon, &lab.name, &[])?;
+            measure(format!("netward, {n} rules, restarted, baseline build"))?;
         }
     }
     // Back to no program: stop the daemon and unpin (the links detach).

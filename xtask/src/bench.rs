@@ -41,6 +41,10 @@ pub struct LabArgs {
     /// Rounds of the whole sequence; ratios are taken within a round, then the median.
     #[arg(long, default_value_t = 3)]
     rounds: u32,
+    /// Another build's `netward` (e.g. the last release) to run the largest Plan under too,
+    /// side by side: its daemon takes over the same pinned maps and links, as in an upgrade.
+    #[arg(long)]
+    baseline_netward: Option<std::path::PathBuf>,
 }
 
 #[derive(Args)]
@@ -124,7 +128,12 @@ pub fn run(which: Bench) -> Result<()> {
                 .args(["--seconds", &a.seconds.to_string()])
                 .args(["--conn-seconds", &a.conn_seconds.to_string()])
                 .args(["--sizes", &a.sizes])
-                .args(["--rounds", &a.rounds.to_string()]),
+                .args(["--rounds", &a.rounds.to_string()])
+                .args(
+                    a.baseline_netward
+                        .iter()
+                        .flat_map(|p| [std::ffi::OsStr::new("--baseline-netward"), p.as_os_str()]),
+                ),
         ),
     }
 }
