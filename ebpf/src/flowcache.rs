@@ -109,7 +109,12 @@ pub fn get(f: &Flow, dir: u8, generation: u64) -> Option<u8> {
     let e = unsafe { &*FLOW_CACHE.get_ptr(index(f, meta))? };
     // (An empty entry has jiffies 0, and jiffies64 starts near 2^32: always too old.)
     let age = unsafe { bpf_jiffies64() }.wrapping_sub(e.jiffies);
-    if !holds(e, f, meta) || e.generation != generation || age >= window() {
+    // Age and generation first: an empty or stale slot (what a new flow usually meets) is
+    // told after two loads, before the five of the flow compare.
+    if age >= window() || e.generation != generation {
+        return None;
+    }
+    if !holds(e, f, meta) {
         return None;
     }
     if dir == e.origin {
