@@ -8,8 +8,8 @@ use aya::maps::MapInfo;
 use aya::programs::SchedClassifier;
 use aya::{Ebpf, EbpfLoader};
 use netward_common::{
-    AddrKey, Config, CtKey, CtValue, EndpointValue, FragKey, FragValue, HostKey, IpcacheKey,
-    IpcacheValue, PolicyHashKey, PolicyValue, RateState, ServiceKey, ServicePolicyKey,
+    AddrKey, Config, CtFlowKey, CtKey, CtValue, EndpointValue, FragKey, FragValue, HostKey,
+    IpcacheKey, IpcacheValue, PolicyHashKey, PolicyValue, RateState, ServiceKey, ServicePolicyKey,
     ServiceValue, Tagged, COUNTER_COUNT,
 };
 
@@ -22,55 +22,98 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ne
 pub(crate) const PROG_EGRESS: &str = "netward_egress";
 pub(crate) const PROG_INGRESS: &str = "netward_ingress";
 
-/// Map names and their (key size, value size), checked against pinned maps left by an
-/// earlier agent: a layout change must not silently reuse an incompatible map.
-const MAP_LAYOUTS: &[(&str, usize, usize)] = &[
-    ("CONFIG", 4, size_of::<Config>()),
-    (
+/// A map the loader checks or sizes.
+struct MapSpec {
+    name: &'static str,
+    /// (key size, value size), checked against a map pinned by an earlier agent so that a
+    /// layout change never silently reuses an incompatible map. None: not checked (the ring
+    /// buffer; maps that are not pinned; the older builds' maps only a benchmark's baseline
+    /// object has).
+    layout: Option<(usize, usize)>,
+    /// Capacity from the configuration; None: the object's own.
+    capacity: Option<fn(&DatapathConfig) -> u32>,
+}
+
+const fn map(
+    name: &'static str,
+    layout: Option<(usize, usize)>,
+    capacity: Option<fn(&DatapathConfig) -> u32>,
+) -> MapSpec {
+    MapSpec {
+        name,
+        layout,
+        capacity,
+    }
+}
+
+/// Every map of the object (and of the older objects an upgrade or a benchmark meets) that
+/// the loader checks or sizes: one table, so a map is named once.
+const MAPS: &[MapSpec] = &[
+    map("CONFIG", Some((4, size_of::<Config>())), None),
+    map(
         "IPCACHE",
-        size_of::<IpcacheKey>(),
-        size_of::<IpcacheValue>(),
+        Some((size_of::<IpcacheKey>(), size_of::<IpcacheValue>())),
+        Some(|c| c.ipcache_max),
     ),
-    (
-        "POLICY_HASH",
-        size_of::<PolicyHashKey>(),
-        size_of::<PolicyValue>(),
-    ),
-    (
-        "ENDPOINTS",
-        size_of::<HostKey>(),
-        size_of::<EndpointValue>(),
-    ),
-    ("ADDRS", size_of::<HostKey>(), size_of::<IpcacheValue>()),
-    (
-        "LOCAL_ADDRS",
-        size_of::<AddrKey>(),
-        size_of::<Tagged<EndpointValue>>(),
-    ),
-    (
+    map(
         "HOST_ADDRS",
-        size_of::<AddrKey>(),
-        size_of::<Tagged<IpcacheValue>>(),
+        Some((size_of::<AddrKey>(), size_of::<Tagged<IpcacheValue>>())),
+        Some(|c| c.ipcache_max),
     ),
-    ("CONNTRACK", size_of::<CtKey>(), size_of::<CtValue>()),
-    ("FRAGS", size_of::<FragKey>(), size_of::<FragValue>()),
-    ("COUNTERS", 4, 8),
-    ("RATELIMIT", 4, size_of::<RateState>()),
-    (
-        "SERVICES",
-        size_of::<ServiceKey>(),
-        size_of::<ServiceValue>(),
+    map(
+        "LOCAL_ADDRS",
+        Some((size_of::<AddrKey>(), size_of::<Tagged<EndpointValue>>())),
+        Some(|c| c.endpoints_max),
     ),
-    (
-        "SERVICE_POLICY",
-        size_of::<ServicePolicyKey>(),
-        size_of::<PolicyValue>(),
+    map(
+        "POLICY_HASH",
+        Some((size_of::<PolicyHashKey>(), size_of::<PolicyValue>())),
+        Some(|c| c.policy_max),
     ),
-    // CONNTRACK above is the older agents' map (migrated into CT, see ct_migrate).
-    (
+    // ADDRS, ENDPOINTS: the previous build's address tables (upgrade, benchmark baseline).
+    map(
+        "ADDRS",
+        Some((size_of::<HostKey>(), size_of::<IpcacheValue>())),
+        Some(|c| c.ipcache_max),
+    ),
+    map(
+        "ENDPOINTS",
+        Some((size_of::<HostKey>(), size_of::<EndpointValue>())),
+        Some(|c| c.endpoints_max),
+    ),
+    // HOSTS and POLICY: the maps of builds before the hash tables (a benchmark baseline).
+    map("HOSTS", None, Some(|c| c.ipcache_max)),
+    map("POLICY", None, Some(|c| c.policy_max)),
+    map(
         "CT",
-        size_of::<netward_common::CtFlowKey>(),
-        size_of::<CtValue>(),
+        Some((size_of::<CtFlowKey>(), size_of::<CtValue>())),
+        Some(|c| c.conntrack_max),
+    ),
+    // CONNTRACK: the older agents' conntrack (migrated into CT, see ct_migrate).
+    map(
+        "CONNTRACK",
+        Some((size_of::<CtKey>(), size_of::<CtValue>())),
+        Some(|c| c.conntrack_max),
+    ),
+    // Per CPU, not pinned.
+    map("FLOW_CACHE", None, Some(|c| c.flow_cache_slots.max(1))),
+    map(
+        "FRAGS",
+        Some((size_of::<FragKey>(), size_of::<FragValue>())),
+        Some(|c| c.frags_max),
+    ),
+    map("EVENTS", None, Some(|c| c.events_ring_bytes)),
+    map("COUNTERS", Some((4, 8)), None),
+    map("RATELIMIT", Some((4, size_of::<RateState>())), None),
+    map(
+        "SERVICES",
+        Some((size_of::<ServiceKey>(), size_of::<ServiceValue>())),
+        Some(|c| c.services_max),
+    ),
+    map(
+        "SERVICE_POLICY",
+        Some((size_of::<ServicePolicyKey>(), size_of::<PolicyValue>())),
+        Some(|c| c.service_policy_max),
     ),
 ];
 
@@ -162,26 +205,14 @@ pub(crate) fn load_object(cfg: &DatapathConfig, object: &[u8]) -> Result<Ebpf> {
     ensure_bpffs(&cfg.bpffs_dir)?;
     replace_stale_stats_maps(&cfg.bpffs_dir)?;
     check_pinned_layouts(&cfg.bpffs_dir)?;
-    let mut bpf = EbpfLoader::new()
-        .default_map_pin_directory(&cfg.bpffs_dir)
-        .map_max_entries("IPCACHE", cfg.ipcache_max)
-        .map_max_entries("HOST_ADDRS", cfg.ipcache_max)
-        .map_max_entries("LOCAL_ADDRS", cfg.endpoints_max)
-        // ADDRS, ENDPOINTS: the previous build's address tables (a benchmark baseline).
-        .map_max_entries("ADDRS", cfg.ipcache_max)
-        // HOSTS and POLICY: the maps of builds before the hash tables (a benchmark baseline).
-        .map_max_entries("HOSTS", cfg.ipcache_max)
-        .map_max_entries("POLICY_HASH", cfg.policy_max)
-        .map_max_entries("ENDPOINTS", cfg.endpoints_max)
-        .map_max_entries("POLICY", cfg.policy_max)
-        .map_max_entries("CONNTRACK", cfg.conntrack_max)
-        .map_max_entries("FRAGS", cfg.frags_max)
-        .map_max_entries("EVENTS", cfg.events_ring_bytes)
-        .map_max_entries("SERVICES", cfg.services_max)
-        .map_max_entries("SERVICE_POLICY", cfg.service_policy_max)
-        // (CONNTRACK above: an older object benchmarked side by side.)
-        .map_max_entries("CT", cfg.conntrack_max)
-        .map_max_entries("FLOW_CACHE", slots.max(1))
+    let mut loader = EbpfLoader::new();
+    loader.default_map_pin_directory(&cfg.bpffs_dir);
+    for m in MAPS {
+        if let Some(capacity) = m.capacity {
+            loader.map_max_entries(m.name, capacity(cfg));
+        }
+    }
+    let mut bpf = loader
         // Read-only data: the verifier sees constants (the cache code goes when it is off).
         // Not required: an older object (a benchmark baseline) has no flow cache.
         .override_global("FLOW_CACHE_SLOTS", &slots, false)
@@ -224,14 +255,17 @@ fn replace_stale_stats_maps(dir: &Path) -> Result<()> {
 }
 
 fn check_pinned_layouts(dir: &Path) -> Result<()> {
-    for (name, key, value) in MAP_LAYOUTS {
-        let path = dir.join(name);
+    for m in MAPS {
+        let Some((key, value)) = m.layout else {
+            continue;
+        };
+        let path = dir.join(m.name);
         if !path.exists() {
             continue;
         }
         let info = MapInfo::from_pin(&path)
             .with_context(|| format!("open pinned map {}", path.display()))?;
-        if info.key_size() as usize != *key || info.value_size() as usize != *value {
+        if info.key_size() as usize != key || info.value_size() as usize != value {
             bail!(
                 "pinned map {} has key/value sizes {}/{}, this agent expects {key}/{value}: \
                  remove the pins (netward datapath reset) to recreate it",
@@ -250,4 +284,18 @@ pub(crate) fn remove_pins(dir: &Path) -> Result<()> {
         fs::remove_dir_all(dir).with_context(|| format!("remove {}", dir.display()))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod map_table_tests {
+    use super::*;
+
+    #[test]
+    fn each_map_is_named_once() {
+        let mut names: Vec<&str> = MAPS.iter().map(|m| m.name).collect();
+        names.sort_unstable();
+        let before = names.len();
+        names.dedup();
+        assert_eq!(names.len(), before, "a map is listed twice in MAPS");
+    }
 }
