@@ -316,7 +316,8 @@ impl HostKey {
     }
 }
 
-/// Odd multiplier of [`addr_tag`] (a bijection on 64-bit words).
+/// Odd multiplier with well-spread bits (2^64 / golden ratio), a bijection on 64-bit words:
+/// [`addr_tag`]'s and the datapath's flow cache hash.
 pub const TAG_MUL: u64 = 0x9e37_79b9_7f4a_7c15;
 
 /// A 32-bit digest of an address's two native-endian 64-bit words `(a0, a1)`:
@@ -325,6 +326,7 @@ pub const TAG_MUL: u64 = 0x9e37_79b9_7f4a_7c15;
 /// structured numbering (words that differ by the same bits) does not collide the way a plain
 /// XOR of the words would. Computed the same way by the agent (from bytes) and the datapath
 /// (from the two words it parses into), see [`tag_words`].
+#[inline(always)]
 pub const fn addr_tag(addr: &[u8; 16]) -> u32 {
     let [a0, a1] = addr_words(addr);
     tag_words(a0, a1)
@@ -381,6 +383,7 @@ pub struct AddrKey {
 }
 
 impl AddrKey {
+    #[inline(always)]
     pub const fn new(slot: u8, family: u8, addr: &[u8; 16]) -> Self {
         AddrKey {
             slot,
@@ -647,7 +650,8 @@ pub const FLOW_CACHE_DEFAULT_SLOTS: u32 = 4096;
 /// kernel's HZ (100 to 1000).
 pub const FLOW_CACHE_WINDOW_JIFFIES: u64 = 100;
 
-/// Conntrack lifetimes, refreshed on every packet (the LRU evicts earlier under pressure).
+/// Conntrack lifetimes, refreshed by every packet that reads the entry (the flow cache sends a
+/// busy flow there about once a second per CPU; the LRU evicts earlier under pressure).
 pub const CT_TIMEOUT_TCP_S: u64 = 6 * 3600;
 pub const CT_TIMEOUT_OTHER_S: u64 = 60;
 pub const CT_TIMEOUT_CLOSING_S: u64 = 10;

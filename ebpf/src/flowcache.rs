@@ -23,7 +23,7 @@
 //! empty. `CT` stays the flow's state: the cache only saves re-reading it every packet, and
 //! refreshing it at most once a window keeps the lifetimes of seconds exact to a second.
 use aya_ebpf::{helpers::bpf_jiffies64, macros::map, maps::PerCpuArray};
-use netward_common::{reason, FLOW_CACHE_DEFAULT_SLOTS, FLOW_CACHE_WINDOW_JIFFIES};
+use netward_common::{reason, FLOW_CACHE_DEFAULT_SLOTS, FLOW_CACHE_WINDOW_JIFFIES, TAG_MUL};
 
 use crate::conntrack::Flow;
 
@@ -88,18 +88,15 @@ fn holds(e: &Entry, f: &Flow, meta: u64) -> bool {
 /// the multiplicand), two rounds so both addresses and the ports count.
 #[inline(always)]
 fn index(f: &Flow, meta: u64) -> u32 {
-    let x = (f.local[0] ^ f.local[1]).wrapping_mul(HASH_MUL) ^ f.remote[0] ^ f.remote[1] ^ meta;
-    (x.wrapping_mul(HASH_MUL) >> 32) as u32 & slots().wrapping_sub(1)
+    let x = (f.local[0] ^ f.local[1]).wrapping_mul(TAG_MUL) ^ f.remote[0] ^ f.remote[1] ^ meta;
+    (x.wrapping_mul(TAG_MUL) >> 32) as u32 & slots().wrapping_sub(1)
 }
-
-/// An odd constant with well-spread bits (2^64 / golden ratio).
-const HASH_MUL: u64 = 0x9E37_79B9_7F4A_7C15;
 
 /// Whether this CPU's cache passes the flow's packet at the hook of direction `dir`: the
 /// reason `CT` gave at the fill, as its `_CACHED` twin (`ESTABLISHED_CACHED`, `REPLY_CACHED`:
-/// the same verdict and name, counted apart so the agent can tell the cache's share). Everything is
-/// recomputed from `f` (cheap ALU work) rather than kept across the `CT` lookup, which would
-/// spill it to the stack on every miss.
+/// the same verdict and name, counted apart so the agent can tell the cache's share).
+/// Everything is recomputed from `f` (cheap ALU work) rather than kept across the `CT`
+/// lookup, which would spill it to the stack on every miss.
 #[inline(always)]
 pub fn get(f: &Flow, dir: u8, generation: u64) -> Option<u8> {
     if slots() == 0 {

@@ -3,8 +3,8 @@
 //!
 //! Per packet (one module per concern, like Cilium's bpf/lib):
 //! [`parse`] -> `CONFIG` (live slot, generation) -> [`flowcache`] (this CPU's copy of recent
-//! conntrack verdicts) -> [`conntrack`] (established, reply, related) -> [`policy`] (ipcache + policy LPM, constant number of lookups) -> [`counters`],
-//! [`events`].
+//! conntrack verdicts) -> [`conntrack`] (established, reply, related) -> [`policy`] (ipcache +
+//! policy LPM, constant number of lookups) -> [`counters`], [`events`].
 //!
 //! Verdicts for traffic NetworkPolicy leaves undefined (also in DATAPATH.md of the report):
 //! * non-IP (ARP, LLDP, ...) passes: policies are about IP traffic, and pods need ARP;

@@ -18,10 +18,10 @@
 //!   for the Service's endpoints by [`crate::service::check`].
 use aya_ebpf::maps::lpm_trie::Key;
 use netward_common::{
-    addr_words, policy_bit_len, reason, tag_words, AddrKey, EndpointValue, IpcacheKey,
-    IpcacheValue, PolicyHashKey, PolicyLens, PolicyValue, ANY_PEER, CFG_FAIL_CLOSED_UNKNOWN,
-    DIR_EGRESS, DIR_INGRESS, EP_ISOLATED_EGRESS, EP_ISOLATED_INGRESS, EP_LOCAL, EP_SERVICE,
-    FAMILY_V4, IPCACHE_HEADER_BITS, POLICY_LEN_BITS,
+    addr_words, policy_bit_len, reason, AddrKey, EndpointValue, IpcacheKey, IpcacheValue,
+    PolicyHashKey, PolicyLens, PolicyValue, ANY_PEER, CFG_FAIL_CLOSED_UNKNOWN, DIR_EGRESS,
+    DIR_INGRESS, EP_ISOLATED_EGRESS, EP_ISOLATED_INGRESS, EP_LOCAL, EP_SERVICE, FAMILY_V4,
+    IPCACHE_HEADER_BITS, POLICY_LEN_BITS,
 };
 
 use crate::maps::{HOST_ADDRS, IPCACHE, LOCAL_ADDRS, POLICY_HASH, PROBE_KEY};
@@ -45,18 +45,6 @@ impl Decision {
     }
 }
 
-/// The `LOCAL_ADDRS` / `HOST_ADDRS` key of an address (an IPv6 tag is a digest, see `AddrKey`).
-#[inline(always)]
-fn addr_key(slot: u8, family: u8, addr: &[u8; 16]) -> AddrKey {
-    let w = addr_words(addr);
-    AddrKey {
-        slot,
-        family,
-        _pad: 0,
-        tag: tag_words(w[0], w[1]),
-    }
-}
-
 /// Whether a value found under an address's key is for that very address.
 #[inline(always)]
 fn same_addr(stored: &[u8; 16], addr: &[u8; 16]) -> bool {
@@ -68,7 +56,7 @@ fn same_addr(stored: &[u8; 16], addr: &[u8; 16]) -> bool {
 #[inline(always)]
 fn ipcache_get(slot: u8, family: u8, addr: &[u8; 16]) -> Option<IpcacheValue> {
     // SAFETY: copied out at once; map values are plain integers.
-    if let Some(t) = unsafe { HOST_ADDRS.get(&addr_key(slot, family, addr)) } {
+    if let Some(t) = unsafe { HOST_ADDRS.get(&AddrKey::new(slot, family, addr)) } {
         if same_addr(&t.addr, addr) {
             return Some(t.v);
         }
@@ -82,7 +70,7 @@ fn ipcache_get(slot: u8, family: u8, addr: &[u8; 16]) -> Option<IpcacheValue> {
 #[inline(always)]
 fn endpoint_get(slot: u8, family: u8, addr: &[u8; 16]) -> Option<EndpointValue> {
     // SAFETY: copied out at once; map values are plain integers.
-    if let Some(t) = unsafe { LOCAL_ADDRS.get(&addr_key(slot, family, addr)) } {
+    if let Some(t) = unsafe { LOCAL_ADDRS.get(&AddrKey::new(slot, family, addr)) } {
         if same_addr(&t.addr, addr) {
             return Some(t.v);
         }
