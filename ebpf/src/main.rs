@@ -78,7 +78,7 @@ fn enforce(ctx: &TcContext, dir: u8) -> i32 {
     } else {
         PARSE_MAX
     };
-    if ((ctx.data_end() - ctx.data()) as u32) < want {
+    if ((ctx.data_end() - ctx.data()) as u32) < want && !parse::headers_linear(ctx) {
         let _ = ctx.pull_data(want);
     }
     let r = decide(ctx, dir);

@@ -3,7 +3,8 @@
 //! ICMP/ICMPv6 (echo identifier, and the embedded tuple of error messages).
 //!
 //! Direct packet access with explicit bounds checks (the verifier proves them); the caller
-//! pulls enough of a non-linear skb first. Outcomes never let a packet pass as something it
+//! pulls enough of a non-linear skb first (only when [`headers_linear`] says the headers are
+//! not all in the linear area). Outcomes never let a packet pass as something it
 //! is not:
 //! * not IP -> [`Parsed::NonIp`];
 //! * an IP header that is truncated or inconsistent -> [`Parsed::Malformed`] (addresses are
@@ -155,6 +156,39 @@ fn u8_at(ctx: &TcContext, off: usize) -> Option<u8> {
 #[inline(always)]
 fn be16_at(ctx: &TcContext, off: usize) -> Option<u16> {
     ptr_at::<[u8; 2]>(ctx, off).map(|p| u16::from_be_bytes(unsafe { *p }))
+}
+
+/// Whether the linear area already holds everything [`parse`] reads of this packet: the
+/// common untagged IPv4/IPv6 (no extension headers) TCP/UDP/SCTP packet needs its headers
+/// only. A data segment's payload usually sits in page fragments, and pulling it in would
+/// copy, for TCP's transmit clones a whole new head: per packet, for nothing. Anything
+/// else (tags, extension headers, ICMP errors) says no and is pulled as before.
+#[inline(always)]
+pub fn headers_linear(ctx: &TcContext) -> bool {
+    let (l4, proto) = match be16_at(ctx, 12) {
+        Some(ETH_P_IP) => {
+            let Some(hdr) = ptr_at::<[u8; 2]>(ctx, ETH_HLEN + 8) else {
+                return false;
+            };
+            let Some(vihl) = u8_at(ctx, ETH_HLEN) else {
+                return false;
+            };
+            let hdr = unsafe { *hdr };
+            (ETH_HLEN + ((vihl & 0x0f) as usize) * 4, hdr[1])
+        }
+        Some(ETH_P_IPV6) => match u8_at(ctx, ETH_HLEN + 6) {
+            Some(nh) => (ETH_HLEN + 40, nh),
+            None => return false,
+        },
+        _ => return false,
+    };
+    let min = match proto {
+        PROTO_TCP => 20,
+        PROTO_UDP => 8,
+        PROTO_SCTP => 12,
+        _ => return false,
+    };
+    ptr_at::<u8>(ctx, l4 + min - 1).is_some()
 }
 
 /// Parse the packet in `ctx`.
