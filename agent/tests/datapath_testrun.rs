@@ -1592,6 +1592,58 @@ fn pin_to_this_cpu() {
     }
 }
 
+/// Every conntrack entry, read through the pin.
+fn conntrack_entries(cfg: &DatapathConfig) -> Vec<(CtFlowKey, CtValue)> {
+    let data = aya::maps::MapData::from_pin(cfg.bpffs_dir.join("CT")).unwrap();
+    let ct: aya::maps::HashMap<_, CtFlowKey, CtValue> =
+        aya::maps::HashMap::try_from(aya::maps::Map::from_map_data(data).unwrap()).unwrap();
+    ct.iter().map(|e| e.unwrap()).collect()
+}
+
+/// The kernel's coarse monotonic clock (what the programs stamp lifetimes with), in ns.
+fn coarse_now_ns() -> u64 {
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    assert_eq!(
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) },
+        0
+    );
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// A busy client reuses a 5-tuple while the closed flow's entry is still in its closing
+/// lifetime: the allowed SYN overwrites that entry (one entry, the new flow's state: not
+/// closing, no reply seen yet, the TCP lifetime), and the new flow's reply passes.
+#[test]
+fn a_reused_tuple_overwrites_its_closing_entry() {
+    let syn = frame(C4, A4, tcp(42100, 80));
+    let ack = frame(C4, A4, tcp_ack(42100, 80));
+    let reply = frame(A4, C4, tcp_ack(80, 42100));
+    let mut fin = ack.clone();
+    fin[14 + 20 + 13] |= 0x01; // TCP flags of an IPv4 frame without options
+    let cfg = test_config("reuse");
+    let dp = setup_with(cfg.clone());
+    check(&dp, Ingress, &syn, true, "policy_allow");
+    check(&dp, Egress, &reply, true, "reply");
+    check(&dp, Ingress, &fin, true, "established");
+    let closing = conntrack_entries(&cfg);
+    assert_eq!(closing.len(), 1);
+    let (key, v) = closing[0];
+    assert_eq!(
+        v.flags & (CT_CLOSING | CT_SEEN_REPLY | CT_ORIGIN_EGRESS),
+        CT_CLOSING | CT_SEEN_REPLY
+    );
+    assert!(v.expires_ns <= coarse_now_ns() + (CT_TIMEOUT_CLOSING_S + 1) * 1_000_000_000);
+
+    check(&dp, Ingress, &syn, true, "policy_allow");
+    let reused = conntrack_entries(&cfg);
+    assert_eq!(reused.len(), 1, "one entry for the tuple");
+    let (k, v) = reused[0];
+    assert_eq!(k, key);
+    assert_eq!(v.flags & (CT_CLOSING | CT_SEEN_REPLY | CT_ORIGIN_EGRESS), 0);
+    assert!(v.expires_ns > coarse_now_ns() + CT_TIMEOUT_OTHER_S * 1_000_000_000);
+    check(&dp, Egress, &reply, true, "reply");
+}
+
 /// Remove every conntrack entry behind the programs' back (as an LRU eviction would).
 fn forget_conntrack(cfg: &DatapathConfig) {
     let data = aya::maps::MapData::from_pin(cfg.bpffs_dir.join("CT")).unwrap();

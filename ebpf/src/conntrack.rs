@@ -201,7 +201,15 @@ pub fn create(f: &Flow, dir: u8, d: &Decision, tcp_flags: u8, generation: u64, f
         rule: d.rule,
         flags,
     };
-    let _ = CT.insert(key(f), v, 0);
+    let k = key(f);
+    // A reused 5-tuple (a busy client's ports wrap within the closing lifetime) finds its
+    // old entry: overwritten in place, which costs a lookup where a replacing insert costs
+    // an LRU node taken and one given back.
+    if let Some(old) = CT.get_ptr_mut(&k) {
+        unsafe { *old = v };
+    } else {
+        let _ = CT.insert(&k, &v, 0);
+    }
 }
 
 /// Whether an ICMP error about `inner` (the offending packet as it was sent) relates to a

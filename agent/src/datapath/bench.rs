@@ -14,12 +14,15 @@
 //!   miss, the local endpoint (`LOCAL_ADDRS`), the peer (`HOST_ADDRS`), the policy hash probed
 //!   at the subject's prefix lengths, a rate-limited event: every lookup of a new flow except the
 //!   conntrack insert;
-//! * new flow allowed, TCP SYN (warm): an allowed SYN repeated; as a SYN skips the conntrack
-//!   lookup, every run takes the policy path and writes the conntrack entry;
-//! * new flow allowed (+ conntrack insert, cold): distinct packets, one run each (a new flow cannot
-//!   be repeated), timed by the kernel's per-program run-time statistics
-//!   (`BPF_ENABLE_STATS`), i.e. the program alone; each run follows a syscall, so caches are
-//!   colder than in the repeated paths: an upper bound;
+//! * allowed SYN, reused tuple (+ conntrack overwrite): an allowed SYN repeated; every run
+//!   takes the policy path and finds the entry the run before wrote, as a busy client's SYN
+//!   does when its ports wrap within the closing lifetime: one lookup and an overwrite in
+//!   place;
+//! * new flow allowed (+ conntrack insert, cold): distinct packets, one run each (a new flow
+//!   cannot be repeated): the policy path, a conntrack miss and the insert, timed by the
+//!   kernel's per-program run-time statistics (`BPF_ENABLE_STATS`), i.e. the program alone;
+//!   each run follows a syscall, so caches are colder than in the repeated paths: an upper
+//!   bound;
 //! * non-IP (ARP): parse the Ethernet header, count (every path bumps one per-CPU counter);
 //! * floor: `netward_floor`, a program that returns at once: what `BPF_PROG_TEST_RUN` itself
 //!   costs per run here; the other figures minus it are the program's own cost.
@@ -84,8 +87,9 @@ pub struct BenchRow {
     pub new_flow: f64,
     /// A UDP packet of no tracked flow that the policy denies: conntrack miss + policy.
     pub new_flow_udp: f64,
-    /// An allowed TCP SYN repeated: policy path + conntrack write, warm caches.
-    pub new_flow_allowed_warm: f64,
+    /// An allowed TCP SYN repeated: policy path + conntrack lookup and overwrite in place
+    /// (a reused tuple), warm caches.
+    pub new_flow_allowed_reused: f64,
     pub new_flow_allowed: f64,
     pub non_ip: f64,
     /// `netward_floor` (the test-run floor) in the same run; NaN when the object lacks it.
@@ -304,11 +308,11 @@ fn measure(
     let denied = eth_ipv4_tcp(PEER, POD, 40001, DENIED_PORT, 0x02);
     let new = dp.test_run(Direction::Ingress, &denied, opts.repeat)?;
     anyhow::ensure!(!new.pass, "denied flow passed");
-    // An allowed SYN, repeated: each run takes the policy path and writes the conntrack entry
-    // (a SYN skips the lookup, so the repeats are new flows, warm).
+    // An allowed SYN, repeated: each run takes the policy path and overwrites the entry the
+    // run before wrote (a reused tuple).
     let allowed_syn = eth_ipv4_tcp(PEER, POD, 40002, ALLOWED_PORT, 0x02);
-    let allowed_warm = dp.test_run(Direction::Ingress, &allowed_syn, opts.repeat)?;
-    anyhow::ensure!(allowed_warm.pass, "allowed SYN denied");
+    let allowed_reused = dp.test_run(Direction::Ingress, &allowed_syn, opts.repeat)?;
+    anyhow::ensure!(allowed_reused.pass, "allowed SYN denied");
     let udp = eth_ipv4_udp(PEER, POD, 40001, DENIED_PORT);
     let new_udp = dp.test_run(Direction::Ingress, &udp, opts.repeat)?;
     anyhow::ensure!(!new_udp.pass, "denied UDP flow passed");
@@ -345,7 +349,7 @@ fn measure(
         reply: reply.ns_per_run as f64,
         new_flow: new.ns_per_run as f64,
         new_flow_udp: new_udp.ns_per_run as f64,
-        new_flow_allowed_warm: allowed_warm.ns_per_run as f64,
+        new_flow_allowed_reused: allowed_reused.ns_per_run as f64,
         new_flow_allowed: new_allowed,
         non_ip: non_ip.ns_per_run as f64,
         floor,
@@ -356,7 +360,7 @@ fn measure(
 pub fn table(rows: &[BenchRow], repeat: u32) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "BPF_PROG_TEST_RUN, ns per packet (repeat {repeat}; allowed new flows: one run each, kernel run-time stats)\n");
-    let _ = writeln!(s, "| build | policy entries | established | reply | new flow, TCP SYN (policy path) | new flow, UDP (ct miss + policy path) | new flow allowed, TCP SYN (+ct write, warm) | new flow allowed (+ct insert, cold) | non-IP | test-run floor |");
+    let _ = writeln!(s, "| build | policy entries | established | reply | new flow, TCP SYN (policy path) | new flow, UDP (ct miss + policy path) | allowed SYN, reused tuple (+ct overwrite) | new flow allowed (+ct insert, cold) | non-IP | test-run floor |");
     let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in rows {
         let _ = writeln!(
@@ -368,7 +372,7 @@ pub fn table(rows: &[BenchRow], repeat: u32) -> String {
             r.reply,
             r.new_flow,
             r.new_flow_udp,
-            r.new_flow_allowed_warm,
+            r.new_flow_allowed_reused,
             r.new_flow_allowed,
             r.non_ip,
             r.floor
