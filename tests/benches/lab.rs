@@ -12,6 +12,9 @@
 //!   ESTABLISHED accept, N source rules, the client rule, drop), and ipset-based as
 //!   kube-router does (one hash:net set holding the N sources and the client).
 //!
+//! For each netward configuration, one more second of connections runs with the kernel's BPF
+//! run-time statistics on: the programs' own time per connection, free of the rate's noise.
+//!
 //! The lab's `netward` (daemon, servers) is a `--release` build ([`use_release_binary`]).
 //! The whole sequence runs `--rounds` times (default 3). Within a round, ratios are to the
 //! mean of its two no-program runs, so drift between rounds cancels; the table gives each
@@ -142,6 +145,31 @@ fn conn_rate(pod: &LabPod, secs: u64) -> Result<f64> {
     Ok(n as f64 / start.elapsed().as_secs_f64())
 }
 
+/// Kernel run-time totals of the loaded netward programs (both hooks of every veth).
+fn program_totals() -> Result<(u64, u64)> {
+    let (mut ns, mut runs) = (0u64, 0u64);
+    for p in aya::programs::loaded_programs() {
+        let p = p.context("list BPF programs")?;
+        if p.name_as_str().is_some_and(|n| n.starts_with("netward_")) {
+            ns += p.run_time().as_nanos() as u64;
+            runs += p.run_count();
+        }
+    }
+    Ok((ns, runs))
+}
+
+/// What netward's programs cost one short connection, from the kernel's run-time statistics
+/// over `secs` of connections: (ns per connection, program runs per connection). Measured
+/// apart from the rate itself, as the statistics add two clock reads to every run.
+fn program_cost(pod: &LabPod, secs: u64) -> Result<(f64, f64)> {
+    let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).context("BPF_ENABLE_STATS")?;
+    let (ns0, runs0) = program_totals()?;
+    let cps = conn_rate(pod, secs)?;
+    let (ns1, runs1) = program_totals()?;
+    let conns = (cps * secs as f64).max(1.0);
+    Ok(((ns1 - ns0) as f64 / conns, (runs1 - runs0) as f64 / conns))
+}
+
 fn iperf(client: &LabPod, secs: u64) -> Result<f64> {
     let out = Command::new("ip")
         .args(["netns", "exec", &client.netns, "iperf3", "-c", SERVER])
@@ -254,6 +282,8 @@ struct Row {
     config: String,
     bps: f64,
     cps: f64,
+    /// netward's programs per connection: (ns, runs); `None` when no netward is attached.
+    cost: Option<(f64, f64)>,
 }
 
 /// The whole sequence once: no program, netward (0 rules, then each size), iptables linear
@@ -269,8 +299,18 @@ fn one_round(
     let mut measure = |config: String| -> Result<()> {
         let bps = iperf(client, a.seconds)?;
         let cps = conn_rate(client, a.conn_seconds)?;
+        let cost = if config.starts_with("netward") {
+            Some(program_cost(client, 1)?)
+        } else {
+            None
+        };
         eprintln!("{config:32} {:8.2} Gbit/s {cps:9.0} conn/s", bps / 1e9);
-        rows.push(Row { config, bps, cps });
+        rows.push(Row {
+            config,
+            bps,
+            cps,
+            cost,
+        });
         Ok(())
     };
     measure("no program".into())?;
@@ -349,20 +389,37 @@ fn print_table(rounds: &[Vec<Row>]) {
         rounds.len()
     );
     println!(
-        "| configuration | TCP throughput (Gbit/s) | ratio | connections/s | ratio |\n|---|---:|---:|---:|---:|"
+        "| configuration | TCP throughput (Gbit/s) | ratio | connections/s | ratio | program ns / connection | program runs / connection |\n|---|---:|---:|---:|---:|---:|---:|"
     );
-    let range = |v: &[f64]| {
+    let range_p = |v: &[f64], p: usize| {
         let (lo, hi) = v
             .iter()
             .fold((f64::MAX, f64::MIN), |(l, h), x| (l.min(*x), h.max(*x)));
-        format!("{:.2} ({lo:.2}-{hi:.2})", median(v.to_vec()))
+        format!("{:.p$} ({lo:.p$}-{hi:.p$})", median(v.to_vec()))
     };
+    let range = |v: &[f64]| range_p(v, 2);
     for (i, row) in rounds[0].iter().enumerate() {
         let col = |f: fn(&Row) -> f64| median(rounds.iter().map(|r| f(&r[i])).collect());
         let bps: Vec<f64> = per_round.iter().map(|(b, _)| b[i]).collect();
         let cps: Vec<f64> = per_round.iter().map(|(_, c)| c[i]).collect();
+        let cost = match row.cost {
+            Some(_) => {
+                let ns: Vec<f64> = rounds
+                    .iter()
+                    .filter_map(|r| r[i].cost.map(|c| c.0))
+                    .collect();
+                let runs = median(
+                    rounds
+                        .iter()
+                        .filter_map(|r| r[i].cost.map(|c| c.1))
+                        .collect(),
+                );
+                format!("{} | {runs:.1}", range_p(&ns, 0))
+            }
+            None => "- | -".into(),
+        };
         println!(
-            "| {} | {:.2} | {} | {:.0} | {} |",
+            "| {} | {:.2} | {} | {:.0} | {} | {cost} |",
             row.config,
             col(|x| x.bps) / 1e9,
             range(&bps),
