@@ -1592,12 +1592,17 @@ fn pin_to_this_cpu() {
     }
 }
 
-/// Every conntrack entry, read through the pin.
-fn conntrack_entries(cfg: &DatapathConfig) -> Vec<(CtFlowKey, CtValue)> {
+/// The pinned conntrack map, opened behind the programs' back.
+fn pinned_conntrack(
+    cfg: &DatapathConfig,
+) -> aya::maps::HashMap<aya::maps::MapData, CtFlowKey, CtValue> {
     let data = aya::maps::MapData::from_pin(cfg.bpffs_dir.join("CT")).unwrap();
-    let ct: aya::maps::HashMap<_, CtFlowKey, CtValue> =
-        aya::maps::HashMap::try_from(aya::maps::Map::from_map_data(data).unwrap()).unwrap();
-    ct.iter().map(|e| e.unwrap()).collect()
+    aya::maps::HashMap::try_from(aya::maps::Map::from_map_data(data).unwrap()).unwrap()
+}
+
+/// Every conntrack entry.
+fn conntrack_entries(cfg: &DatapathConfig) -> Vec<(CtFlowKey, CtValue)> {
+    pinned_conntrack(cfg).iter().map(|e| e.unwrap()).collect()
 }
 
 /// The kernel's coarse monotonic clock (what the programs stamp lifetimes with), in ns.
@@ -1646,9 +1651,7 @@ fn a_reused_tuple_overwrites_its_closing_entry() {
 
 /// Remove every conntrack entry behind the programs' back (as an LRU eviction would).
 fn forget_conntrack(cfg: &DatapathConfig) {
-    let data = aya::maps::MapData::from_pin(cfg.bpffs_dir.join("CT")).unwrap();
-    let mut ct: aya::maps::HashMap<_, CtFlowKey, CtValue> =
-        aya::maps::HashMap::try_from(aya::maps::Map::from_map_data(data).unwrap()).unwrap();
+    let mut ct = pinned_conntrack(cfg);
     let keys: Vec<CtFlowKey> = ct.keys().map(|k| k.unwrap()).collect();
     assert!(!keys.is_empty(), "no flow was tracked");
     for k in keys {
