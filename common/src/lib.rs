@@ -645,7 +645,12 @@ pub const CT_FROM_HOST: u16 = 1 << 2;
 pub const CT_ORIGIN_EGRESS: u16 = 1 << 3;
 
 /// Default slots of each CPU's flow cache in front of `CT` (a power of two; 64 bytes each).
-pub const FLOW_CACHE_DEFAULT_SLOTS: u32 = 4096;
+/// Small on purpose: 16 KiB per CPU stays in the CPU's caches. Measured in a lab with real
+/// connections, 256 slots served a persistent connection as well as 4096 did, and cost short
+/// connections ~11 % less program time (4096 slots scatter each new flow's probe and fill
+/// over 256 KiB, mostly cold lines). With many concurrent flows a CPU's flows collide more;
+/// a collision costs a `CT` read and a refill (6-8 ns over no cache at all).
+pub const FLOW_CACHE_DEFAULT_SLOTS: u32 = 256;
 /// How long a flow cache entry stands in for `CT`, in jiffies: at most 1 s whatever the
 /// kernel's HZ (100 to 1000).
 pub const FLOW_CACHE_WINDOW_JIFFIES: u64 = 100;

@@ -332,7 +332,8 @@ fn one_round(
     // The largest Plan again, with the flow cache off and on, each under a daemon started
     // afresh over the pinned Plan (which stays in force): the two differ only in the cache.
     if let Some(n) = a.sizes.iter().max() {
-        for (label, slots) in [("flow cache off", "0"), ("flow cache on", "4096")] {
+        let default_slots = netward_common::FLOW_CACHE_DEFAULT_SLOTS.to_string();
+        for (label, slots) in [("flow cache off", "0"), ("flow cache on", &*default_slots)] {
             process::stop(Role::Daemon, &lab.name, Duration::from_secs(5))?;
             let args = ["--flow-cache-slots".to_string(), slots.to_string()];
             process::spawn(&netward_bin(), Role::Daemon, &lab.name, &args)?;
