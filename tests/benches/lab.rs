@@ -1,8 +1,9 @@
 //! `cargo xtask bench lab`: what enforcement costs real traffic between two lab pods.
 //!
-//! One run measures, side by side, iperf3 TCP throughput (one stream) and a short-connection
-//! rate (connect, 1-byte request, 1-byte response, close; a small Rust client and server)
-//! from a client pod to a server pod under:
+//! One run measures, side by side, iperf3 TCP throughput (one stream), a short-connection
+//! rate (connect, 1-byte request, 1-byte response, close; a small Rust client and server) and
+//! an exchange rate on one persistent connection (1 byte each way, no Nagle: a long-lived
+//! flow's small packets) from a client pod to a server pod under:
 //! * no program (the lab without its daemon), measured first and last;
 //! * netward with 0 rules and with N ingress rules on the server (N ipBlock /32 peers that
 //!   never match, then the rule that admits the client), and with the largest N again under
@@ -12,8 +13,9 @@
 //!   ESTABLISHED accept, N source rules, the client rule, drop), and ipset-based as
 //!   kube-router does (one hash:net set holding the N sources and the client).
 //!
-//! For each netward configuration, one more second of connections runs with the kernel's BPF
-//! run-time statistics on: the programs' own time per connection, free of the rate's noise.
+//! For each netward configuration, one more second of connections and one of exchanges run
+//! with the kernel's BPF run-time statistics on: the programs' own time per connection and
+//! per exchange, free of the rates' noise.
 //!
 //! The lab's `netward` (daemon, servers) is a `--release` build ([`use_release_binary`]).
 //! The whole sequence runs `--rounds` times (default 3). Within a round, ratios are to the
@@ -34,6 +36,7 @@ use netward_tests::lab::{
 };
 
 const CONN_PORT: u16 = 7777;
+const ECHO_PORT: u16 = 7778;
 const IPERF_PORT: u16 = 5201;
 const CLIENT: &str = "10.230.0.1";
 const SERVER: &str = "10.230.0.2";
@@ -94,7 +97,9 @@ fn policy_yaml(rules: usize) -> String {
     let mut y = String::from(
         "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {namespace: bench, name: server}\nspec:\n  podSelector: {matchLabels: {app: server}}\n  ingress:\n",
     );
-    let ports = format!("    ports: [{{port: {IPERF_PORT}}}, {{port: {CONN_PORT}}}]\n");
+    let ports = format!(
+        "    ports: [{{port: {IPERF_PORT}}}, {{port: {CONN_PORT}}}, {{port: {ECHO_PORT}}}]\n"
+    );
     for i in 0..rules {
         y.push_str(&format!(
             "  - from: [{{ipBlock: {{cidr: {}/32}}}}]\n",
@@ -125,6 +130,45 @@ fn conn_server(pod: &LabPod) -> Result<()> {
         });
     }
     Ok(())
+}
+
+/// Persistent-connection server: echo every byte back until the client closes.
+fn echo_server(pod: &LabPod) -> Result<()> {
+    let listener = {
+        let _in = netns::enter(&pod.netns)?;
+        TcpListener::bind(("0.0.0.0", ECHO_PORT))?
+    };
+    std::thread::spawn(move || {
+        for mut c in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let _ = c.set_nodelay(true);
+                let mut b = [0u8; 1];
+                while c.read_exact(&mut b).is_ok() && c.write_all(&b).is_ok() {}
+            });
+        }
+    });
+    Ok(())
+}
+
+/// 1-byte exchanges per second over one connection from `pod` for `secs` (what a
+/// long-lived flow's packets cost, where the short-connection rate is mostly new flows).
+fn pingpong_rate(pod: &LabPod, secs: u64) -> Result<f64> {
+    let _in = netns::enter(&pod.netns)?;
+    let dst: SocketAddr = format!("{SERVER}:{ECHO_PORT}").parse()?;
+    let mut c = TcpStream::connect_timeout(&dst, Duration::from_secs(1))
+        .context("echo connection refused or dropped")?;
+    c.set_nodelay(true)?;
+    c.set_read_timeout(Some(Duration::from_secs(1)))?;
+    let start = Instant::now();
+    let end = start + Duration::from_secs(secs);
+    let mut n = 0u64;
+    let mut b = [0u8; 1];
+    while Instant::now() < end {
+        c.write_all(b"x")?;
+        c.read_exact(&mut b).context("echo dropped")?;
+        n += 1;
+    }
+    Ok(n as f64 / start.elapsed().as_secs_f64())
 }
 
 /// Connections per second from `pod` for `secs`.
@@ -158,15 +202,20 @@ fn program_totals() -> Result<(u64, u64)> {
     Ok((ns, runs))
 }
 
-/// What netward's programs cost one short connection, from the kernel's run-time statistics
-/// over `secs` of connections: (ns per connection, program runs per connection). Measured
-/// apart from the rate itself, as the statistics add two clock reads to every run.
-fn program_cost(pod: &LabPod, secs: u64) -> Result<(f64, f64)> {
+/// What netward's programs cost one unit of `rate` (a short connection, an exchange), from
+/// the kernel's run-time statistics over `secs` of it: (ns per unit, program runs per unit).
+/// Measured apart from the rates themselves, as the statistics add two clock reads to every
+/// run.
+fn program_cost(
+    pod: &LabPod,
+    secs: u64,
+    rate: fn(&LabPod, u64) -> Result<f64>,
+) -> Result<(f64, f64)> {
     let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).context("BPF_ENABLE_STATS")?;
     let (ns0, runs0) = program_totals()?;
-    let cps = conn_rate(pod, secs)?;
+    let per_s = rate(pod, secs)?;
     let (ns1, runs1) = program_totals()?;
-    let conns = (cps * secs as f64).max(1.0);
+    let conns = (per_s * secs as f64).max(1.0);
     Ok(((ns1 - ns0) as f64 / conns, (runs1 - runs0) as f64 / conns))
 }
 
@@ -224,7 +273,7 @@ impl Iptables {
     fn install(veth: &str, rules: usize, ipset: bool) -> Result<Self> {
         let me = Iptables { veth: veth.into() };
         me.remove();
-        let dports = format!("-p tcp -m multiport --dports {IPERF_PORT},{CONN_PORT}");
+        let dports = format!("-p tcp -m multiport --dports {IPERF_PORT},{CONN_PORT},{ECHO_PORT}");
         let mut t = format!("*filter\n:{CHAIN} - [0:0]\n");
         t.push_str(&format!(
             "-A {CHAIN} -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT\n"
@@ -282,8 +331,12 @@ struct Row {
     config: String,
     bps: f64,
     cps: f64,
+    /// 1-byte exchanges per second on one connection.
+    pps: f64,
     /// netward's programs per connection: (ns, runs); `None` when no netward is attached.
     cost: Option<(f64, f64)>,
+    /// netward's programs per exchange: (ns, runs).
+    pp_cost: Option<(f64, f64)>,
 }
 
 /// The whole sequence once: no program, netward (0 rules, then each size), iptables linear
@@ -299,17 +352,26 @@ fn one_round(
     let mut measure = |config: String| -> Result<()> {
         let bps = iperf(client, a.seconds)?;
         let cps = conn_rate(client, a.conn_seconds)?;
-        let cost = if config.starts_with("netward") {
-            Some(program_cost(client, 1)?)
+        let pps = pingpong_rate(client, a.conn_seconds)?;
+        let (cost, pp_cost) = if config.starts_with("netward") {
+            (
+                Some(program_cost(client, 1, conn_rate)?),
+                Some(program_cost(client, 1, pingpong_rate)?),
+            )
         } else {
-            None
+            (None, None)
         };
-        eprintln!("{config:32} {:8.2} Gbit/s {cps:9.0} conn/s", bps / 1e9);
+        eprintln!(
+            "{config:32} {:8.2} Gbit/s {cps:9.0} conn/s {pps:9.0} exchanges/s",
+            bps / 1e9
+        );
         rows.push(Row {
             config,
             bps,
             cps,
+            pps,
             cost,
+            pp_cost,
         });
         Ok(())
     };
@@ -377,20 +439,19 @@ fn median(mut v: Vec<f64>) -> f64 {
 /// Per configuration: median absolute figures, and the median and range of the per-round
 /// ratios to that round's no-program mean.
 fn print_table(rounds: &[Vec<Row>]) {
-    let ratios = |r: &[Row], f: fn(&Row) -> f64| -> Vec<f64> {
-        let base = (f(&r[0]) + f(&r[r.len() - 1])) / 2.0;
-        r.iter().map(|x| f(x) / base).collect()
+    // Each round's figures as ratios to the mean of its two no-program runs.
+    let ratios = |i: usize, f: fn(&Row) -> f64| -> Vec<f64> {
+        rounds
+            .iter()
+            .map(|r| f(&r[i]) / ((f(&r[0]) + f(&r[r.len() - 1])) / 2.0))
+            .collect()
     };
-    let per_round: Vec<(Vec<f64>, Vec<f64>)> = rounds
-        .iter()
-        .map(|r| (ratios(r, |x| x.bps), ratios(r, |x| x.cps)))
-        .collect();
     println!(
         "\n{} round(s); ratios to the round's no-program mean: median (min-max)\n",
         rounds.len()
     );
     println!(
-        "| configuration | TCP throughput (Gbit/s) | ratio | connections/s | ratio | program ns / connection | program runs / connection |\n|---|---:|---:|---:|---:|---:|---:|"
+        "| configuration | TCP throughput (Gbit/s) | ratio | connections/s | ratio | program ns / connection | runs / connection | exchanges/s (one connection) | ratio | program ns / exchange | runs / exchange |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     let range_p = |v: &[f64], p: usize| {
         let (lo, hi) = v
@@ -399,33 +460,29 @@ fn print_table(rounds: &[Vec<Row>]) {
         format!("{:.p$} ({lo:.p$}-{hi:.p$})", median(v.to_vec()))
     };
     let range = |v: &[f64]| range_p(v, 2);
+    // "ns (min-max) | runs" over the rounds, or dashes where no netward ran.
+    let cost = |i: usize, f: fn(&Row) -> Option<(f64, f64)>| -> String {
+        let c: Vec<(f64, f64)> = rounds.iter().filter_map(|r| f(&r[i])).collect();
+        if c.is_empty() {
+            return "- | -".into();
+        }
+        let ns: Vec<f64> = c.iter().map(|x| x.0).collect();
+        let runs = median(c.iter().map(|x| x.1).collect());
+        format!("{} | {runs:.1}", range_p(&ns, 0))
+    };
     for (i, row) in rounds[0].iter().enumerate() {
         let col = |f: fn(&Row) -> f64| median(rounds.iter().map(|r| f(&r[i])).collect());
-        let bps: Vec<f64> = per_round.iter().map(|(b, _)| b[i]).collect();
-        let cps: Vec<f64> = per_round.iter().map(|(_, c)| c[i]).collect();
-        let cost = match row.cost {
-            Some(_) => {
-                let ns: Vec<f64> = rounds
-                    .iter()
-                    .filter_map(|r| r[i].cost.map(|c| c.0))
-                    .collect();
-                let runs = median(
-                    rounds
-                        .iter()
-                        .filter_map(|r| r[i].cost.map(|c| c.1))
-                        .collect(),
-                );
-                format!("{} | {runs:.1}", range_p(&ns, 0))
-            }
-            None => "- | -".into(),
-        };
         println!(
-            "| {} | {:.2} | {} | {:.0} | {} | {cost} |",
+            "| {} | {:.2} | {} | {:.0} | {} | {} | {:.0} | {} | {} |",
             row.config,
             col(|x| x.bps) / 1e9,
-            range(&bps),
+            range(&ratios(i, |x| x.bps)),
             col(|x| x.cps),
-            range(&cps),
+            range(&ratios(i, |x| x.cps)),
+            cost(i, |x| x.cost),
+            col(|x| x.pps),
+            range(&ratios(i, |x| x.pps)),
+            cost(i, |x| x.pp_cost),
         );
     }
 }
@@ -484,6 +541,7 @@ fn main() -> Result<()> {
             .spawn()?,
     );
     conn_server(&server)?;
+    echo_server(&server)?;
     std::thread::sleep(Duration::from_millis(500));
 
     let mut rounds = Vec::new();
