@@ -166,16 +166,14 @@ fn be16_at(ctx: &TcContext, off: usize) -> Option<u16> {
 #[inline(always)]
 pub fn headers_linear(ctx: &TcContext) -> bool {
     let (l4, proto) = match be16_at(ctx, 12) {
-        Some(ETH_P_IP) => {
-            let Some(hdr) = ptr_at::<[u8; 2]>(ctx, ETH_HLEN + 8) else {
-                return false;
-            };
-            let Some(vihl) = u8_at(ctx, ETH_HLEN) else {
-                return false;
-            };
-            let hdr = unsafe { *hdr };
-            (ETH_HLEN + ((vihl & 0x0f) as usize) * 4, hdr[1])
-        }
+        // The 20-byte header the parser reads whatever IHL says, then the options.
+        Some(ETH_P_IP) => match ptr_at::<[u8; 20]>(ctx, ETH_HLEN) {
+            Some(h) => {
+                let h = unsafe { &*h };
+                (ETH_HLEN + ((h[0] & 0x0f) as usize) * 4, h[9])
+            }
+            None => return false,
+        },
         Some(ETH_P_IPV6) => match u8_at(ctx, ETH_HLEN + 6) {
             Some(nh) => (ETH_HLEN + 40, nh),
             None => return false,
