@@ -112,12 +112,15 @@ fn policy_yaml(rules: usize) -> String {
     y
 }
 
+/// A listener on `port` inside `pod`.
+fn listen_in(pod: &LabPod, port: u16) -> Result<TcpListener> {
+    let _in = netns::enter(&pod.netns)?;
+    Ok(TcpListener::bind(("0.0.0.0", port))?)
+}
+
 /// Short-connection server: read 1 byte, answer 1 byte, close.
 fn conn_server(pod: &LabPod) -> Result<()> {
-    let listener = {
-        let _in = netns::enter(&pod.netns)?;
-        TcpListener::bind(("0.0.0.0", CONN_PORT))?
-    };
+    let listener = listen_in(pod, CONN_PORT)?;
     for _ in 0..2 {
         let l = listener.try_clone()?;
         std::thread::spawn(move || {
@@ -134,10 +137,7 @@ fn conn_server(pod: &LabPod) -> Result<()> {
 
 /// Persistent-connection server: echo every byte back until the client closes.
 fn echo_server(pod: &LabPod) -> Result<()> {
-    let listener = {
-        let _in = netns::enter(&pod.netns)?;
-        TcpListener::bind(("0.0.0.0", ECHO_PORT))?
-    };
+    let listener = listen_in(pod, ECHO_PORT)?;
     std::thread::spawn(move || {
         for mut c in listener.incoming().flatten() {
             std::thread::spawn(move || {
@@ -159,31 +159,35 @@ fn pingpong_rate(pod: &LabPod, secs: u64) -> Result<f64> {
         .context("echo connection refused or dropped")?;
     c.set_nodelay(true)?;
     c.set_read_timeout(Some(Duration::from_secs(1)))?;
-    let start = Instant::now();
-    let end = start + Duration::from_secs(secs);
-    let mut n = 0u64;
-    let mut b = [0u8; 1];
-    while Instant::now() < end {
+    per_second(secs, || {
+        let mut b = [0u8; 1];
         c.write_all(b"x")?;
         c.read_exact(&mut b).context("echo dropped")?;
-        n += 1;
-    }
-    Ok(n as f64 / start.elapsed().as_secs_f64())
+        Ok(())
+    })
 }
 
 /// Connections per second from `pod` for `secs`.
 fn conn_rate(pod: &LabPod, secs: u64) -> Result<f64> {
     let _in = netns::enter(&pod.netns)?;
     let dst: SocketAddr = format!("{SERVER}:{CONN_PORT}").parse()?;
-    let start = Instant::now();
-    let end = start + Duration::from_secs(secs);
-    let mut n = 0u64;
-    while Instant::now() < end {
+    per_second(secs, || {
         let mut c = TcpStream::connect_timeout(&dst, Duration::from_secs(1))
             .context("short connection refused or dropped")?;
         c.write_all(b"x")?;
         let mut b = [0u8; 1];
         c.read_exact(&mut b)?;
+        Ok(())
+    })
+}
+
+/// How many times a second `step` runs, back to back, for `secs`.
+fn per_second(secs: u64, mut step: impl FnMut() -> Result<()>) -> Result<f64> {
+    let start = Instant::now();
+    let end = start + Duration::from_secs(secs);
+    let mut n = 0u64;
+    while Instant::now() < end {
+        step()?;
         n += 1;
     }
     Ok(n as f64 / start.elapsed().as_secs_f64())
@@ -215,8 +219,8 @@ fn program_cost(
     let (ns0, runs0) = program_totals()?;
     let per_s = rate(pod, secs)?;
     let (ns1, runs1) = program_totals()?;
-    let conns = (per_s * secs as f64).max(1.0);
-    Ok(((ns1 - ns0) as f64 / conns, (runs1 - runs0) as f64 / conns))
+    let units = (per_s * secs as f64).max(1.0);
+    Ok(((ns1 - ns0) as f64 / units, (runs1 - runs0) as f64 / units))
 }
 
 fn iperf(client: &LabPod, secs: u64) -> Result<f64> {
@@ -332,11 +336,11 @@ struct Row {
     bps: f64,
     cps: f64,
     /// 1-byte exchanges per second on one connection.
-    pps: f64,
+    eps: f64,
     /// netward's programs per connection: (ns, runs); `None` when no netward is attached.
     cost: Option<(f64, f64)>,
     /// netward's programs per exchange: (ns, runs).
-    pp_cost: Option<(f64, f64)>,
+    exchange_cost: Option<(f64, f64)>,
 }
 
 /// The whole sequence once: no program, netward (0 rules, then each size), iptables linear
@@ -352,8 +356,8 @@ fn one_round(
     let mut measure = |config: String| -> Result<()> {
         let bps = iperf(client, a.seconds)?;
         let cps = conn_rate(client, a.conn_seconds)?;
-        let pps = pingpong_rate(client, a.conn_seconds)?;
-        let (cost, pp_cost) = if config.starts_with("netward") {
+        let eps = pingpong_rate(client, a.conn_seconds)?;
+        let (cost, exchange_cost) = if config.starts_with("netward") {
             (
                 Some(program_cost(client, 1, conn_rate)?),
                 Some(program_cost(client, 1, pingpong_rate)?),
@@ -362,16 +366,16 @@ fn one_round(
             (None, None)
         };
         eprintln!(
-            "{config:32} {:8.2} Gbit/s {cps:9.0} conn/s {pps:9.0} exchanges/s",
+            "{config:32} {:8.2} Gbit/s {cps:9.0} conn/s {eps:9.0} exchanges/s",
             bps / 1e9
         );
         rows.push(Row {
             config,
             bps,
             cps,
-            pps,
+            eps,
             cost,
-            pp_cost,
+            exchange_cost,
         });
         Ok(())
     };
@@ -480,9 +484,9 @@ fn print_table(rounds: &[Vec<Row>]) {
             col(|x| x.cps),
             range(&ratios(i, |x| x.cps)),
             cost(i, |x| x.cost),
-            col(|x| x.pps),
-            range(&ratios(i, |x| x.pps)),
-            cost(i, |x| x.pp_cost),
+            col(|x| x.eps),
+            range(&ratios(i, |x| x.eps)),
+            cost(i, |x| x.exchange_cost),
         );
     }
 }
