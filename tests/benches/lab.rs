@@ -17,9 +17,21 @@
 //! with the kernel's BPF run-time statistics on: the programs' own time per connection and
 //! per exchange, free of the rates' noise.
 //!
+//! Every figure is paired with a control: a second lab of the same shape (client and server
+//! pods, routed veths in the root namespace) that no program and no rule ever touches. Each
+//! configuration's rates alternate between the measured pair and the control in short slices
+//! (control, measured, measured, control, ...), so both see the same moments of this noisy
+//! machine, and its ratio is measured / control over those slices. The no-program rows (the
+//! measured pair with nothing attached, first and last) show what the pairing itself reads
+//! as: about 1.00 when the two pairs are alike.
+//!
+//! Everything runs on one CPU (`--cpu N`, default the last one; `--no-pin` lets the
+//! scheduler place it): client, servers, iperf3, the daemon and the packets' softirq work.
+//! Then every cost lies on the connection's path, none hides on an idle CPU, and the run is
+//! free of the scheduler's placement, which on two CPUs moved single runs by +-10 %.
+//!
 //! The lab's `netward` (daemon, servers) is a `--release` build ([`use_release_binary`]).
-//! The whole sequence runs `--rounds` times (default 3). Within a round, ratios are to the
-//! mean of its two no-program runs, so drift between rounds cancels; the table gives each
+//! The whole sequence runs `--rounds` times (default 3); the table gives each
 //! configuration's median ratio and the range over rounds. iptables rules live in a chain of
 //! their own, reached only for packets to the server's veth, and are removed afterwards.
 use std::io::{Read, Write};
@@ -40,6 +52,17 @@ const ECHO_PORT: u16 = 7778;
 const IPERF_PORT: u16 = 5201;
 const CLIENT: &str = "10.230.0.1";
 const SERVER: &str = "10.230.0.2";
+/// The control pair's addresses.
+const CONTROL_CLIENT: &str = "10.230.1.1";
+const CONTROL_SERVER: &str = "10.230.1.2";
+/// One slice of a paired rate measurement.
+const SLICE: Duration = Duration::from_millis(500);
+
+/// A client pod and the address of its server.
+struct Pair {
+    client: LabPod,
+    server: String,
+}
 
 struct Args {
     seconds: u64,
@@ -48,6 +71,9 @@ struct Args {
     rounds: u32,
     /// Another build's `netward` whose daemon also runs the largest Plan.
     baseline: Option<PathBuf>,
+    /// Run everything (clients, servers, iperf3, the daemon, the packets' softirq work) on
+    /// this one CPU; `None`: wherever the scheduler puts it.
+    cpu: Option<usize>,
 }
 
 fn args() -> Result<Args> {
@@ -57,6 +83,7 @@ fn args() -> Result<Args> {
         sizes: vec![1_000, 10_000],
         rounds: 3,
         baseline: None,
+        cpu: Some(last_cpu()?),
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -81,11 +108,36 @@ fn args() -> Result<Args> {
                 );
                 a.baseline = Some(p);
             }
+            "--cpu" => a.cpu = Some(it.next().context("--cpu N")?.parse()?),
+            "--no-pin" => a.cpu = None,
             "--bench" => {}
             other => bail!("unknown argument {other}"),
         }
     }
     Ok(a)
+}
+
+/// The highest-numbered CPU this process may run on.
+fn last_cpu() -> Result<usize> {
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    if unsafe { libc::sched_getaffinity(0, std::mem::size_of_val(&set), &mut set) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("sched_getaffinity");
+    }
+    (0..libc::CPU_SETSIZE as usize)
+        .rev()
+        .find(|&c| unsafe { libc::CPU_ISSET(c, &set) })
+        .context("no CPU in this process's affinity mask")
+}
+
+/// Confine this process, and every thread and process it starts from now on, to `cpu`.
+fn pin_to(cpu: usize) -> Result<()> {
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    unsafe { libc::CPU_SET(cpu, &mut set) };
+    if unsafe { libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) } != 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("pinning to CPU {cpu}"));
+    }
+    Ok(())
 }
 
 /// The i-th never-matching source of the synthetic rulesets.
@@ -150,16 +202,16 @@ fn echo_server(pod: &LabPod) -> Result<()> {
     Ok(())
 }
 
-/// 1-byte exchanges per second over one connection from `pod` for `secs` (what a
+/// 1-byte exchanges per second over one connection for `time` (what a
 /// long-lived flow's packets cost, where the short-connection rate is mostly new flows).
-fn pingpong_rate(pod: &LabPod, secs: u64) -> Result<f64> {
-    let _in = netns::enter(&pod.netns)?;
-    let dst: SocketAddr = format!("{SERVER}:{ECHO_PORT}").parse()?;
+fn pingpong_rate(p: &Pair, time: Duration) -> Result<f64> {
+    let _in = netns::enter(&p.client.netns)?;
+    let dst: SocketAddr = format!("{}:{ECHO_PORT}", p.server).parse()?;
     let mut c = TcpStream::connect_timeout(&dst, Duration::from_secs(1))
         .context("echo connection refused or dropped")?;
     c.set_nodelay(true)?;
     c.set_read_timeout(Some(Duration::from_secs(1)))?;
-    per_second(secs, || {
+    per_second(time, || {
         let mut b = [0u8; 1];
         c.write_all(b"x")?;
         c.read_exact(&mut b).context("echo dropped")?;
@@ -167,11 +219,11 @@ fn pingpong_rate(pod: &LabPod, secs: u64) -> Result<f64> {
     })
 }
 
-/// Connections per second from `pod` for `secs`.
-fn conn_rate(pod: &LabPod, secs: u64) -> Result<f64> {
-    let _in = netns::enter(&pod.netns)?;
-    let dst: SocketAddr = format!("{SERVER}:{CONN_PORT}").parse()?;
-    per_second(secs, || {
+/// Connections per second from the pair's client for `time`.
+fn conn_rate(p: &Pair, time: Duration) -> Result<f64> {
+    let _in = netns::enter(&p.client.netns)?;
+    let dst: SocketAddr = format!("{}:{CONN_PORT}", p.server).parse()?;
+    per_second(time, || {
         let mut c = TcpStream::connect_timeout(&dst, Duration::from_secs(1))
             .context("short connection refused or dropped")?;
         c.write_all(b"x")?;
@@ -181,10 +233,10 @@ fn conn_rate(pod: &LabPod, secs: u64) -> Result<f64> {
     })
 }
 
-/// How many times a second `step` runs, back to back, for `secs`.
-fn per_second(secs: u64, mut step: impl FnMut() -> Result<()>) -> Result<f64> {
+/// How many times a second `step` runs, back to back, for `time`.
+fn per_second(time: Duration, mut step: impl FnMut() -> Result<()>) -> Result<f64> {
     let start = Instant::now();
-    let end = start + Duration::from_secs(secs);
+    let end = start + time;
     let mut n = 0u64;
     while Instant::now() < end {
         step()?;
@@ -210,22 +262,47 @@ fn program_totals() -> Result<(u64, u64)> {
 /// the kernel's run-time statistics over `secs` of it: (ns per unit, program runs per unit).
 /// Measured apart from the rates themselves, as the statistics add two clock reads to every
 /// run.
-fn program_cost(
-    pod: &LabPod,
-    secs: u64,
-    rate: fn(&LabPod, u64) -> Result<f64>,
-) -> Result<(f64, f64)> {
+fn program_cost(p: &Pair, time: Duration, rate: Rate) -> Result<(f64, f64)> {
     let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).context("BPF_ENABLE_STATS")?;
     let (ns0, runs0) = program_totals()?;
-    let per_s = rate(pod, secs)?;
+    let per_s = rate(p, time)?;
     let (ns1, runs1) = program_totals()?;
-    let units = (per_s * secs as f64).max(1.0);
+    let units = (per_s * time.as_secs_f64()).max(1.0);
     Ok(((ns1 - ns0) as f64 / units, (runs1 - runs0) as f64 / units))
 }
 
-fn iperf(client: &LabPod, secs: u64) -> Result<f64> {
+/// A rate measured over a pair for a while: units per second.
+type Rate = fn(&Pair, Duration) -> Result<f64>;
+
+/// `rate` of `measured` and of `control` over `slices` slices of `slice` each, alternating
+/// (control, measured, measured, control, ...): the mean rate of each.
+fn paired(
+    measured: &Pair,
+    control: &Pair,
+    slices: u32,
+    slice: Duration,
+    rate: Rate,
+) -> Result<(f64, f64)> {
+    let (mut m, mut c) = (0.0, 0.0);
+    for i in 0..slices.max(1) {
+        let first_control = i % 2 == 0;
+        for is_control in [first_control, !first_control] {
+            if is_control {
+                c += rate(control, slice)?;
+            } else {
+                m += rate(measured, slice)?;
+            }
+        }
+    }
+    let n = slices.max(1) as f64;
+    Ok((m / n, c / n))
+}
+
+/// iperf3 throughput, bits per second, one stream for `time` (whole seconds, at least 1).
+fn iperf(p: &Pair, time: Duration) -> Result<f64> {
+    let secs = time.as_secs().max(1);
     let out = Command::new("ip")
-        .args(["netns", "exec", &client.netns, "iperf3", "-c", SERVER])
+        .args(["netns", "exec", &p.client.netns, "iperf3", "-c", &p.server])
         .args(["-p", &IPERF_PORT.to_string(), "-t", &secs.to_string(), "-J"])
         .output()
         .context("iperf3 client")?;
@@ -331,12 +408,16 @@ impl Drop for KillOnDrop {
     }
 }
 
+/// One configuration's figures in one round: the measured pair's and the control's, from the
+/// same alternating slices.
 struct Row {
     config: String,
-    bps: f64,
-    cps: f64,
-    /// 1-byte exchanges per second on one connection.
-    eps: f64,
+    /// Throughput, bits per second: (measured, control).
+    bps: (f64, f64),
+    /// Short connections per second: (measured, control).
+    cps: (f64, f64),
+    /// 1-byte exchanges per second on one connection: (measured, control).
+    eps: (f64, f64),
     /// netward's programs per connection: (ns, runs); `None` when no netward is attached.
     cost: Option<(f64, f64)>,
     /// netward's programs per exchange: (ns, runs).
@@ -349,25 +430,35 @@ fn one_round(
     a: &Args,
     lab: &TestLab,
     dir: &ManifestDir,
-    client: &LabPod,
+    pair: &Pair,
+    control: &Pair,
     server: &LabPod,
 ) -> Result<Vec<Row>> {
     let mut rows = Vec::new();
     let mut measure = |config: String| -> Result<()> {
-        let bps = iperf(client, a.seconds)?;
-        let cps = conn_rate(client, a.conn_seconds)?;
-        let eps = pingpong_rate(client, a.conn_seconds)?;
+        // iperf3 in two slices per pair (it needs whole seconds), the rates in half seconds.
+        let half = Duration::from_secs((a.seconds / 2).max(1));
+        let bps = paired(pair, control, 2, half, iperf)?;
+        let slices = (a.conn_seconds * 2) as u32;
+        let cps = paired(pair, control, slices, SLICE, conn_rate)?;
+        let eps = paired(pair, control, slices, SLICE, pingpong_rate)?;
         let (cost, exchange_cost) = if config.starts_with("netward") {
+            let second = Duration::from_secs(1);
             (
-                Some(program_cost(client, 1, conn_rate)?),
-                Some(program_cost(client, 1, pingpong_rate)?),
+                Some(program_cost(pair, second, conn_rate)?),
+                Some(program_cost(pair, second, pingpong_rate)?),
             )
         } else {
             (None, None)
         };
         eprintln!(
-            "{config:32} {:8.2} Gbit/s {cps:9.0} conn/s {eps:9.0} exchanges/s",
-            bps / 1e9
+            "{config:44} {:6.2} Gbit/s ({:4.2}) {:7.0} conn/s ({:4.2}) {:7.0} exchanges/s ({:4.2})",
+            bps.0 / 1e9,
+            bps.0 / bps.1,
+            cps.0,
+            cps.0 / cps.1,
+            eps.0,
+            eps.0 / eps.1,
         );
         rows.push(Row {
             config,
@@ -440,18 +531,20 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
-/// Per configuration: median absolute figures, and the median and range of the per-round
-/// ratios to that round's no-program mean.
+/// Per configuration: median absolute figures of the measured pair, and the median and range
+/// over rounds of its ratio to the control pair in the same slices.
 fn print_table(rounds: &[Vec<Row>]) {
-    // Each round's figures as ratios to the mean of its two no-program runs.
-    let ratios = |i: usize, f: fn(&Row) -> f64| -> Vec<f64> {
+    let ratios = |i: usize, f: fn(&Row) -> (f64, f64)| -> Vec<f64> {
         rounds
             .iter()
-            .map(|r| f(&r[i]) / ((f(&r[0]) + f(&r[r.len() - 1])) / 2.0))
+            .map(|r| {
+                let (m, c) = f(&r[i]);
+                m / c
+            })
             .collect()
     };
     println!(
-        "\n{} round(s); ratios to the round's no-program mean: median (min-max)\n",
+        "\n{} round(s); ratios to the control pair in the same slices: median (min-max)\n",
         rounds.len()
     );
     println!(
@@ -475,7 +568,7 @@ fn print_table(rounds: &[Vec<Row>]) {
         format!("{} | {runs:.1}", range_p(&ns, 0))
     };
     for (i, row) in rounds[0].iter().enumerate() {
-        let col = |f: fn(&Row) -> f64| median(rounds.iter().map(|r| f(&r[i])).collect());
+        let col = |f: fn(&Row) -> (f64, f64)| median(rounds.iter().map(|r| f(&r[i]).0).collect());
         println!(
             "| {} | {:.2} | {} | {:.0} | {} | {} | {:.0} | {} | {} |",
             row.config,
@@ -491,31 +584,34 @@ fn print_table(rounds: &[Vec<Row>]) {
     }
 }
 
-fn main() -> Result<()> {
-    let a = args()?;
-    if !is_root() {
-        bail!("the lab benchmark needs root (network namespaces, BPF, iptables)");
-    }
-    // The daemon and servers are part of what is measured: an optimised build of them.
-    let bin = use_release_binary();
-    eprintln!("netward binary: {}", bin.display());
-    let dir = ManifestDir::new("bench");
+/// Bring up a two-pod lab `name` (client, server at `addrs`) without any enforcement, its
+/// client tuned for many short connections and its servers listening.
+fn two_pod_lab(name: &str, addrs: (&str, &str)) -> Result<(TestLab, ManifestDir, Pair, LabPod)> {
+    let dir = ManifestDir::new(name);
     dir.write(
         "pods.yaml",
         &[
-            namespace_yaml("bench", &[]),
-            pod_yaml("bench/client", &[("app", "client")], &[CLIENT], &[]),
-            pod_yaml("bench/server", &[("app", "server")], &[SERVER], &[]),
+            namespace_yaml(name, &[]),
+            pod_yaml(
+                &format!("{name}/client"),
+                &[("app", "client")],
+                &[addrs.0],
+                &[],
+            ),
+            pod_yaml(
+                &format!("{name}/server"),
+                &[("app", "server")],
+                &[addrs.1],
+                &[],
+            ),
         ]
         .concat(),
     );
     let files = vec![dir.path.clone()];
     let cluster = netward::lab::load_manifests(&files, |_| {})?;
-    let lab = TestLab::up("bench", &files, &cluster, false)?;
-    let (client, server) = (
-        lab.pod("bench/client").clone(),
-        lab.pod("bench/server").clone(),
-    );
+    let lab = TestLab::up(name, &files, &cluster, false)?;
+    let client = lab.pod(&format!("{name}/client")).clone();
+    let server = lab.pod(&format!("{name}/server")).clone();
     for (k, v) in [
         ("net.ipv4.tcp_tw_reuse", "1"),
         ("net.ipv4.ip_local_port_range", "1024 65000"),
@@ -529,29 +625,50 @@ fn main() -> Result<()> {
             &format!("{k}={v}"),
         ]))?;
     }
-    let _iperf_server = KillOnDrop(
+    conn_server(&server)?;
+    echo_server(&server)?;
+    let pair = Pair {
+        client,
+        server: addrs.1.to_string(),
+    };
+    Ok((lab, dir, pair, server))
+}
+
+fn iperf_server(pod: &LabPod) -> Result<KillOnDrop> {
+    Ok(KillOnDrop(
         Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &server.netns,
-                "iperf3",
-                "-s",
-                "-p",
-                &IPERF_PORT.to_string(),
-            ])
+            .args(["netns", "exec", &pod.netns, "iperf3", "-s"])
+            .args(["-p", &IPERF_PORT.to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()?,
-    );
-    conn_server(&server)?;
-    echo_server(&server)?;
+    ))
+}
+
+fn main() -> Result<()> {
+    let a = args()?;
+    if !is_root() {
+        bail!("the lab benchmark needs root (network namespaces, BPF, iptables)");
+    }
+    // The daemon and servers are part of what is measured: an optimised build of them.
+    let bin = use_release_binary();
+    eprintln!("netward binary: {}", bin.display());
+    if let Some(cpu) = a.cpu {
+        // Before any thread or child exists, so all inherit it.
+        pin_to(cpu)?;
+        eprintln!("pinned to CPU {cpu}");
+    }
+    let (lab, dir, pair, server) = two_pod_lab("bench", (CLIENT, SERVER))?;
+    // The control: never enforced, never in a rule.
+    let (_control_lab, _control_dir, control, control_server) =
+        two_pod_lab("benchctl", (CONTROL_CLIENT, CONTROL_SERVER))?;
+    let _iperf_servers = [iperf_server(&server)?, iperf_server(&control_server)?];
     std::thread::sleep(Duration::from_millis(500));
 
     let mut rounds = Vec::new();
     for round in 1..=a.rounds.max(1) {
         eprintln!("round {round} of {}", a.rounds.max(1));
-        rounds.push(one_round(&a, &lab, &dir, &client, &server)?);
+        rounds.push(one_round(&a, &lab, &dir, &pair, &control, &server)?);
     }
     print_table(&rounds);
     Ok(())

@@ -20,10 +20,10 @@ pub enum Bench {
     /// Agent event-to-enforced latency for one pod label change with 10k pods in the stores
     /// (test API server + real agent; eBPF maps when root). BENCH_PODS / BENCH_ROUNDS override.
     Agent,
-    /// iperf3 throughput and short-connection rate between two lab pods: no program vs
-    /// netward (0 and N rules) vs iptables (linear and ipset), as ratios to no program.
-    /// Optimised throughout: the bench binary and the `netward` it drives (built with
-    /// `--release`). Needs root.
+    /// iperf3 throughput, short-connection and exchange rates between two lab pods: no
+    /// program vs netward (0 and N rules) vs iptables (linear and ipset), each as a ratio to
+    /// an untouched control pair measured in alternating slices. Optimised throughout: the
+    /// bench binary and the `netward` it drives (built with `--release`). Needs root.
     Lab(LabArgs),
 }
 
@@ -45,6 +45,13 @@ pub struct LabArgs {
     /// side by side: its daemon takes over the same pinned maps and links, as in an upgrade.
     #[arg(long)]
     baseline_netward: Option<std::path::PathBuf>,
+    /// The one CPU everything runs on (default: the last one), so every cost lies on the
+    /// connection's path and the scheduler's placement adds no noise.
+    #[arg(long, conflicts_with = "no_pin")]
+    cpu: Option<usize>,
+    /// Let the scheduler place clients, servers and packet processing on any CPU.
+    #[arg(long)]
+    no_pin: bool,
 }
 
 #[derive(Args)]
@@ -133,7 +140,13 @@ pub fn run(which: Bench) -> Result<()> {
                     a.baseline_netward
                         .iter()
                         .flat_map(|p| [std::ffi::OsStr::new("--baseline-netward"), p.as_os_str()]),
-                ),
+                )
+                .args(
+                    a.cpu
+                        .iter()
+                        .flat_map(|c| ["--cpu".to_string(), c.to_string()]),
+                )
+                .args(a.no_pin.then_some("--no-pin")),
         ),
     }
 }
