@@ -360,6 +360,11 @@ fn malformed_and_truncated() {
     let mut f = good.clone();
     f[IP_OFF + 2..IP_OFF + 4].copy_from_slice(&10u16.to_be_bytes());
     check(&dp, Ingress, &tagged(&f), false, "malformed");
+    // The same untagged, as the common-packet parser sees it, both directions.
+    check(&dp, Ingress, &f, false, "malformed");
+    let mut f = frame(A4, C4, tcp(80, 1000));
+    f[IP_OFF + 2..IP_OFF + 4].copy_from_slice(&10u16.to_be_bytes());
+    check(&dp, Egress, &f, false, "malformed");
     // Options announced but missing.
     let mut f = good[..IP_OFF + 20].to_vec();
     f[IP_OFF] = 0x4f;

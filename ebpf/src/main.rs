@@ -2,7 +2,8 @@
 //! tc ingress carries what the pod sends (its egress), tc egress what it receives (its ingress).
 //!
 //! Per packet (one module per concern, like Cilium's bpf/lib):
-//! [`parse`] -> `CONFIG` (live slot, generation) -> [`flowcache`] (this CPU's copy of recent
+//! [`parse`] (the common untagged IPv4 TCP/UDP packet in a few instructions, anything else
+//! through the full parser) -> `CONFIG` (live slot, generation) -> [`flowcache`] (this CPU's copy of recent
 //! conntrack verdicts) -> [`conntrack`] (established, reply, related) -> [`policy`] (ipcache +
 //! policy LPM, constant number of lookups) -> [`counters`], [`events`].
 //!
@@ -72,16 +73,22 @@ pub fn netward_floor(_ctx: TcContext) -> i32 {
 
 #[inline(always)]
 fn enforce(ctx: &TcContext, dir: u8) -> i32 {
-    // Make the headers directly accessible when the skb is non-linear.
-    let want = if ctx.len() < PARSE_MAX {
-        ctx.len()
-    } else {
-        PARSE_MAX
+    let parsed = match parse::parse_common(ctx) {
+        Some(p) => Parsed::Ip(p),
+        None => {
+            // Make the headers directly accessible when the skb is non-linear.
+            let want = if ctx.len() < PARSE_MAX {
+                ctx.len()
+            } else {
+                PARSE_MAX
+            };
+            if ((ctx.data_end() - ctx.data()) as u32) < want && !parse::headers_linear(ctx) {
+                let _ = ctx.pull_data(want);
+            }
+            parse::parse(ctx)
+        }
     };
-    if ((ctx.data_end() - ctx.data()) as u32) < want && !parse::headers_linear(ctx) {
-        let _ = ctx.pull_data(want);
-    }
-    let r = decide(ctx, dir);
+    let r = decide(ctx, dir, parsed);
     counters::verdict(dir, r);
     if r < reason::FIRST_DROP {
         // Pass on to the next program / the stack: we only ever drop.
@@ -107,8 +114,8 @@ fn frag_key(t: &Tuple, id: u32, dir: u8) -> FragKey {
 }
 
 #[inline(always)]
-fn decide(ctx: &TcContext, dir: u8) -> u8 {
-    let mut pkt = match parse::parse(ctx) {
+fn decide(ctx: &TcContext, dir: u8, parsed: Parsed) -> u8 {
+    let mut pkt = match parsed {
         Parsed::NonIp => return reason::NON_IP,
         Parsed::Malformed => {
             let d = plain(reason::MALFORMED, 0);
