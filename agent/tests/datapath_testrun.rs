@@ -1622,7 +1622,7 @@ fn coarse_now_ns() -> u64 {
 
 /// A busy client reuses a 5-tuple while the closed flow's entry is still in its closing
 /// lifetime: the allowed SYN overwrites that entry (one entry, the new flow's state: not
-/// closing, no reply seen yet, the TCP lifetime), and the new flow's reply passes.
+/// closing, the TCP lifetime), and the new flow's reply passes.
 #[test]
 fn a_reused_tuple_overwrites_its_closing_entry() {
     let syn = frame(C4, A4, tcp(42100, 80));
@@ -1640,7 +1640,7 @@ fn a_reused_tuple_overwrites_its_closing_entry() {
     let (key, v) = closing[0];
     assert_eq!(
         v.flags & (CT_CLOSING | CT_SEEN_REPLY | CT_ORIGIN_EGRESS),
-        CT_CLOSING | CT_SEEN_REPLY
+        CT_CLOSING
     );
     assert!(v.expires_ns <= coarse_now_ns() + (CT_TIMEOUT_CLOSING_S + 1) * 1_000_000_000);
 
@@ -1652,6 +1652,34 @@ fn a_reused_tuple_overwrites_its_closing_entry() {
     assert_eq!(v.flags & (CT_CLOSING | CT_SEEN_REPLY | CT_ORIGIN_EGRESS), 0);
     assert!(v.expires_ns > coarse_now_ns() + CT_TIMEOUT_OTHER_S * 1_000_000_000);
     check(&dp, Egress, &reply, true, "reply");
+}
+
+/// A new flow's entry fills this CPU's flow cache as it is written: the flow's first reply
+/// (a TCP SYN-ACK, sent from the softirq that took the SYN) is answered without a `CT`
+/// read. With the entry removed behind the programs' back, only the cache can pass it.
+#[test]
+fn a_new_flows_first_reply_is_answered_by_the_flow_cache() {
+    pin_to_this_cpu();
+    let syn = frame(C4, A4, tcp(42200, 80));
+    // A's egress allows nothing to C:42200: only conntrack (or the cache) passes the reply.
+    let reply = frame(A4, C4, tcp_ack(80, 42200));
+    let cfg = test_config("firstreply");
+    let dp = setup_with(cfg.clone());
+    check(&dp, Ingress, &syn, true, "policy_allow");
+    forget_conntrack(&cfg);
+    let hits = dp.counters().unwrap().flow_cache_hits;
+    check(&dp, Egress, &reply, true, "reply");
+    assert_eq!(dp.counters().unwrap().flow_cache_hits, hits + 1);
+    // A denied SYN writes nothing, so fills nothing.
+    let denied = frame(W4, A4, tcp(42201, 80));
+    check(&dp, Ingress, &denied, false, "policy_deny");
+    check(
+        &dp,
+        Egress,
+        &frame(A4, W4, tcp_ack(80, 42201)),
+        false,
+        "policy_deny",
+    );
 }
 
 /// Remove every conntrack entry behind the programs' back (as an LRU eviction would).

@@ -632,7 +632,8 @@ pub struct CtValue {
     pub flags: u16,
 }
 
-/// [`CtValue::flags`]: a reply was seen.
+/// [`CtValue::flags`]: a reply was seen. No longer written (the flow cache answers replies
+/// from the entry's creation on) nor read; entries of older builds may carry it.
 pub const CT_SEEN_REPLY: u16 = 1 << 0;
 /// [`CtValue::flags`]: a TCP FIN or RST was seen; the entry lives [`CT_TIMEOUT_CLOSING_S`].
 pub const CT_CLOSING: u16 = 1 << 1;

@@ -18,8 +18,8 @@
 //! (`reason::REVOKED`).
 
 use netward_common::{
-    reason, CtFlowKey, CtValue, CT_CLOSING, CT_FROM_HOST, CT_ORIGIN_EGRESS, CT_SEEN_REPLY,
-    CT_TIMEOUT_CLOSING_S, CT_TIMEOUT_OTHER_S, CT_TIMEOUT_TCP_S, DIR_EGRESS, DIR_INGRESS, PROTO_TCP,
+    reason, CtFlowKey, CtValue, CT_CLOSING, CT_FROM_HOST, CT_ORIGIN_EGRESS, CT_TIMEOUT_CLOSING_S,
+    CT_TIMEOUT_OTHER_S, CT_TIMEOUT_TCP_S, DIR_EGRESS, DIR_INGRESS, PROTO_TCP,
 };
 
 use crate::{
@@ -165,7 +165,6 @@ pub fn lookup(f: &Flow, dir: u8, tcp_flags: u8, slot: u8, cfg_flags: u32, genera
     let r = if origin == dir {
         reason::ESTABLISHED
     } else {
-        flags |= CT_SEEN_REPLY;
         reason::REPLY
     };
     if closing {
@@ -178,7 +177,7 @@ pub fn lookup(f: &Flow, dir: u8, tcp_flags: u8, slot: u8, cfg_flags: u32, genera
         v.expires_ns = expires;
     }
     if flags & CT_CLOSING == 0 {
-        flowcache::fill(f, generation, origin, flags & CT_SEEN_REPLY != 0);
+        flowcache::fill(f, generation, origin);
     }
     Hit::Pass(r)
 }
@@ -209,8 +208,12 @@ pub fn create(f: &Flow, dir: u8, d: &Decision, tcp_flags: u8, generation: u64, f
     // an LRU node taken and one given back.
     if let Some(old) = CT.get_ptr_mut(&k) {
         unsafe { *old = v };
-    } else {
-        let _ = CT.insert(&k, &v, 0);
+    } else if CT.insert(&k, &v, 0).is_err() {
+        return;
+    }
+    // The flow's first reply (for TCP the SYN-ACK, on this CPU) then needs no `CT` read.
+    if flags & CT_CLOSING == 0 {
+        flowcache::fill(f, generation, dir);
     }
 }
 

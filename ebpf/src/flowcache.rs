@@ -5,13 +5,17 @@
 //!
 //! An entry says "`CT` passed this flow under `generation`, less than
 //! `FLOW_CACHE_WINDOW` jiffies ago" (at most 1 s):
-//! * it is only filled after `CT` passed a packet, and only for flows that are not closing
-//!   (`CT_CLOSING` has the short lifetime; FIN/RST packets always take the `CT` path);
+//! * it is filled when a new flow's `CT` entry is written and after `CT` passed a packet,
+//!   and only for flows that are not closing (`CT_CLOSING` has the short lifetime; FIN/RST
+//!   packets always take the `CT` path). Filled with the entry, it answers the flow's first
+//!   reply: a TCP SYN-ACK is sent from the softirq that took the SYN, on the same CPU, so a
+//!   short connection's handshake reads `CT` at neither veth;
 //! * a new Plan generation misses, so a re-check always goes through `CT` and the policy;
 //! * within the window `CT` itself could not answer otherwise: the entry was refreshed to at
 //!   least 10 s of life when the cache was filled (so it cannot expire), and an LRU eviction
 //!   by another CPU only ends tracking the flow that the current Plan allows anyway;
-//! * a reply hits only once `CT` has recorded `CT_SEEN_REPLY`, which needs a store;
+//! * it answers both hooks: `established` at the hook the flow was opened at, `reply` at the
+//!   other, as `CT` does for any flow it holds;
 //! * an entry passes a subset of what `CT` passes while `CT` holds the flow: a new connection
 //!   that reuses the 5-tuple within the window, opened from the other side, passes the same,
 //!   and at most its packets on this CPU count as `established` where `CT` says `reply` (or
@@ -57,9 +61,7 @@ pub struct Entry {
     jiffies: u64,
     /// `DIR_*` the flow was opened in.
     origin: u8,
-    /// `CT_SEEN_REPLY` was set when filled: packets at the other hook hit too.
-    reply_seen: u8,
-    _pad: [u8; 6],
+    _pad: [u8; 7],
 }
 
 #[map(name = "FLOW_CACHE")]
@@ -116,16 +118,14 @@ pub fn get(f: &Flow, dir: u8, generation: u64) -> Option<u8> {
     }
     if dir == e.origin {
         Some(reason::ESTABLISHED_CACHED)
-    } else if e.reply_seen != 0 {
-        Some(reason::REPLY_CACHED)
     } else {
-        None
+        Some(reason::REPLY_CACHED)
     }
 }
 
 /// Record that `CT` passed the flow under `generation` (opened in `origin`).
 #[inline(always)]
-pub fn fill(f: &Flow, generation: u64, origin: u8, reply_seen: bool) {
+pub fn fill(f: &Flow, generation: u64, origin: u8) {
     if slots() == 0 {
         return;
     }
@@ -136,6 +136,5 @@ pub fn fill(f: &Flow, generation: u64, origin: u8, reply_seen: bool) {
         e.generation = generation;
         e.jiffies = unsafe { bpf_jiffies64() };
         e.origin = origin;
-        e.reply_seen = reply_seen as u8;
     }
 }
