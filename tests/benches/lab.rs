@@ -25,6 +25,9 @@
 //! measured pair with nothing attached, first and last) show what the pairing itself reads
 //! as: about 1.00 when the two pairs are alike.
 //!
+//! The node keeps netfilter conntrack on for its forwarded traffic, as kube-proxy's rules do
+//! on every Kubernetes node (`--bare-node`: off; see [`NodeConntrack`]).
+//!
 //! Everything runs on one CPU (`--cpu N`, default the last one; `--no-pin` lets the
 //! scheduler place it): client, servers, iperf3, the daemon and the packets' softirq work.
 //! Then every cost lies on the connection's path, none hides on an idle CPU, and the run is
@@ -74,6 +77,8 @@ struct Args {
     /// Run everything (clients, servers, iperf3, the daemon, the packets' softirq work) on
     /// this one CPU; `None`: wherever the scheduler puts it.
     cpu: Option<usize>,
+    /// Leave netfilter conntrack off for the node's forwarded traffic (see [`NodeConntrack`]).
+    bare_node: bool,
 }
 
 fn args() -> Result<Args> {
@@ -84,6 +89,7 @@ fn args() -> Result<Args> {
         rounds: 3,
         baseline: None,
         cpu: Some(last_cpu()?),
+        bare_node: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -110,6 +116,7 @@ fn args() -> Result<Args> {
             }
             "--cpu" => a.cpu = Some(it.next().context("--cpu N")?.parse()?),
             "--no-pin" => a.cpu = None,
+            "--bare-node" => a.bare_node = true,
             "--bench" => {}
             other => bail!("unknown argument {other}"),
         }
@@ -399,6 +406,42 @@ impl Drop for Iptables {
     }
 }
 
+const NODE_CHAIN: &str = "NWBENCH-NODE";
+
+/// Netfilter conntrack on for every forwarded packet, as on any Kubernetes node: kube-proxy's
+/// `KUBE-FORWARD` chain drops conntrack-INVALID packets, which keeps conntrack tracking all
+/// forwarded traffic. Without it the node tracks nothing, until the iptables rulesets' own
+/// conntrack rule switches it on for the whole node, the control pair included: their
+/// ratios would then hide that cost, and every configuration would be measured against a
+/// node no cluster runs. Removed when dropped.
+struct NodeConntrack;
+
+impl NodeConntrack {
+    fn install() -> Result<Self> {
+        Self::remove();
+        restore(
+            "iptables-restore",
+            &["--noflush"],
+            &format!(
+                "*filter\n:{NODE_CHAIN} - [0:0]\n-A {NODE_CHAIN} -m conntrack --ctstate INVALID -j DROP\n-A FORWARD -j {NODE_CHAIN}\nCOMMIT\n"
+            ),
+        )?;
+        Ok(NodeConntrack)
+    }
+
+    fn remove() {
+        let _ = sh(Command::new("iptables").args(["-D", "FORWARD", "-j", NODE_CHAIN]));
+        let _ = sh(Command::new("iptables").args(["-F", NODE_CHAIN]));
+        let _ = sh(Command::new("iptables").args(["-X", NODE_CHAIN]));
+    }
+}
+
+impl Drop for NodeConntrack {
+    fn drop(&mut self) {
+        Self::remove();
+    }
+}
+
 struct KillOnDrop(Child);
 
 impl Drop for KillOnDrop {
@@ -663,6 +706,12 @@ fn main() -> Result<()> {
     let (_control_lab, _control_dir, control, control_server) =
         two_pod_lab("benchctl", (CONTROL_CLIENT, CONTROL_SERVER))?;
     let _iperf_servers = [iperf_server(&server)?, iperf_server(&control_server)?];
+    let _conntrack = if a.bare_node {
+        eprintln!("bare node: netfilter conntrack off until an iptables ruleset needs it");
+        None
+    } else {
+        Some(NodeConntrack::install()?)
+    };
     std::thread::sleep(Duration::from_millis(500));
 
     let mut rounds = Vec::new();

@@ -52,6 +52,10 @@ pub struct LabArgs {
     /// Let the scheduler place clients, servers and packet processing on any CPU.
     #[arg(long)]
     no_pin: bool,
+    /// Leave netfilter conntrack off for the node's forwarded traffic (by default it is on,
+    /// as kube-proxy's rules keep it on every Kubernetes node).
+    #[arg(long)]
+    bare_node: bool,
 }
 
 #[derive(Args)]
@@ -146,7 +150,8 @@ pub fn run(which: Bench) -> Result<()> {
                         .iter()
                         .flat_map(|c| ["--cpu".to_string(), c.to_string()]),
                 )
-                .args(a.no_pin.then_some("--no-pin")),
+                .args(a.no_pin.then_some("--no-pin"))
+                .args(a.bare_node.then_some("--bare-node")),
         ),
     }
 }
