@@ -5,6 +5,8 @@
 //! an exchange rate on one persistent connection (1 byte each way, no Nagle: a long-lived
 //! flow's small packets) from a client pod to a server pod under:
 //! * no program (the lab without its daemon), measured first and last;
+//! * the tc hook floor: a program that returns at once (`netward_floor`) on both hooks of
+//!   both pods' veths, what any tc program costs before it does anything;
 //! * netward with 0 rules and with N ingress rules on the server (N ipBlock /32 peers that
 //!   never match, then the rule that admits the client), and with the largest N again under
 //!   a restarted daemon, with the per-CPU flow cache off (`--flow-cache-slots 0`) and on,
@@ -514,6 +516,14 @@ fn one_round(
         Ok(())
     };
     measure("no program".into())?;
+    {
+        // What any tc program costs this traffic before it does anything.
+        let _floor = netward::datapath::bench::attach_floor(
+            &[&pair.client.host_veth, &server.host_veth],
+            PathBuf::from("/sys/fs/bpf/netward-bench-floor"),
+        )?;
+        measure("tc hook floor (a program that returns at once)".into())?;
+    }
 
     process::spawn(&netward_bin(), Role::Daemon, &lab.name, &[])?;
     measure("netward, 0 rules".into())?;

@@ -400,3 +400,42 @@ pub fn table(rows: &[BenchRow], repeat: u32) -> String {
     );
     s
 }
+
+/// `netward_floor` (a program that returns at once) attached first at both tc hooks (TCX) of
+/// some interfaces: what any tc program costs real traffic on this kernel, before it does
+/// anything (`bench lab`'s floor row). Detached when dropped: its links are not pinned.
+pub struct FloorAttached {
+    _bpf: aya::Ebpf,
+    pin_dir: PathBuf,
+}
+
+/// Attach [`FloorAttached`] to `ifnames`; its maps go under `pin_dir` (removed on drop).
+pub fn attach_floor(ifnames: &[&str], pin_dir: PathBuf) -> Result<FloorAttached> {
+    use aya::programs::{tc::TcAttachOptions, LinkOrder, TcAttachType};
+    let cfg = DatapathConfig {
+        bpffs_dir: pin_dir.clone(),
+        ..DatapathConfig::default()
+    };
+    let _ = super::loader::remove_pins(&pin_dir);
+    let mut bpf = super::loader::load(&cfg)?;
+    let prog: &mut SchedClassifier = bpf
+        .program_mut(FLOOR)
+        .context("the eBPF object has no netward_floor")?
+        .try_into()?;
+    if prog.fd().is_err() {
+        prog.load().context("load netward_floor")?;
+    }
+    for ifname in ifnames {
+        for hook in [TcAttachType::Ingress, TcAttachType::Egress] {
+            prog.attach_with_options(ifname, hook, TcAttachOptions::TcxOrder(LinkOrder::first()))
+                .with_context(|| format!("attach netward_floor to {ifname} (TCX)"))?;
+        }
+    }
+    Ok(FloorAttached { _bpf: bpf, pin_dir })
+}
+
+impl Drop for FloorAttached {
+    fn drop(&mut self) {
+        let _ = super::loader::remove_pins(&self.pin_dir);
+    }
+}
