@@ -3,7 +3,7 @@
 //! flow, one 64-byte entry per slot. A hit costs an inlined array access and a compare of five
 //! words instead of a kernel hash lookup of a 40-byte key.
 //!
-//! An entry says "`CT` passed this flow under `generation`, less than
+//! An entry says "`CT` admitted or passed this flow under `generation`, less than
 //! `FLOW_CACHE_WINDOW` jiffies ago" (at most 1 s):
 //! * it is filled when a new flow's `CT` entry is written and after `CT` passed a packet,
 //!   and only for flows that are not closing (`CT_CLOSING` has the short lifetime; FIN/RST
@@ -17,11 +17,10 @@
 //! * it answers both hooks: `established` at the hook the flow was opened at, `reply` at the
 //!   other, as `CT` does for any flow it holds;
 //! * an entry passes a subset of what `CT` passes while `CT` holds the flow: a new connection
-//!   that reuses the 5-tuple within the window, opened from the other side, passes the same,
-//!   and at most its packets on this CPU count as `established` where `CT` says `reply` (or
-//!   the reverse) until the window ends. Clearing the entry on the SYN would touch a random
-//!   cache line on every new flow for that label (the cold new-flow path measured ~20 ns
-//!   slower with it).
+//!   that reuses the 5-tuple within the window, opened from the other side, passes the same;
+//!   its allowed SYN's fill overwrites the old entry on its CPU, and on other CPUs at most the
+//!   label of its packets is `established` where `CT` says `reply` (or the reverse) until
+//!   the window ends.
 //!
 //! Per CPU, so no entry is ever written concurrently; not pinned, a fresh program starts
 //! empty. `CT` stays the flow's state: the cache only saves re-reading it every packet, and
@@ -123,7 +122,7 @@ pub fn get(f: &Flow, dir: u8, generation: u64) -> Option<u8> {
     }
 }
 
-/// Record that `CT` passed the flow under `generation` (opened in `origin`).
+/// Record that `CT` admitted or passed the flow under `generation` (opened in `origin`).
 #[inline(always)]
 pub fn fill(f: &Flow, generation: u64, origin: u8) {
     if slots() == 0 {

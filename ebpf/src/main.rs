@@ -3,9 +3,9 @@
 //!
 //! Per packet (one module per concern, like Cilium's bpf/lib):
 //! [`parse`] (the common untagged IPv4 TCP/UDP packet in a few instructions, anything else
-//! through the full parser) -> `CONFIG` (live slot, generation) -> [`flowcache`] (this CPU's copy of recent
-//! conntrack verdicts) -> [`conntrack`] (established, reply, related) -> [`policy`] (ipcache +
-//! policy LPM, constant number of lookups) -> [`counters`], [`events`].
+//! through the full parser) -> `CONFIG` (live slot, generation) -> [`flowcache`] (this CPU's
+//! copy of recent conntrack verdicts) -> [`conntrack`] (established, reply, related) ->
+//! [`policy`] (ipcache + policy LPM, constant number of lookups) -> [`counters`], [`events`].
 //!
 //! Verdicts for traffic NetworkPolicy leaves undefined (also in DATAPATH.md of the report):
 //! * non-IP (ARP, LLDP, ...) passes: policies are about IP traffic, and pods need ARP;
