@@ -63,10 +63,17 @@ const CONTROL_SERVER: &str = "10.230.1.2";
 /// One slice of a paired rate measurement.
 const SLICE: Duration = Duration::from_millis(500);
 
-/// A client pod and the address of its server.
+/// A client pod and its server pod.
 struct Pair {
     client: LabPod,
-    server: String,
+    server: LabPod,
+}
+
+impl Pair {
+    /// The address the client connects to.
+    fn server_addr(&self) -> std::net::IpAddr {
+        self.server.ips[0]
+    }
 }
 
 struct Args {
@@ -215,7 +222,7 @@ fn echo_server(pod: &LabPod) -> Result<()> {
 /// long-lived flow's packets cost, where the short-connection rate is mostly new flows).
 fn pingpong_rate(p: &Pair, time: Duration) -> Result<f64> {
     let _in = netns::enter(&p.client.netns)?;
-    let dst: SocketAddr = format!("{}:{ECHO_PORT}", p.server).parse()?;
+    let dst = SocketAddr::new(p.server_addr(), ECHO_PORT);
     let mut c = TcpStream::connect_timeout(&dst, Duration::from_secs(1))
         .context("echo connection refused or dropped")?;
     c.set_nodelay(true)?;
@@ -231,7 +238,7 @@ fn pingpong_rate(p: &Pair, time: Duration) -> Result<f64> {
 /// Connections per second from the pair's client for `time`.
 fn conn_rate(p: &Pair, time: Duration) -> Result<f64> {
     let _in = netns::enter(&p.client.netns)?;
-    let dst: SocketAddr = format!("{}:{CONN_PORT}", p.server).parse()?;
+    let dst = SocketAddr::new(p.server_addr(), CONN_PORT);
     per_second(time, || {
         let mut c = TcpStream::connect_timeout(&dst, Duration::from_secs(1))
             .context("short connection refused or dropped")?;
@@ -311,7 +318,8 @@ fn paired(
 fn iperf(p: &Pair, time: Duration) -> Result<f64> {
     let secs = time.as_secs().max(1);
     let out = Command::new("ip")
-        .args(["netns", "exec", &p.client.netns, "iperf3", "-c", &p.server])
+        .args(["netns", "exec", &p.client.netns, "iperf3", "-c"])
+        .arg(p.server_addr().to_string())
         .args(["-p", &IPERF_PORT.to_string(), "-t", &secs.to_string(), "-J"])
         .output()
         .context("iperf3 client")?;
@@ -349,6 +357,16 @@ fn restore(program: &str, args: &[&str], input: &str) -> Result<()> {
         bail!("{program}: {}", String::from_utf8_lossy(&out.stderr).trim());
     }
     Ok(())
+}
+
+/// Remove `chain` and its jump from FORWARD (the jump's match `matching`), if present.
+fn remove_chain(chain: &str, matching: &[&str]) {
+    let _ = sh(Command::new("iptables")
+        .args(["-D", "FORWARD"])
+        .args(matching)
+        .args(["-j", chain]));
+    let _ = sh(Command::new("iptables").args(["-F", chain]));
+    let _ = sh(Command::new("iptables").args(["-X", chain]));
 }
 
 const CHAIN: &str = "NWBENCH";
@@ -395,9 +413,7 @@ impl Iptables {
     }
 
     fn remove(&self) {
-        let _ = sh(Command::new("iptables").args(["-D", "FORWARD", "-o", &self.veth, "-j", CHAIN]));
-        let _ = sh(Command::new("iptables").args(["-F", CHAIN]));
-        let _ = sh(Command::new("iptables").args(["-X", CHAIN]));
+        remove_chain(CHAIN, &["-o", &self.veth]);
         let _ = sh(Command::new("ipset").args(["destroy", SET]));
     }
 }
@@ -432,9 +448,7 @@ impl NodeConntrack {
     }
 
     fn remove() {
-        let _ = sh(Command::new("iptables").args(["-D", "FORWARD", "-j", NODE_CHAIN]));
-        let _ = sh(Command::new("iptables").args(["-F", NODE_CHAIN]));
-        let _ = sh(Command::new("iptables").args(["-X", NODE_CHAIN]));
+        remove_chain(NODE_CHAIN, &[]);
     }
 }
 
@@ -477,8 +491,8 @@ fn one_round(
     dir: &ManifestDir,
     pair: &Pair,
     control: &Pair,
-    server: &LabPod,
 ) -> Result<Vec<Row>> {
+    let server = &pair.server;
     let mut rows = Vec::new();
     let mut measure = |config: String| -> Result<()> {
         // iperf3 in two slices per pair (it needs whole seconds), the rates in half seconds.
@@ -639,7 +653,7 @@ fn print_table(rounds: &[Vec<Row>]) {
 
 /// Bring up a two-pod lab `name` (client, server at `addrs`) without any enforcement, its
 /// client tuned for many short connections and its servers listening.
-fn two_pod_lab(name: &str, addrs: (&str, &str)) -> Result<(TestLab, ManifestDir, Pair, LabPod)> {
+fn two_pod_lab(name: &str, addrs: (&str, &str)) -> Result<(TestLab, ManifestDir, Pair)> {
     let dir = ManifestDir::new(name);
     dir.write(
         "pods.yaml",
@@ -680,11 +694,7 @@ fn two_pod_lab(name: &str, addrs: (&str, &str)) -> Result<(TestLab, ManifestDir,
     }
     conn_server(&server)?;
     echo_server(&server)?;
-    let pair = Pair {
-        client,
-        server: addrs.1.to_string(),
-    };
-    Ok((lab, dir, pair, server))
+    Ok((lab, dir, Pair { client, server }))
 }
 
 fn iperf_server(pod: &LabPod) -> Result<KillOnDrop> {
@@ -711,11 +721,11 @@ fn main() -> Result<()> {
         pin_to(cpu)?;
         eprintln!("pinned to CPU {cpu}");
     }
-    let (lab, dir, pair, server) = two_pod_lab("bench", (CLIENT, SERVER))?;
+    let (lab, dir, pair) = two_pod_lab("bench", (CLIENT, SERVER))?;
     // The control: never enforced, never in a rule.
-    let (_control_lab, _control_dir, control, control_server) =
+    let (_control_lab, _control_dir, control) =
         two_pod_lab("benchctl", (CONTROL_CLIENT, CONTROL_SERVER))?;
-    let _iperf_servers = [iperf_server(&server)?, iperf_server(&control_server)?];
+    let _iperf_servers = [iperf_server(&pair.server)?, iperf_server(&control.server)?];
     let _conntrack = if a.bare_node {
         eprintln!("bare node: netfilter conntrack off until an iptables ruleset needs it");
         None
@@ -727,7 +737,7 @@ fn main() -> Result<()> {
     let mut rounds = Vec::new();
     for round in 1..=a.rounds.max(1) {
         eprintln!("round {round} of {}", a.rounds.max(1));
-        rounds.push(one_round(&a, &lab, &dir, &pair, &control, &server)?);
+        rounds.push(one_round(&a, &lab, &dir, &pair, &control)?);
     }
     print_table(&rounds);
     Ok(())
