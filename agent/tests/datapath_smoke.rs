@@ -19,6 +19,36 @@ fn loads_and_enforces_a_minimal_plan() {
     assert!(!dp.test_run(Direction::Ingress, &bad, 1).unwrap().pass);
 }
 
+/// Each enforcing program is one function: its body inlined into the classifier's entry.
+/// LLVM stops inlining a large body into the entry the `#[classifier]` macro wraps around it,
+/// and a BPF-to-BPF call then costs every packet ~7 ns (and the verifier more work).
+#[test]
+fn each_program_is_one_function() {
+    let dp = open(test_config("onefunction"));
+    for dir in [Direction::Egress, Direction::Ingress] {
+        let id = dp.program_stats(dir).unwrap().id;
+        let out = std::process::Command::new("bpftool")
+            .args(["prog", "dump", "xlated", "id", &id.to_string()])
+            .output()
+            .expect("bpftool (cargo xtask setup installs it)");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.lines().count() > 100, "{text}");
+        // The compiler's own mem* functions are called where it zeroes a buffer (the event
+        // path); any other callee is a piece of the body that was not inlined.
+        let builtin = ["_memset", "_memcpy", "_memmove", "_memcmp", "_bcmp"];
+        let calls: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains("call pc") && !builtin.iter().any(|b| l.trim_end().ends_with(b)))
+            .collect();
+        assert!(calls.is_empty(), "{dir:?}: BPF-to-BPF calls: {calls:?}");
+    }
+}
+
 /// The verifier's work stays well under its limit (1M instructions per program): the programs
 /// grow with every feature, and a load that fails on a node fails closed for every new pod.
 /// The figure is printed so a change's cost shows in the test log.

@@ -1745,6 +1745,195 @@ fn the_flow_cache_stands_in_for_conntrack_only_within_its_window() {
     }
 }
 
+/// The pinned `CONFIG` map, opened behind the programs' back.
+fn pinned_config(cfg: &DatapathConfig) -> aya::maps::Array<aya::maps::MapData, Config> {
+    let data = aya::maps::MapData::from_pin(cfg.bpffs_dir.join("CONFIG")).unwrap();
+    aya::maps::Array::try_from(aya::maps::Map::from_map_data(data).unwrap()).unwrap()
+}
+
+/// The per-CPU decision cache answers a question (direction, local pod, peer, protocol,
+/// port) only as the policy maps did under the same Plan generation and fail-closed setting,
+/// within its window, with the same attribution; denials too. Off, or with a zero window,
+/// the maps decide every time.
+#[test]
+fn the_decision_cache_answers_only_what_the_maps_answered_under_the_same_plan() {
+    pin_to_this_cpu();
+    let cfg = test_config("decisioncache");
+    let mut dp = setup_with(cfg.clone());
+    let mut events = dp.events().unwrap();
+    let hits = |dp: &Datapath| dp.counters().unwrap().decision_cache_hits;
+    let h = hits(&dp);
+    // The first question of its kind reads the maps; a client's next connection (another
+    // source port) is answered by the cache, attributed to the same policy and rule.
+    check(
+        &dp,
+        Ingress,
+        &frame(C4, A4, tcp(42000, 8007)),
+        true,
+        "policy_allow",
+    );
+    assert_eq!(hits(&dp), h);
+    check(
+        &dp,
+        Ingress,
+        &frame(C4, A4, tcp(42001, 8007)),
+        true,
+        "policy_allow",
+    );
+    assert_eq!(hits(&dp), h + 1);
+    let ev = events.poll(std::time::Duration::from_secs(1)).unwrap();
+    assert_eq!(ev.len(), 2, "{ev:?}");
+    for e in &ev {
+        assert_eq!(e.policy.as_ref().map(|p| p.name.as_str()), Some("p2"));
+        assert_eq!(e.rule, Some(0));
+    }
+    // Denials are cached too.
+    check(
+        &dp,
+        Ingress,
+        &frame(C4, A4, tcp(42002, 81)),
+        false,
+        "policy_deny",
+    );
+    check(
+        &dp,
+        Ingress,
+        &frame(C4, A4, tcp(42003, 81)),
+        false,
+        "policy_deny",
+    );
+    assert_eq!(hits(&dp), h + 2);
+    // Another protocol, port, peer or direction is another question.
+    let other = [
+        (
+            Ingress,
+            frame(
+                C4,
+                A4,
+                L4::Udp {
+                    sport: 42000,
+                    dport: 8007,
+                },
+            ),
+            false,
+            "policy_deny",
+        ),
+        (
+            Ingress,
+            frame(C4, A4, tcp(42004, 8016)),
+            false,
+            "policy_deny",
+        ),
+        (
+            Ingress,
+            frame(W4, A4, tcp(42005, 8007)),
+            false,
+            "policy_deny",
+        ),
+        (
+            Egress,
+            frame(A4, C4, tcp(8007, 42006)),
+            false,
+            "policy_deny",
+        ),
+    ];
+    for (dir, f, pass, reason) in &other {
+        check(&dp, *dir, f, *pass, reason);
+    }
+    assert_eq!(hits(&dp), h + 2);
+
+    // A new Plan: the same question is decided by the new Plan's maps at once.
+    let mut p = PlanBuilder::new();
+    p.pod(A4, 2, 1, EP_ISOLATED_INGRESS | EP_ISOLATED_EGRESS, 1)
+        .peer("10.0.1.0/24", 3);
+    dp.apply(&p.build()).unwrap();
+    check(
+        &dp,
+        Ingress,
+        &frame(C4, A4, tcp(42007, 8007)),
+        false,
+        "policy_deny",
+    );
+    assert_eq!(hits(&dp), h + 2);
+    dp.apply(&fixture()).unwrap();
+    check(
+        &dp,
+        Ingress,
+        &frame(C4, A4, tcp(42008, 8007)),
+        true,
+        "policy_allow",
+    );
+    assert_eq!(hits(&dp), h + 2);
+
+    // The fail-closed setting is part of the question: the agent may change it without a
+    // new generation (a restart with other options writes `CONFIG` under the same Plan).
+    let unknown = frame(C4, U4, tcp(1, 80));
+    check(&dp, Ingress, &unknown, true, "unknown_endpoint_open");
+    check(&dp, Ingress, &unknown, true, "unknown_endpoint_open");
+    assert_eq!(hits(&dp), h + 3);
+    let mut config = pinned_config(&cfg);
+    let mut c = config.get(&0, 0).unwrap();
+    c.flags |= CFG_FAIL_CLOSED_UNKNOWN;
+    config.set(0, c, 0).unwrap();
+    check(&dp, Ingress, &unknown, false, "unknown_endpoint");
+    assert_eq!(hits(&dp), h + 3);
+
+    // After the window (at most 1 s) the maps are read again.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    check(
+        &dp,
+        Ingress,
+        &frame(C4, A4, tcp(42009, 8007)),
+        true,
+        "policy_allow",
+    );
+    assert_eq!(hits(&dp), h + 3);
+    drop(dp);
+
+    // Off (0 slots), and a zero window (every probe misses).
+    for (tag, slots, window) in [("decisions-off", 0, 100), ("decisions-miss", 256, 0)] {
+        let cfg = DatapathConfig {
+            decision_cache_slots: slots,
+            flow_cache_window_jiffies: window,
+            ..test_config(tag)
+        };
+        let dp = setup_with(cfg);
+        for sport in 42000..42004 {
+            check(
+                &dp,
+                Ingress,
+                &frame(C4, A4, tcp(sport, 8007)),
+                true,
+                "policy_allow",
+            );
+            check(
+                &dp,
+                Ingress,
+                &frame(C4, A4, tcp(sport, 81)),
+                false,
+                "policy_deny",
+            );
+        }
+        assert_eq!(hits(&dp), 0);
+    }
+}
+
+#[test]
+fn decision_cache_slots_must_be_a_power_of_two() {
+    let cfg = DatapathConfig {
+        decision_cache_slots: 3,
+        ..test_config("decisioncache-size")
+    };
+    let err = Datapath::open_or_create(cfg.clone())
+        .err()
+        .expect("3 slots accepted");
+    assert!(
+        format!("{err:#}").contains("decision cache slots 3: must be 0 (off) or a power of two"),
+        "{err:#}"
+    );
+    let _ = std::fs::remove_dir_all(&cfg.bpffs_dir);
+}
+
 #[test]
 fn flow_cache_slots_must_be_a_power_of_two() {
     let cfg = DatapathConfig {

@@ -332,6 +332,16 @@ pub const fn addr_tag(addr: &[u8; 16]) -> u32 {
     tag_words(a0, a1)
 }
 
+/// The slot of a per-CPU direct-mapped cache (flow cache, decision cache) for a key of two
+/// addresses' words and one more word, before the mask: multiplicative hashing (the high
+/// bits of a product mix every bit of the multiplicand), two rounds so both addresses and
+/// `meta` count.
+#[inline(always)]
+pub const fn cache_index(a: &[u64; 2], b: &[u64; 2], meta: u64) -> u32 {
+    let x = (a[0] ^ a[1]).wrapping_mul(TAG_MUL) ^ b[0] ^ b[1] ^ meta;
+    (x.wrapping_mul(TAG_MUL) >> 32) as u32
+}
+
 /// The address's two native-endian 64-bit words, as the datapath holds them.
 #[inline(always)]
 pub const fn addr_words(addr: &[u8; 16]) -> [u64; 2] {
@@ -652,7 +662,11 @@ pub const CT_ORIGIN_EGRESS: u16 = 1 << 3;
 /// over 256 KiB, mostly cold lines). With many concurrent flows a CPU's flows collide more;
 /// a collision costs a `CT` read and a refill (6-8 ns over no cache at all).
 pub const FLOW_CACHE_DEFAULT_SLOTS: u32 = 256;
-/// How long a flow cache entry stands in for `CT`, in jiffies: at most 1 s whatever the
+/// Default slots of each CPU's decision cache in front of the policy maps (a power of two;
+/// 64 bytes each): one per recent (direction, local, peer, protocol, port) question.
+pub const DECISION_CACHE_DEFAULT_SLOTS: u32 = 256;
+/// How long a flow cache entry stands in for `CT` (and a decision cache entry for the policy
+/// maps), in jiffies: at most 1 s whatever the
 /// kernel's HZ (100 to 1000).
 pub const FLOW_CACHE_WINDOW_JIFFIES: u64 = 100;
 
@@ -772,6 +786,8 @@ pub const COUNTER_EVENTS_RATE_LIMITED: u32 = 0;
 pub const COUNTER_EVENTS_LOST: u32 = 1;
 /// Events emitted.
 pub const COUNTER_EVENTS_SENT: u32 = 2;
+/// Policy decisions the per-CPU decision cache answered without the policy lookups.
+pub const COUNTER_DECISION_CACHE_HITS: u32 = 3;
 /// Packets by direction and reason: one counter per packet at
 /// [`counter_index`]`(dir, reason)`. Allowed/denied totals are sums (reasons below
 /// `reason::FIRST_DROP` pass), so the hot path bumps a single counter.
@@ -966,6 +982,7 @@ mod tests {
             COUNTER_EVENTS_RATE_LIMITED,
             COUNTER_EVENTS_LOST,
             COUNTER_EVENTS_SENT,
+            COUNTER_DECISION_CACHE_HITS,
         ] {
             assert!(!seen[i as usize]);
             seen[i as usize] = true;

@@ -104,7 +104,7 @@ fn lifetime(proto: u8, flags: u16) -> u64 {
 /// Re-check a tracked flow against the current Plan, as it was opened: from the local pod
 /// (egress, the remote's port) or towards it (ingress, the local port).
 #[inline(always)]
-fn recheck(f: &Flow, ct_flags: u16, slot: u8, cfg_flags: u32) -> Decision {
+fn recheck(f: &Flow, ct_flags: u16, generation: u64, cfg_flags: u32) -> Decision {
     let (dir, port) = if ct_flags & CT_ORIGIN_EGRESS != 0 {
         (DIR_EGRESS, f.rport)
     } else {
@@ -113,7 +113,7 @@ fn recheck(f: &Flow, ct_flags: u16, slot: u8, cfg_flags: u32) -> Decision {
     let port = if has_ports(f.proto) { port } else { 0 };
     let (local, remote) = (addr_bytes(f.local), addr_bytes(f.remote));
     policy::check(
-        slot, cfg_flags, dir, f.family, &local, &remote, f.proto, port,
+        generation, cfg_flags, dir, f.family, &local, &remote, f.proto, port,
     )
 }
 
@@ -129,7 +129,7 @@ pub enum Hit {
 /// Look up the flow of a packet at the hook of direction `dir`. Refreshes the entry, handles
 /// generation changes and TCP teardown.
 #[inline(always)]
-pub fn lookup(f: &Flow, dir: u8, tcp_flags: u8, slot: u8, cfg_flags: u32, generation: u64) -> Hit {
+pub fn lookup(f: &Flow, dir: u8, tcp_flags: u8, cfg_flags: u32, generation: u64) -> Hit {
     let closing = tcp_closing(f.proto, tcp_flags);
     if !closing {
         if let Some(r) = flowcache::get(f, dir, generation) {
@@ -147,7 +147,7 @@ pub fn lookup(f: &Flow, dir: u8, tcp_flags: u8, slot: u8, cfg_flags: u32, genera
     }
     // Flows the node opened are allowed whatever the Plan: nothing to re-check.
     if v.generation != generation && v.flags & CT_FROM_HOST == 0 {
-        let d = recheck(f, v.flags, slot, cfg_flags);
+        let d = recheck(f, v.flags, generation, cfg_flags);
         if !d.allows() {
             remove(f);
             return Hit::Revoked(d);

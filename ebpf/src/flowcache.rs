@@ -26,7 +26,7 @@
 //! empty. `CT` stays the flow's state: the cache only saves re-reading it every packet, and
 //! refreshing it at most once a window keeps the lifetimes of seconds exact to a second.
 use aya_ebpf::{helpers::bpf_jiffies64, macros::map, maps::PerCpuArray};
-use netward_common::{reason, FLOW_CACHE_DEFAULT_SLOTS, FLOW_CACHE_WINDOW_JIFFIES, TAG_MUL};
+use netward_common::{cache_index, reason, FLOW_CACHE_DEFAULT_SLOTS, FLOW_CACHE_WINDOW_JIFFIES};
 
 use crate::conntrack::Flow;
 
@@ -47,8 +47,9 @@ fn slots() -> u32 {
     unsafe { core::ptr::read_volatile(&FLOW_CACHE_SLOTS) }
 }
 
+/// (Also the decision cache's window.)
 #[inline(always)]
-fn window() -> u64 {
+pub(crate) fn window() -> u64 {
     unsafe { core::ptr::read_volatile(core::ptr::addr_of!(FLOW_CACHE_WINDOW)) }
 }
 
@@ -85,12 +86,10 @@ fn holds(e: &Entry, f: &Flow, meta: u64) -> bool {
         == 0
 }
 
-/// The flow's slot: multiplicative hashing (the high bits of a product mix every bit of
-/// the multiplicand), two rounds so both addresses and the ports count.
+/// The flow's slot.
 #[inline(always)]
 fn index(f: &Flow, meta: u64) -> u32 {
-    let x = (f.local[0] ^ f.local[1]).wrapping_mul(TAG_MUL) ^ f.remote[0] ^ f.remote[1] ^ meta;
-    (x.wrapping_mul(TAG_MUL) >> 32) as u32 & slots().wrapping_sub(1)
+    cache_index(&f.local, &f.remote, meta) & slots().wrapping_sub(1)
 }
 
 /// Whether this CPU's cache passes the flow's packet at the hook of direction `dir`: the

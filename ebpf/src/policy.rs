@@ -24,6 +24,7 @@ use netward_common::{
     IPCACHE_HEADER_BITS, POLICY_LEN_BITS,
 };
 
+use crate::decisioncache;
 use crate::maps::{HOST_ADDRS, IPCACHE, LOCAL_ADDRS, POLICY_HASH, PROBE_KEY};
 use crate::parse::has_ports;
 
@@ -153,10 +154,35 @@ fn isolation_flag(dir: u8) -> u32 {
 }
 
 /// Decide whether the local pod at `local` may exchange (`proto`, `port`) with `peer` in
-/// direction `dir`, under the Plan in `slot`.
+/// direction `dir`, under the Plan of `generation`: this CPU's decision cache, else the maps.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 pub fn check(
+    generation: u64,
+    cfg_flags: u32,
+    dir: u8,
+    family: u8,
+    local: &[u8; 16],
+    peer: &[u8; 16],
+    proto: u8,
+    port: u16,
+) -> Decision {
+    let q = decisioncache::Question::new(cfg_flags, dir, family, local, peer, proto, port);
+    if let Some(d) = decisioncache::get(&q, generation) {
+        return d;
+    }
+    let slot = (generation & 1) as u8;
+    let d = check_maps(slot, cfg_flags, dir, family, local, peer, proto, port);
+    // The question again rather than kept across the lookups (it would spill to the stack).
+    let q = decisioncache::Question::new(cfg_flags, dir, family, local, peer, proto, port);
+    decisioncache::fill(&q, generation, &d);
+    d
+}
+
+/// [`check`] from the Plan's maps in `slot`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn check_maps(
     slot: u8,
     cfg_flags: u32,
     dir: u8,

@@ -75,6 +75,7 @@ impl Enforcer for EbpfEnforcer {
             events_lost: c.events_lost,
             sync_failures: c.sync_failures,
             flow_cache_hits: c.flow_cache_hits,
+            decision_cache_hits: c.decision_cache_hits,
         })
     }
 

@@ -34,6 +34,7 @@ pub struct Metrics {
     ready: Gauge<i64>,
     endpoints_attached: Gauge<i64>,
     flow_cache_hits: Counter<u64, AtomicU64>,
+    decision_cache_hits: Counter<u64, AtomicU64>,
 }
 
 impl Default for Metrics {
@@ -62,7 +63,14 @@ impl Metrics {
             ready: Gauge::default(),
             endpoints_attached: Gauge::default(),
             flow_cache_hits: Counter::default(),
+            decision_cache_hits: Counter::default(),
         };
+        m.registry.register(
+            "decision_cache_hits",
+            "Policy decisions (new flows, re-checks after a Plan change) answered by the \
+             per-CPU decision cache without the policy lookups",
+            m.decision_cache_hits.clone(),
+        );
         m.registry.register(
             "flow_cache_hits",
             "Packets of tracked flows (established, reply) answered by the per-CPU flow cache \
@@ -205,6 +213,7 @@ impl Metrics {
             counters.denied,
         );
         Self::set_total(&self.flow_cache_hits, counters.flow_cache_hits);
+        Self::set_total(&self.decision_cache_hits, counters.decision_cache_hits);
         for (key, n) in &counters.by_reason {
             let (direction, reason) = key.split_once('/').unwrap_or(("any", key));
             let labels = vec![
@@ -259,6 +268,7 @@ mod tests {
             allowed: 7,
             denied: 4,
             flow_cache_hits: 5,
+            decision_cache_hits: 2,
             ..Default::default()
         };
         c.by_reason.insert("ingress/policy_deny".into(), 3);
@@ -273,6 +283,7 @@ mod tests {
             r#"direction="egress",reason="reply"} 7"#,
             r#"verdict="denied"} 4"#,
             "netward_flow_cache_hits_total 5",
+            "netward_decision_cache_hits_total 2",
         ] {
             assert!(has(needle), "{needle} missing from\n{text}");
         }

@@ -110,6 +110,9 @@ pub struct Counters {
     /// Packets of tracked flows the per-CPU flow cache answered (0 from an agent without one).
     #[serde(default)]
     pub flow_cache_hits: u64,
+    /// Policy decisions the per-CPU decision cache answered (0 from an agent without one).
+    #[serde(default)]
+    pub decision_cache_hits: u64,
 }
 
 /// One verdict, attributed, as `netward monitor` prints it.

@@ -67,6 +67,15 @@ pub struct MapSizeArgs {
     /// two; 0: off): packets of flows conntrack passed within the last second skip its lookup.
     #[arg(long, default_value_t = MapSizes::default().flow_cache, env = "NETWARD_FLOW_CACHE_SLOTS")]
     pub flow_cache_slots: u32,
+    /// Slots of each CPU's decision cache in front of the policy maps (64 bytes each; 0 or a
+    /// power of two; 0: off): a new flow whose (direction, pod, peer, protocol, port) was
+    /// decided under the current Plan within the last second skips the policy lookups.
+    #[arg(
+        long,
+        default_value_t = MapSizes::default().decision_cache,
+        env = "NETWARD_DECISION_CACHE_SLOTS"
+    )]
+    pub decision_cache_slots: u32,
     /// Service (virtual address, protocol, port) entries.
     #[arg(long, default_value_t = MapSizes::default().services, env = "NETWARD_SERVICES_MAX")]
     pub services_max: u32,
@@ -87,6 +96,7 @@ impl MapSizeArgs {
             endpoints: self.endpoints_max,
             conntrack: self.conntrack_max,
             flow_cache: self.flow_cache_slots,
+            decision_cache: self.decision_cache_slots,
             services: self.services_max,
             service_policy: self.service_policy_max,
         }

@@ -155,6 +155,13 @@ pub fn render(s: &Status) -> String {
             100.0 * c.flow_cache_hits as f64 / tracked as f64
         );
     }
+    if c.decision_cache_hits > 0 {
+        let _ = writeln!(
+            o,
+            "Decision cache: {} policy decisions answered without the policy lookups",
+            c.decision_cache_hits
+        );
+    }
     // Keys are `direction/reason`: one row per reason, one column per direction.
     let mut by_dir: std::collections::BTreeMap<&str, [u64; 3]> = Default::default();
     for (key, n) in &c.by_reason {
@@ -272,5 +279,12 @@ mod tests {
         // Nothing tracked yet: no line.
         s.counters.by_reason.clear();
         assert!(!render(&s).contains("Flow cache"));
+        assert!(!render(&s).contains("Decision cache"));
+        s.counters.decision_cache_hits = 3;
+        assert!(
+            render(&s).contains("Decision cache: 3 policy decisions answered"),
+            "{}",
+            render(&s)
+        );
     }
 }

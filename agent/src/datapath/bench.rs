@@ -5,11 +5,16 @@
 //!   this CPU's flow cache (a repeated packet always hits it, as a flow's packets mostly do);
 //!   the row `current, cache miss` loads the same object with a zero cache window, so every
 //!   packet probes the cache, misses, reads `CT` (one hit) and fills the cache: what the first
-//!   packet of a flow per CPU and second costs, and every packet of flows that collide in it;
+//!   packet of a flow per CPU and second costs, and every packet of flows that collide in it
+//!   (in that row the decision cache misses too, see below);
 //! * reply: the same flow's answer at the pod's other hook (the same cache entry, or the same
 //!   single `CT` lookup: the entry is shared by both hooks of the veth);
 //! * new flow, TCP SYN (policy path): a SYN the policy denies (a SYN skips conntrack: it
-//!   always opens a flow);
+//!   always opens a flow). The packet is repeated, so in the `current` row the per-CPU
+//!   decision cache answers (as for a client's next connection to the same pod and port,
+//!   from another source port); in `current, cache miss` every probe misses and the policy
+//!   maps decide (the first such question per CPU and second). Likewise for the UDP and
+//!   allowed-SYN paths below;
 //! * new flow, UDP: a packet no flow matches and the policy denies: one conntrack
 //!   miss, the local endpoint (`LOCAL_ADDRS`), the peer (`HOST_ADDRS`), the policy hash probed
 //!   at the subject's prefix lengths, a rate-limited event: every lookup of a new flow except the
@@ -77,7 +82,7 @@ impl Default for BenchOptions {
 /// One row: ns per packet for each path.
 #[derive(Clone, Debug)]
 pub struct BenchRow {
-    /// Which object: "current", "current, cache miss" (no flow cache hits) or "baseline".
+    /// Which object: "current", "current, cache miss" (no flow or decision cache hits) or "baseline".
     pub build: &'static str,
     pub policy_entries: usize,
     pub established: f64,

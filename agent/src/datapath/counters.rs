@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use anyhow::{Context, Result};
 use aya::maps::{MapData, PerCpuArray};
 use netward_common::{
-    counter_index, reason, COUNTER_EVENTS_LOST, COUNTER_EVENTS_RATE_LIMITED, COUNTER_EVENTS_SENT,
-    DIR_EGRESS, DIR_INGRESS,
+    counter_index, reason, COUNTER_DECISION_CACHE_HITS, COUNTER_EVENTS_LOST,
+    COUNTER_EVENTS_RATE_LIMITED, COUNTER_EVENTS_SENT, DIR_EGRESS, DIR_INGRESS,
 };
 use serde::Serialize;
 
@@ -30,6 +30,9 @@ pub struct Counters {
     /// Packets of tracked flows (`established`, `reply`) the per-CPU flow cache answered
     /// without reading conntrack.
     pub flow_cache_hits: u64,
+    /// Policy decisions (new flows, re-checks) the per-CPU decision cache answered without
+    /// the policy lookups.
+    pub decision_cache_hits: u64,
     /// Plans that failed to apply in this agent process (map full, ...): each left the
     /// previous Plan in force.
     pub sync_failures: u64,
@@ -83,6 +86,7 @@ impl Datapath {
             events_sent: get(COUNTER_EVENTS_SENT)?,
             events_rate_limited: get(COUNTER_EVENTS_RATE_LIMITED)?,
             events_lost: get(COUNTER_EVENTS_LOST)?,
+            decision_cache_hits: get(COUNTER_DECISION_CACHE_HITS)?,
             sync_failures: self.sync_failures,
             ..Default::default()
         };

@@ -98,6 +98,11 @@ const MAPS: &[MapSpec] = &[
     // Per CPU, not pinned.
     map("FLOW_CACHE", None, Some(|c| c.flow_cache_slots.max(1))),
     map(
+        "DECISION_CACHE",
+        None,
+        Some(|c| c.decision_cache_slots.max(1)),
+    ),
+    map(
         "FRAGS",
         Some((size_of::<FragKey>(), size_of::<FragValue>())),
         Some(|c| c.frags_max),
@@ -183,8 +188,8 @@ pub(crate) fn ensure_bpffs(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Largest flow cache per CPU (64 MiB of 64-byte slots).
-const FLOW_CACHE_MAX_SLOTS: u32 = 1 << 20;
+/// Largest flow or decision cache per CPU (64 MiB of 64-byte slots).
+const CACHE_MAX_SLOTS: u32 = 1 << 20;
 
 /// Load the object: maps pinned under `cfg.bpffs_dir` (reused when present), programs loaded.
 pub(crate) fn load(cfg: &DatapathConfig) -> Result<Ebpf> {
@@ -196,11 +201,15 @@ pub(crate) fn load_object(cfg: &DatapathConfig, object: &[u8]) -> Result<Ebpf> {
     if object.is_empty() {
         bail!("the eBPF object is empty: the agent was built with AYA_BUILD_SKIP");
     }
-    let slots = cfg.flow_cache_slots;
-    if slots != 0 && (!slots.is_power_of_two() || slots > FLOW_CACHE_MAX_SLOTS) {
-        bail!(
-            "flow cache slots {slots}: must be 0 (off) or a power of two up to {FLOW_CACHE_MAX_SLOTS}"
-        );
+    for (what, slots) in [
+        ("flow cache", cfg.flow_cache_slots),
+        ("decision cache", cfg.decision_cache_slots),
+    ] {
+        if slots != 0 && (!slots.is_power_of_two() || slots > CACHE_MAX_SLOTS) {
+            bail!(
+                "{what} slots {slots}: must be 0 (off) or a power of two up to {CACHE_MAX_SLOTS}"
+            );
+        }
     }
     ensure_bpffs(&cfg.bpffs_dir)?;
     replace_stale_stats_maps(&cfg.bpffs_dir)?;
@@ -214,8 +223,9 @@ pub(crate) fn load_object(cfg: &DatapathConfig, object: &[u8]) -> Result<Ebpf> {
     }
     let mut bpf = loader
         // Read-only data: the verifier sees constants (the cache code goes when it is off).
-        // Not required: an older object (a benchmark baseline) has no flow cache.
-        .override_global("FLOW_CACHE_SLOTS", &slots, false)
+        // Not required: an older object (a benchmark baseline) has no flow or decision cache.
+        .override_global("FLOW_CACHE_SLOTS", &cfg.flow_cache_slots, false)
+        .override_global("DECISION_CACHE_SLOTS", &cfg.decision_cache_slots, false)
         .override_global("FLOW_CACHE_WINDOW", &cfg.flow_cache_window_jiffies, false)
         .load(object)
         .context("load the eBPF object")?;

@@ -72,7 +72,11 @@ pub struct DatapathConfig {
     pub conntrack_max: u32,
     /// Slots of each CPU's flow cache in front of conntrack (0 or a power of two; 0: off).
     pub flow_cache_slots: u32,
-    /// How long a flow cache entry stands in for conntrack, in jiffies (at most 1 s at any HZ
+    /// Slots of each CPU's decision cache in front of the policy maps (0 or a power of two;
+    /// 0: off).
+    pub decision_cache_slots: u32,
+    /// How long a flow cache entry stands in for conntrack (and a decision cache entry for the
+    /// policy maps), in jiffies (at most 1 s at any HZ
     /// by default; the benchmark sets 0 so that every probe misses).
     pub flow_cache_window_jiffies: u64,
     pub frags_max: u32,
@@ -104,6 +108,7 @@ impl Default for DatapathConfig {
             endpoints_max: 16384,
             conntrack_max: 262144,
             flow_cache_slots: netward_common::FLOW_CACHE_DEFAULT_SLOTS,
+            decision_cache_slots: netward_common::DECISION_CACHE_DEFAULT_SLOTS,
             flow_cache_window_jiffies: netward_common::FLOW_CACHE_WINDOW_JIFFIES,
             frags_max: 8192,
             services_max: 16384,
@@ -129,6 +134,8 @@ pub struct MapSizes {
     pub conntrack: u32,
     /// Flow cache slots per CPU (0 or a power of two; 0: off).
     pub flow_cache: u32,
+    /// Decision cache slots per CPU (0 or a power of two; 0: off).
+    pub decision_cache: u32,
     pub services: u32,
     pub service_policy: u32,
 }
@@ -142,6 +149,7 @@ impl Default for MapSizes {
             endpoints: d.endpoints_max,
             conntrack: d.conntrack_max,
             flow_cache: d.flow_cache_slots,
+            decision_cache: d.decision_cache_slots,
             services: d.services_max,
             service_policy: d.service_policy_max,
         }
@@ -156,6 +164,7 @@ impl DatapathConfig {
         self.endpoints_max = s.endpoints;
         self.conntrack_max = s.conntrack;
         self.flow_cache_slots = s.flow_cache;
+        self.decision_cache_slots = s.decision_cache;
         self.services_max = s.services;
         self.service_policy_max = s.service_policy;
         self

@@ -25,6 +25,8 @@ pub struct TestRunOutcome {
 /// figures to move; see [`Datapath::enable_run_stats`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ProgramStats {
+    /// The kernel's id of the loaded program (for bpftool).
+    pub id: u32,
     pub run_time_ns: u64,
     pub run_count: u64,
     pub jited_bytes: u32,
@@ -53,6 +55,7 @@ impl Datapath {
     pub fn program_stats(&self, dir: Direction) -> Result<ProgramStats> {
         let info = self.program_by_dir(dir)?.info()?;
         Ok(ProgramStats {
+            id: info.id(),
             run_time_ns: info.run_time().as_nanos() as u64,
             run_count: info.run_count(),
             jited_bytes: info.size_jitted(),

@@ -62,6 +62,7 @@ pub fn test_config(tag: &str) -> DatapathConfig {
         events_allow: true,
         attach_mode: None,
         flow_cache_slots: netward_common::FLOW_CACHE_DEFAULT_SLOTS,
+        decision_cache_slots: netward_common::DECISION_CACHE_DEFAULT_SLOTS,
         flow_cache_window_jiffies: netward_common::FLOW_CACHE_WINDOW_JIFFIES,
     }
 }
