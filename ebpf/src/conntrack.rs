@@ -142,11 +142,13 @@ pub fn lookup(f: &Flow, dir: u8, tcp_flags: u8, cfg_flags: u32, generation: u64)
     let v = unsafe { &mut *v };
     let now = crate::time::now_ns();
     if now > v.expires_ns {
+        core::hint::cold_path();
         remove(f);
         return Hit::Miss;
     }
     // Flows the node opened are allowed whatever the Plan: nothing to re-check.
     if v.generation != generation && v.flags & CT_FROM_HOST == 0 {
+        core::hint::cold_path();
         let d = recheck(f, v.flags, generation, cfg_flags);
         if !d.allows() {
             remove(f);

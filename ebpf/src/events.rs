@@ -49,6 +49,8 @@ pub fn emit(
     rate: u32,
     burst: u32,
 ) {
+    // Drops and (optionally) allowed new flows only: laid out after the packet's path.
+    core::hint::cold_path();
     if rate == 0 {
         return;
     }
