@@ -1919,33 +1919,29 @@ fn the_decision_cache_answers_only_what_the_maps_answered_under_the_same_plan() 
 }
 
 #[test]
-fn decision_cache_slots_must_be_a_power_of_two() {
-    let cfg = DatapathConfig {
-        decision_cache_slots: 3,
-        ..test_config("decisioncache-size")
-    };
-    let err = Datapath::open_or_create(cfg.clone())
-        .err()
-        .expect("3 slots accepted");
-    assert!(
-        format!("{err:#}").contains("decision cache slots 3: must be 0 (off) or a power of two"),
-        "{err:#}"
-    );
-    let _ = std::fs::remove_dir_all(&cfg.bpffs_dir);
-}
-
-#[test]
-fn flow_cache_slots_must_be_a_power_of_two() {
-    let cfg = DatapathConfig {
+fn cache_slots_must_be_zero_or_a_power_of_two() {
+    let flow = DatapathConfig {
         flow_cache_slots: 1000,
         ..test_config("flowcache-size")
     };
-    let err = Datapath::open_or_create(cfg.clone())
-        .err()
-        .expect("1000 slots accepted");
-    assert!(
-        format!("{err:#}").contains("flow cache slots 1000: must be 0 (off) or a power of two"),
-        "{err:#}"
-    );
-    let _ = std::fs::remove_dir_all(&cfg.bpffs_dir);
+    let decision = DatapathConfig {
+        decision_cache_slots: 3,
+        ..test_config("decisioncache-size")
+    };
+    for (cfg, want) in [
+        (
+            flow,
+            "flow cache slots 1000: must be 0 (off) or a power of two",
+        ),
+        (
+            decision,
+            "decision cache slots 3: must be 0 (off) or a power of two",
+        ),
+    ] {
+        let err = Datapath::open_or_create(cfg.clone())
+            .err()
+            .unwrap_or_else(|| panic!("accepted: {cfg:?}"));
+        assert!(format!("{err:#}").contains(want), "{err:#}");
+        let _ = std::fs::remove_dir_all(&cfg.bpffs_dir);
+    }
 }
