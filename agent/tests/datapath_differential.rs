@@ -216,6 +216,8 @@ fn ebpf_verdicts_equal_the_plan_evaluator() {
     cfg.conntrack_max = 65536;
     cfg.events_per_sec = 0;
     let mut dp = open(cfg);
+    // One CPU, so each packet's twin (below) meets the decision cache its packet filled.
+    pin_to_this_cpu();
     let mut r = Rng(0x9e37_79b9_7f4a_7c15);
     let mut sport: u16 = 20000;
     let (mut checked, mut denied) = (0usize, 0usize);
@@ -256,31 +258,28 @@ fn ebpf_verdicts_equal_the_plan_evaluator() {
             if src == dst {
                 continue;
             }
-            // Unique source ports / echo ids: every packet starts a new flow.
-            sport = if sport >= 60000 { 20000 } else { sport + 1 };
-            let (proto, port, l4) = match served {
-                Some((PROTO_TCP, port)) => (PROTO_TCP, port, datapath_support::tcp(sport, port)),
-                Some((PROTO_UDP, port)) => (PROTO_UDP, port, L4::Udp { sport, dport: port }),
-                Some((proto, port)) => (proto, port, L4::Sctp { sport, dport: port }),
+            // Unique source ports / echo ids: every packet starts a new flow, and so does its
+            // twin (the next port).
+            sport = if sport >= 59998 { 20000 } else { sport + 2 };
+            let (proto, port) = match served {
+                Some(pp) => pp,
                 None => match r.below(5) {
-                    0 | 1 => {
-                        let port = *r.pick(&[80u16, 81, 8000, 8050, 8080, 8100, 8101, 443, 9999]);
-                        (PROTO_TCP, port, datapath_support::tcp(sport, port))
-                    }
-                    2 => {
-                        let port = *r.pick(&[53u16, 54, 1000, 1023, 1024]);
-                        (PROTO_UDP, port, L4::Udp { sport, dport: port })
-                    }
-                    3 => {
-                        let port = *r.pick(&[9000u16, 9001, 80]);
-                        (PROTO_SCTP, port, L4::Sctp { sport, dport: port })
-                    }
-                    _ => {
-                        let proto = if v6 { PROTO_ICMPV6 } else { PROTO_ICMP };
-                        (proto, 0, L4::EchoRequest { id: sport })
-                    }
+                    0 | 1 => (
+                        PROTO_TCP,
+                        *r.pick(&[80u16, 81, 8000, 8050, 8080, 8100, 8101, 443, 9999]),
+                    ),
+                    2 => (PROTO_UDP, *r.pick(&[53u16, 54, 1000, 1023, 1024])),
+                    3 => (PROTO_SCTP, *r.pick(&[9000u16, 9001, 80])),
+                    _ => (if v6 { PROTO_ICMPV6 } else { PROTO_ICMP }, 0),
                 },
             };
+            let l4_from = |sport: u16| match proto {
+                PROTO_TCP => datapath_support::tcp(sport, port),
+                PROTO_UDP => L4::Udp { sport, dport: port },
+                PROTO_SCTP => L4::Sctp { sport, dport: port },
+                _ => L4::EchoRequest { id: sport },
+            };
+            let l4 = l4_from(sport);
             let flow = Flow {
                 src: src.parse().unwrap(),
                 dst: dst.parse().unwrap(),
@@ -322,6 +321,16 @@ fn ebpf_verdicts_equal_the_plan_evaluator() {
                 (want.egress.allows(), want.ingress.allows()),
                 "round {round}: {flow:?}\nevaluator: {want:?}\ncluster: {cluster:#?}"
             );
+            // Its twin, a new flow asking the same questions (another source port): decided
+            // by this CPU's decision cache, with the same verdicts and reasons.
+            let twin = frame(&src, &dst, l4_from(sport + 1));
+            for (dir, pass) in [(Egress, egress), (Ingress, ingress)] {
+                let (twin_pass, twin_why) = run(&dp, dir, &twin);
+                assert_eq!(
+                    twin_pass, pass,
+                    "round {round}: twin at {dir:?} ({twin_why}): {flow:?}\nevaluator: {want:?}"
+                );
+            }
             checked += 1;
             denied += usize::from(!egress || !ingress);
             if to_a_vip {
@@ -335,6 +344,13 @@ fn ebpf_verdicts_equal_the_plan_evaluator() {
         }
     }
     let service_denied = dp.counters().unwrap().reason(reason::SERVICE_DENY);
+    // The twins were decided by the cache (two decisions each, a few by conntrack instead
+    // when a first fragment or ICMP path skips the policy).
+    let cache_hits = dp.counters().unwrap().decision_cache_hits;
+    assert!(
+        cache_hits >= checked as u64,
+        "{cache_hits} decision cache hits"
+    );
     eprintln!(
         "{checked} packets compared, {denied} denied by some side; {to_vip} to virtual \
          addresses ({to_vip_allowed} to a served port allowed by an isolating policy, {service_denied} \

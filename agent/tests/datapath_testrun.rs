@@ -1580,23 +1580,6 @@ fn counters_split_by_direction() {
     assert_eq!((c.allowed, c.denied), (4, 4), "{c:?}");
 }
 
-/// Keep this thread on the CPU it runs on: the flow cache is per CPU, and a test run executes
-/// on the calling CPU.
-fn pin_to_this_cpu() {
-    // SAFETY: plain libc calls on this thread with a properly initialised cpu_set_t.
-    unsafe {
-        let cpu = libc::sched_getcpu();
-        assert!(cpu >= 0, "sched_getcpu");
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu as usize, &mut set);
-        assert_eq!(
-            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set),
-            0,
-            "sched_setaffinity"
-        );
-    }
-}
-
 /// The pinned conntrack map, opened behind the programs' back.
 fn pinned_conntrack(
     cfg: &DatapathConfig,

@@ -557,3 +557,20 @@ pub fn pin_raw_map_flags(
     // SAFETY: fd was returned by BPF_MAP_CREATE above and is not used afterwards.
     unsafe { libc::close(fd as i32) };
 }
+
+/// Keep this thread on the CPU it runs on: the flow and decision caches are per CPU, and a test run executes
+/// on the calling CPU.
+pub fn pin_to_this_cpu() {
+    // SAFETY: plain libc calls on this thread with a properly initialised cpu_set_t.
+    unsafe {
+        let cpu = libc::sched_getcpu();
+        assert!(cpu >= 0, "sched_getcpu");
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu as usize, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set),
+            0,
+            "sched_setaffinity"
+        );
+    }
+}
