@@ -52,6 +52,8 @@ use netward::lab::{daemon, netns, LabPod};
 use netward_tests::lab::{
     is_root, namespace_yaml, netward_bin, pod_yaml, use_release_binary, ManifestDir, TestLab,
 };
+use nix::sched::{sched_getaffinity, sched_setaffinity, CpuSet};
+use nix::unistd::Pid;
 
 const CONN_PORT: u16 = 7777;
 const ECHO_PORT: u16 = 7778;
@@ -136,25 +138,18 @@ fn args() -> Result<Args> {
 
 /// The highest-numbered CPU this process may run on.
 fn last_cpu() -> Result<usize> {
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    if unsafe { libc::sched_getaffinity(0, std::mem::size_of_val(&set), &mut set) } != 0 {
-        return Err(std::io::Error::last_os_error()).context("sched_getaffinity");
-    }
-    (0..libc::CPU_SETSIZE as usize)
+    let set = sched_getaffinity(Pid::from_raw(0)).context("sched_getaffinity")?;
+    (0..CpuSet::count())
         .rev()
-        .find(|&c| unsafe { libc::CPU_ISSET(c, &set) })
+        .find(|&c| set.is_set(c).unwrap_or(false))
         .context("no CPU in this process's affinity mask")
 }
 
 /// Confine this process, and every thread and process it starts from now on, to `cpu`.
 fn pin_to(cpu: usize) -> Result<()> {
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    unsafe { libc::CPU_SET(cpu, &mut set) };
-    if unsafe { libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) } != 0 {
-        return Err(std::io::Error::last_os_error())
-            .with_context(|| format!("pinning to CPU {cpu}"));
-    }
-    Ok(())
+    let mut set = CpuSet::new();
+    set.set(cpu).with_context(|| format!("CPU {cpu}"))?;
+    sched_setaffinity(Pid::from_raw(0), &set).with_context(|| format!("pinning to CPU {cpu}"))
 }
 
 /// The i-th never-matching source of the synthetic rulesets.

@@ -558,19 +558,12 @@ pub fn pin_raw_map_flags(
     unsafe { libc::close(fd as i32) };
 }
 
-/// Keep this thread on the CPU it runs on: the flow and decision caches are per CPU, and a test run executes
-/// on the calling CPU.
+/// Keep this thread on the CPU it runs on: the flow and decision caches are per CPU, and a
+/// test run executes on the calling CPU.
 pub fn pin_to_this_cpu() {
-    // SAFETY: plain libc calls on this thread with a properly initialised cpu_set_t.
-    unsafe {
-        let cpu = libc::sched_getcpu();
-        assert!(cpu >= 0, "sched_getcpu");
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu as usize, &mut set);
-        assert_eq!(
-            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set),
-            0,
-            "sched_setaffinity"
-        );
-    }
+    use nix::sched::{sched_getcpu, sched_setaffinity, CpuSet};
+    let cpu = sched_getcpu().expect("sched_getcpu");
+    let mut set = CpuSet::new();
+    set.set(cpu).expect("a CPU the kernel runs us on");
+    sched_setaffinity(nix::unistd::Pid::from_raw(0), &set).expect("sched_setaffinity");
 }
