@@ -22,7 +22,8 @@ pub enum Bench {
     Agent,
     /// iperf3 throughput, short-connection and exchange rates between two lab pods: no
     /// program vs netward (0 and N rules) vs iptables (linear and ipset), each as a ratio to
-    /// an untouched control pair measured in alternating slices. Optimised throughout: the
+    /// an untouched control pair (the rates in alternating slices, the two iperf3 streams at
+    /// once). Optimised throughout: the
     /// bench binary and the `netward` it drives (built with `--release`). Needs root.
     Lab(LabArgs),
 }
