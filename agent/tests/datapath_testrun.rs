@@ -705,6 +705,115 @@ fn conntrack_replies_established_and_related() {
     );
 }
 
+/// A TCP frame with FIN|ACK (IPv4 without options): always reads conntrack.
+fn tcp_fin(src: &str, dst: &str, sport: u16, dport: u16) -> Vec<u8> {
+    let mut f = frame(src, dst, tcp_ack(sport, dport));
+    f[14 + 20 + 13] |= 0x01;
+    f
+}
+
+/// The verdict flags of each side of the only conntrack entry: (lo, hi, shared flags).
+fn only_entry_sides(cfg: &DatapathConfig) -> (u16, u16, u16) {
+    let e = conntrack_entries(cfg);
+    assert_eq!(e.len(), 1, "{e:?}");
+    let v = e[0].1;
+    (v.sides[0].flags, v.sides[1].flags, v.flags)
+}
+
+/// Two pods of the node: ONE conntrack entry for their flow, each veth keeping its own pod's
+/// verdict in it (the sender's program writes the entry, the receiver's adds its side). A
+/// policy change revokes one side and leaves the other; a SYN that reopens a closed flow's
+/// tuple clears the other side, which the receiver's veth then decides again.
+#[test]
+fn a_same_node_flow_is_one_entry_with_each_pods_verdict() {
+    // B (not isolated) -> A:443, which A's ingress allows from any peer (policy 3).
+    let cfg = test_config("pairs");
+    let mut dp = setup_with(cfg.clone());
+    let syn = frame(B4, A4, tcp(40500, 443));
+    check(&dp, Egress, &syn, true, "not_isolated");
+    // B's veth wrote the entry: its side only. A (10.0.0.1) is the lower end, side 0.
+    let e = conntrack_entries(&cfg);
+    assert_eq!(e.len(), 1);
+    let (k, v) = e[0];
+    assert_eq!((k.lo[..4].to_vec(), k.lo_port), (vec![10, 0, 0, 1], 443));
+    assert_eq!((k.hi[..4].to_vec(), k.hi_port), (vec![10, 0, 0, 2], 40500));
+    assert_eq!(
+        (v.sides[0].flags, v.sides[1].flags),
+        (0, CT_TRACKED | CT_ORIGIN_EGRESS)
+    );
+    // A's veth: the entry exists, but not A's verdict: A's policy decides.
+    check(&dp, Ingress, &syn, true, "policy_allow");
+    let e = conntrack_entries(&cfg);
+    assert_eq!(e.len(), 1, "one entry for the flow");
+    let v = e[0].1;
+    assert_eq!(v.sides[0].flags, CT_TRACKED);
+    assert_eq!((v.sides[0].policy, v.sides[0].rule), (3, 0));
+    assert_eq!(v.sides[1].flags, CT_TRACKED | CT_ORIGIN_EGRESS);
+    // A's replies: its egress allows nothing to B:40500, its side of the entry passes them
+    // (a FIN always reads conntrack), and B's side passes them into B.
+    check(&dp, Egress, &tcp_fin(A4, B4, 443, 40500), true, "reply");
+    check(&dp, Ingress, &tcp_fin(A4, B4, 443, 40500), true, "reply");
+    assert_eq!(only_entry_sides(&cfg).2, CT_CLOSING);
+
+    // The rule for 443 goes: A's side is revoked at A's veth; B's side stays B's to judge.
+    let mut without = fixture();
+    without
+        .policy
+        .retain(|(k, _)| !(k.port_number() == 443 && k.dir == DIR_INGRESS));
+    dp.apply(&without).unwrap();
+    let ack = frame(B4, A4, tcp_ack(40500, 443));
+    check(&dp, Ingress, &ack, false, "revoked");
+    assert_eq!(only_entry_sides(&cfg).0, 0, "A's verdict cleared");
+    check(&dp, Egress, &ack, true, "established");
+    assert_eq!(
+        only_entry_sides(&cfg).1,
+        CT_TRACKED | CT_ORIGIN_EGRESS,
+        "B's verdict kept"
+    );
+    // A's side is gone: its packets are new flows for its policy.
+    check(&dp, Ingress, &ack, false, "policy_deny");
+    check(
+        &dp,
+        Egress,
+        &tcp_fin(A4, B4, 443, 40500),
+        false,
+        "policy_deny",
+    );
+
+    // Rule back; B reopens the tuple (a SYN at B's veth, then at A's): both sides again.
+    dp.apply(&fixture()).unwrap();
+    check(&dp, Egress, &syn, true, "not_isolated");
+    check(&dp, Ingress, &syn, true, "policy_allow");
+    assert_eq!(
+        only_entry_sides(&cfg),
+        (CT_TRACKED, CT_TRACKED | CT_ORIGIN_EGRESS, 0)
+    );
+    // It closes, and B opens the tuple once more while the entry is closing.
+    check(
+        &dp,
+        Egress,
+        &tcp_fin(B4, A4, 40500, 443),
+        true,
+        "established",
+    );
+    assert_eq!(only_entry_sides(&cfg).2, CT_CLOSING);
+    check(&dp, Egress, &syn, true, "not_isolated");
+    // The new flow's entry: B's side, not closing; A's side was the old flow's, cleared.
+    assert_eq!(
+        only_entry_sides(&cfg),
+        (0, CT_TRACKED | CT_ORIGIN_EGRESS, 0)
+    );
+    check(
+        &dp,
+        Egress,
+        &tcp_fin(A4, B4, 443, 40500),
+        false,
+        "policy_deny",
+    );
+    check(&dp, Ingress, &syn, true, "policy_allow");
+    check(&dp, Egress, &tcp_fin(A4, B4, 443, 40500), true, "reply");
+}
+
 #[test]
 fn generation_change_rechecks_established_flows() {
     let mut dp = setup("gen");
@@ -1460,7 +1569,7 @@ fn upgrade_over_an_older_conntrack_map_keeps_established_flows() {
     let mut dp = setup_with(cfg.clone());
     let g = dp.current_config().unwrap().generation;
     drop(dp.dp.take());
-    std::fs::remove_file(cfg.bpffs_dir.join("CT")).unwrap();
+    std::fs::remove_file(cfg.bpffs_dir.join("CT_PAIRS")).unwrap();
     let pin = cfg.bpffs_dir.join("CONNTRACK");
     pin_raw_map(&pin, BPF_MAP_TYPE_LRU_HASH, 40, 24, 1024);
     {
@@ -1541,6 +1650,119 @@ fn upgrade_over_an_older_conntrack_map_keeps_established_flows() {
     );
 }
 
+/// One veth's entry of the previous layout's `CT` map (the veth's orientation: `local` is its
+/// pod; origin direction in the value).
+fn oriented_ct_entry(
+    local: &str,
+    lport: u16,
+    remote: &str,
+    rport: u16,
+    origin_egress: bool,
+    (generation, policy): (u64, u32),
+    expires_ns: u64,
+) -> (CtFlowKey, CtValue) {
+    let v4 = |a: &str| {
+        let mut b = [0u8; 16];
+        b[..4].copy_from_slice(&a.parse::<std::net::Ipv4Addr>().unwrap().octets());
+        b
+    };
+    let k = CtFlowKey {
+        local: v4(local),
+        remote: v4(remote),
+        lport,
+        rport,
+        proto: PROTO_TCP,
+        family: FAMILY_V4,
+        _pad: [0; 2],
+    };
+    let v = CtValue {
+        generation,
+        expires_ns,
+        policy,
+        rule: 0,
+        flags: if origin_egress { CT_ORIGIN_EGRESS } else { 0 },
+    };
+    (k, v)
+}
+
+/// Upgrade from an agent whose conntrack was `CT` (an entry per flow and veth): its live
+/// flows move into `CT_PAIRS`, a same-node pair's two entries into one entry with both
+/// sides; replies the Plan alone would drop keep passing at both veths; the old pin goes.
+#[test]
+fn upgrade_over_the_per_veth_conntrack_map_merges_same_node_pairs() {
+    const BPF_MAP_TYPE_LRU_HASH: u32 = 9;
+    let cfg = test_config("ctpairs");
+    let mut dp = setup_with(cfg.clone());
+    let g = dp.current_config().unwrap().generation;
+    drop(dp.dp.take());
+    std::fs::remove_file(cfg.bpffs_dir.join("CT_PAIRS")).unwrap();
+    let pin = cfg.bpffs_dir.join("CT");
+    pin_raw_map(&pin, BPF_MAP_TYPE_LRU_HASH, 40, 24, 1024);
+    {
+        let data = aya::maps::MapData::from_pin(&pin).unwrap();
+        let mut old: aya::maps::HashMap<_, CtFlowKey, CtValue> =
+            aya::maps::HashMap::try_from(aya::maps::Map::from_map_data(data).unwrap()).unwrap();
+        let live = monotonic_ns() + 3600 * 1_000_000_000;
+        for (k, v) in [
+            // B:40600 -> A:443 on this node: B's veth admitted it at egress, A's at ingress
+            // (policy 3).
+            oriented_ct_entry(B4, 40600, A4, 443, true, (g, 0), live),
+            oriented_ct_entry(A4, 443, B4, 40600, false, (g, 3), live),
+            // A:40100 -> C:5432, admitted at A's egress.
+            oriented_ct_entry(A4, 40100, C4, 5432, true, (g, 6), live),
+            // Expired: not copied.
+            oriented_ct_entry(A4, 80, C4, 40200, false, (g, 1), 1),
+        ] {
+            old.insert(k, v, 0).unwrap();
+        }
+    }
+
+    dp.dp = Some(Datapath::open_or_create(cfg.clone()).expect("upgrade over old pins"));
+    assert!(!pin.exists(), "the old CT pin was not removed");
+    let entries = conntrack_entries(&cfg);
+    assert_eq!(entries.len(), 2, "{entries:?}");
+    let (_, pair) = entries
+        .iter()
+        .find(|(k, _)| k.hi_port == 40600)
+        .expect("the pair's entry");
+    assert_eq!(
+        (pair.sides[0].flags, pair.sides[0].policy),
+        (CT_TRACKED, 3),
+        "A's side"
+    );
+    assert_eq!(
+        pair.sides[1].flags,
+        CT_TRACKED | CT_ORIGIN_EGRESS,
+        "B's side"
+    );
+    // A's egress allows nothing to B:40600 nor its ingress anything from C:5432: only the
+    // migrated sides pass these (a FIN always reads conntrack).
+    check(&dp, Egress, &tcp_fin(A4, B4, 443, 40600), true, "reply");
+    check(&dp, Ingress, &tcp_fin(A4, B4, 443, 40600), true, "reply");
+    check(
+        &dp,
+        Ingress,
+        &tcp_fin(B4, A4, 40600, 443),
+        true,
+        "established",
+    );
+    check(&dp, Ingress, &tcp_fin(C4, A4, 5432, 40100), true, "reply");
+    check(
+        &dp,
+        Egress,
+        &tcp_fin(A4, C4, 40100, 5432),
+        true,
+        "established",
+    );
+    check(
+        &dp,
+        Egress,
+        &tcp_fin(A4, C4, 80, 40200),
+        false,
+        "policy_deny",
+    );
+}
+
 /// One counter per packet, by the hook's direction and reason; totals are their sums.
 #[test]
 fn counters_split_by_direction() {
@@ -1583,13 +1805,13 @@ fn counters_split_by_direction() {
 /// The pinned conntrack map, opened behind the programs' back.
 fn pinned_conntrack(
     cfg: &DatapathConfig,
-) -> aya::maps::HashMap<aya::maps::MapData, CtFlowKey, CtValue> {
-    let data = aya::maps::MapData::from_pin(cfg.bpffs_dir.join("CT")).unwrap();
+) -> aya::maps::HashMap<aya::maps::MapData, CtPairKey, CtPairValue> {
+    let data = aya::maps::MapData::from_pin(cfg.bpffs_dir.join("CT_PAIRS")).unwrap();
     aya::maps::HashMap::try_from(aya::maps::Map::from_map_data(data).unwrap()).unwrap()
 }
 
 /// Every conntrack entry.
-fn conntrack_entries(cfg: &DatapathConfig) -> Vec<(CtFlowKey, CtValue)> {
+fn conntrack_entries(cfg: &DatapathConfig) -> Vec<(CtPairKey, CtPairValue)> {
     pinned_conntrack(cfg).iter().map(|e| e.unwrap()).collect()
 }
 
@@ -1621,10 +1843,10 @@ fn a_reused_tuple_overwrites_its_closing_entry() {
     let closing = conntrack_entries(&cfg);
     assert_eq!(closing.len(), 1);
     let (key, v) = closing[0];
-    assert_eq!(
-        v.flags & (CT_CLOSING | CT_SEEN_REPLY | CT_ORIGIN_EGRESS),
-        CT_CLOSING
-    );
+    assert_eq!(v.flags, CT_CLOSING);
+    // C (10.0.1.7) is the higher end: A's verdict is side 0, admitted at its ingress.
+    assert_eq!(key.lo[..4], [10, 0, 0, 1]);
+    assert_eq!((v.sides[0].flags, v.sides[1].flags), (CT_TRACKED, 0));
     assert!(v.expires_ns <= coarse_now_ns() + (CT_TIMEOUT_CLOSING_S + 1) * 1_000_000_000);
 
     check(&dp, Ingress, &syn, true, "policy_allow");
@@ -1632,7 +1854,7 @@ fn a_reused_tuple_overwrites_its_closing_entry() {
     assert_eq!(reused.len(), 1, "one entry for the tuple");
     let (k, v) = reused[0];
     assert_eq!(k, key);
-    assert_eq!(v.flags & (CT_CLOSING | CT_SEEN_REPLY | CT_ORIGIN_EGRESS), 0);
+    assert_eq!((v.flags, v.sides[0].flags), (0, CT_TRACKED));
     assert!(v.expires_ns > coarse_now_ns() + CT_TIMEOUT_OTHER_S * 1_000_000_000);
     check(&dp, Egress, &reply, true, "reply");
 }
@@ -1668,7 +1890,7 @@ fn a_new_flows_first_reply_is_answered_by_the_flow_cache() {
 /// Remove every conntrack entry behind the programs' back (as an LRU eviction would).
 fn forget_conntrack(cfg: &DatapathConfig) {
     let mut ct = pinned_conntrack(cfg);
-    let keys: Vec<CtFlowKey> = ct.keys().map(|k| k.unwrap()).collect();
+    let keys: Vec<CtPairKey> = ct.keys().map(|k| k.unwrap()).collect();
     assert!(!keys.is_empty(), "no flow was tracked");
     for k in keys {
         ct.remove(&k).unwrap();

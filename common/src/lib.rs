@@ -586,7 +586,115 @@ impl PolicyKey {
     }
 }
 
-/// Conntrack key (`CT`), in the canonical orientation of the veth that tracks the flow:
+/// Conntrack key (`CT_PAIRS`): the flow's two ends in a canonical order, the lower
+/// (address words, port) first, whichever end sent the packet. The two veths of a same-node
+/// pod pair therefore find ONE entry: the receiver's program reads the line the sender's just
+/// wrote, instead of a cold line of its own, and each end keeps its own verdict in the value
+/// ([`CtPairValue::sides`], `sides[0]` for `lo`). IPv4 addresses fill the first 4 bytes (rest
+/// zero); `family` keeps them apart from IPv6 addresses of the same bytes. Ports are host byte
+/// order; for ICMP echo both hold the echo identifier; other port-less protocols use 0.
+/// The order compares the address as two native-endian `u64` words, then the port (any total
+/// order would do; this one is a few instructions in the programs).
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct CtPairKey {
+    pub lo: [u8; 16],
+    pub hi: [u8; 16],
+    pub lo_port: u16,
+    pub hi_port: u16,
+    pub proto: u8,
+    pub family: u8,
+    pub _pad: [u8; 2],
+}
+
+impl CtPairKey {
+    /// The key of a flow seen from `local` (the pod behind a veth) and which side `local` is
+    /// (0: `lo`, 1: `hi`). Ends that compare equal (a flow from an address and port to
+    /// itself) are side 0 at both hooks, as the one veth's two hooks shared one entry before.
+    pub fn new(
+        local: [u8; 16],
+        lport: u16,
+        remote: [u8; 16],
+        rport: u16,
+        proto: u8,
+        family: u8,
+    ) -> (CtPairKey, usize) {
+        let l = (
+            u64::from_ne_bytes(word(&local, 0)),
+            u64::from_ne_bytes(word(&local, 8)),
+            lport,
+        );
+        let r = (
+            u64::from_ne_bytes(word(&remote, 0)),
+            u64::from_ne_bytes(word(&remote, 8)),
+            rport,
+        );
+        let side = (l > r) as usize;
+        let (lo, hi, lo_port, hi_port) = if side == 0 {
+            (local, remote, lport, rport)
+        } else {
+            (remote, local, rport, lport)
+        };
+        let k = CtPairKey {
+            lo,
+            hi,
+            lo_port,
+            hi_port,
+            proto,
+            family,
+            _pad: [0; 2],
+        };
+        (k, side)
+    }
+}
+
+const fn word(a: &[u8; 16], at: usize) -> [u8; 8] {
+    [
+        a[at],
+        a[at + 1],
+        a[at + 2],
+        a[at + 3],
+        a[at + 4],
+        a[at + 5],
+        a[at + 6],
+        a[at + 7],
+    ]
+}
+
+/// One end's verdict in a [`CtPairValue`]: the hooks of the veth of that end (a local pod)
+/// admitted the flow under `generation`. `flags` holds [`CT_TRACKED`] (unset: this end has no
+/// verdict; it is not a local pod, or its veth has not seen the flow yet), [`CT_ORIGIN_EGRESS`]
+/// and [`CT_FROM_HOST`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct CtSide {
+    /// `Config::generation` this end last verified the flow under.
+    pub generation: u64,
+    /// Policy attribution of the admitting decision (0: not isolated / not enforced).
+    pub policy: u32,
+    pub rule: u16,
+    pub flags: u16,
+}
+
+/// Conntrack value (`CT_PAIRS`): the flow's lifetime, shared by its ends, and each end's
+/// verdict. An entry always has at least one end [`CT_TRACKED`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct CtPairValue {
+    /// `bpf_ktime_get_coarse_ns()` after which the entry is stale (treated as absent).
+    pub expires_ns: u64,
+    /// [`CT_CLOSING`] or 0.
+    pub flags: u16,
+    pub _pad: [u8; 6],
+    /// `sides[0]`: the key's `lo` end, `sides[1]`: `hi`.
+    pub sides: [CtSide; 2],
+}
+
+/// [`CtSide::flags`]: this end's veth admitted the flow (the side holds a verdict).
+pub const CT_TRACKED: u16 = 1 << 4;
+
+/// Key of the `CT` map of agents before [`CtPairKey`] (migrated, see the agent's `ct_migrate`),
+/// in the canonical orientation of the veth that tracks the flow:
 /// `local` is the pod behind that veth (source on its egress hook, destination on its ingress
 /// hook), `remote` the other side. Both hooks of a veth, and both directions of a flow, find
 /// the same entry with one lookup; a same-node pod pair still gets one entry per veth (their
@@ -627,7 +735,7 @@ pub struct CtKey {
     pub _pad: u8,
 }
 
-/// Conntrack value.
+/// Conntrack value of the older agents' maps (`CT`, `CONNTRACK`; migrated into `CT_PAIRS`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct CtValue {
@@ -645,12 +753,14 @@ pub struct CtValue {
 /// [`CtValue::flags`]: a reply was seen. No longer written (the flow cache answers replies
 /// from the entry's creation on) nor read; entries of older builds may carry it.
 pub const CT_SEEN_REPLY: u16 = 1 << 0;
-/// [`CtValue::flags`]: a TCP FIN or RST was seen; the entry lives [`CT_TIMEOUT_CLOSING_S`].
+/// [`CtPairValue::flags`] (and the older [`CtValue::flags`]): a TCP FIN or RST was seen; the
+/// entry lives [`CT_TIMEOUT_CLOSING_S`].
 pub const CT_CLOSING: u16 = 1 << 1;
-/// [`CtValue::flags`]: the flow was opened by the pod's own node (a locally generated packet
+/// [`CtSide::flags`] (and the older [`CtValue::flags`]): the flow was opened by the pod's own node (a locally generated packet
 /// into the pod, `reason::FROM_HOST`): always allowed, never re-checked against a Plan.
 pub const CT_FROM_HOST: u16 = 1 << 2;
-/// [`CtValue::flags`]: the flow was opened by the local pod (its egress hook admitted it);
+/// [`CtSide::flags`] (and the older [`CtValue::flags`]): the flow was opened by the local pod
+/// (its egress hook admitted it);
 /// unset: opened towards the pod (ingress hook). A packet at the hook of the origin direction
 /// is `established`, at the other hook a `reply`; a re-check uses the origin direction.
 pub const CT_ORIGIN_EGRESS: u16 = 1 << 3;
@@ -850,6 +960,9 @@ mod pod_impls {
     unsafe impl aya::Pod for CtKey {}
     unsafe impl aya::Pod for CtFlowKey {}
     unsafe impl aya::Pod for CtValue {}
+    unsafe impl aya::Pod for CtPairKey {}
+    unsafe impl aya::Pod for CtSide {}
+    unsafe impl aya::Pod for CtPairValue {}
     unsafe impl aya::Pod for FragKey {}
     unsafe impl aya::Pod for FragValue {}
     unsafe impl aya::Pod for Event {}
@@ -880,6 +993,9 @@ mod tests {
         assert_eq!(size_of::<CtKey>(), 16 + 16 + 2 + 2 + 4);
         assert_eq!(size_of::<CtFlowKey>(), 16 + 16 + 2 + 2 + 4);
         assert_eq!(size_of::<CtValue>(), 8 + 8 + 4 + 2 + 2);
+        assert_eq!(size_of::<CtPairKey>(), 16 + 16 + 2 + 2 + 4);
+        assert_eq!(size_of::<CtSide>(), 8 + 4 + 2 + 2);
+        assert_eq!(size_of::<CtPairValue>(), 8 + 2 + 6 + 2 * 16);
         assert_eq!(size_of::<FragKey>(), 16 + 16 + 4 + 4);
         assert_eq!(size_of::<FragValue>(), 16);
         assert_eq!(size_of::<Event>(), 16 + 16 + 4 + 4 + 4 + 4 + 4 + 4 + 8 + 8);

@@ -1,31 +1,39 @@
-//! Connection tracking: an LRU hash of admitted flows (`CT`), keyed in the canonical
-//! orientation of the veth: `local` is the pod behind it (source
-//! on its egress hook, destination on its ingress hook), `remote` the other side. Both
-//! directions of a flow at one veth find the same entry with ONE lookup; a same-node pod pair
-//! has an entry per veth (different `local`), so both sides are checked. The value's
-//! `CT_ORIGIN_EGRESS` says which hook admitted the flow: a packet at that hook is
-//! `established`, at the other one a `reply`.
+//! Connection tracking: an LRU hash of admitted flows (`CT_PAIRS`), ONE entry per flow. The
+//! key holds the flow's two ends in a canonical order (`CtPairKey`: the lower (address, port)
+//! first), the value the lifetime they share and each end's verdict (`CtSide`, `sides[0]` for
+//! the lower end). A veth's program reads the side of its own pod, the flow's `local` end
+//! (source on its egress hook, destination on its ingress hook):
+//! * both directions of a flow at one veth find the entry with ONE lookup; the side's
+//!   `CT_ORIGIN_EGRESS` says which hook admitted the flow: a packet at that hook is
+//!   `established`, at the other one a `reply`;
+//! * the two veths of a same-node pod pair share the entry, each with its own side, so both
+//!   pods' policies are still checked; the receiver's program finds the entry the sender's
+//!   wrote a moment before, a warm line, instead of a cold line of its own (a short
+//!   connection's SYN wrote two entries, one per veth, each a cache miss);
+//! * a side that is not `CT_TRACKED` (the other end is a remote address, or its veth has not
+//!   admitted the flow yet) is a miss for its veth.
 //!
 //! Timeouts (refreshed by every packet that reads the entry, checked on lookup; the LRU evicts
 //! earlier under pressure): TCP 6 h, other protocols 60 s, TCP after FIN or RST 10 s. The
-//! `flowcache` in front answers for a flow `CT` passed less than a second ago, so a busy flow
-//! reads (and refreshes) its entry about once a second per CPU.
+//! `flowcache` in front answers for a flow `CT_PAIRS` passed less than a second ago, so a busy
+//! flow reads (and refreshes) its entry about once a second per CPU.
 //!
-//! Each entry records the Plan generation it was verified under. When `CONFIG.generation`
-//! moves on, the next packet of the flow (either direction) re-checks the flow as opened
-//! (origin direction) against the current Plan: still allowed -> the entry is stamped with the
-//! new generation; now denied -> the entry is deleted and the packet dropped
-//! (`reason::REVOKED`).
+//! Each side records the Plan generation it was verified under. When `CONFIG.generation`
+//! moves on, the next packet of the flow (either direction) at that side's veth re-checks the
+//! flow as opened (origin direction) against the current Plan: still allowed -> the side is
+//! stamped with the new generation; now denied -> the side is cleared (the entry deleted when
+//! no side is left) and the packet dropped (`reason::REVOKED`).
 
 use netward_common::{
-    reason, CtFlowKey, CtValue, CT_CLOSING, CT_FROM_HOST, CT_ORIGIN_EGRESS, CT_TIMEOUT_CLOSING_S,
-    CT_TIMEOUT_OTHER_S, CT_TIMEOUT_TCP_S, DIR_EGRESS, DIR_INGRESS, PROTO_TCP,
+    reason, CtPairKey, CtPairValue, CtSide, CT_CLOSING, CT_FROM_HOST, CT_ORIGIN_EGRESS,
+    CT_TIMEOUT_CLOSING_S, CT_TIMEOUT_OTHER_S, CT_TIMEOUT_TCP_S, CT_TRACKED, DIR_EGRESS,
+    DIR_INGRESS, PROTO_TCP,
 };
 
 use crate::{
     flowcache,
     maps::CT,
-    parse::{addr_bytes, has_ports, tcp_closing, Tuple},
+    parse::{addr_bytes, has_ports, tcp_closing, tcp_opening, Tuple},
     policy::{self, Decision},
 };
 
@@ -67,27 +75,56 @@ fn oriented(t: &Tuple, src_local: bool) -> Flow {
     }
 }
 
+/// Which end of its key the flow's `local` end is, as a mask: 0 when it is `lo` (the lower
+/// (address words, port), as `CtPairKey::new` orders them), all ones when it is `hi`.
+///
+/// The compares branch, and on each path the verifier knows the side exactly; any later
+/// branch or pointer offset that depended on it would make it walk all the code behind once
+/// per path (over its limit of 1M instructions). So the caller passes the mask through
+/// memory the verifier does not track (`opaque` in main.rs) before the flow's code: then it
+/// is one unknown value on every path.
 #[inline(always)]
-fn key(f: &Flow) -> CtFlowKey {
-    CtFlowKey {
-        local: addr_bytes(f.local),
-        remote: addr_bytes(f.remote),
-        lport: f.lport,
-        rport: f.rport,
+pub fn side_mask(f: &Flow) -> u64 {
+    let hi = (f.local[0], f.local[1], f.lport) > (f.remote[0], f.remote[1], f.rport);
+    (hi as u64).wrapping_neg()
+}
+
+/// `a` where `m` is 0, `b` where it is all ones: a choice without a branch.
+#[inline(always)]
+fn pick(a: u64, b: u64, m: u64) -> u64 {
+    a ^ ((a ^ b) & m)
+}
+
+/// The flow's key, its ends ordered by `m` (`side_mask`).
+#[inline(always)]
+fn key(f: &Flow, m: u64) -> CtPairKey {
+    let lo = [
+        pick(f.local[0], f.remote[0], m),
+        pick(f.local[1], f.remote[1], m),
+    ];
+    let hi = [
+        pick(f.remote[0], f.local[0], m),
+        pick(f.remote[1], f.local[1], m),
+    ];
+    CtPairKey {
+        lo: addr_bytes(lo),
+        hi: addr_bytes(hi),
+        lo_port: pick(f.lport as u64, f.rport as u64, m) as u16,
+        hi_port: pick(f.rport as u64, f.lport as u64, m) as u16,
         proto: f.proto,
         family: f.family,
         _pad: [0; 2],
     }
 }
 
+/// The index of side `m` in `CtPairValue::sides`. `m` is unknown to the verifier (passed
+/// through `opaque`), the same on every path, so an offset into the entry from it costs no
+/// extra walks. Each side is written on its own: a write of both sides' words would store
+/// the other side's words as read a moment before, and lose a write of them by its veth's
+/// program on another CPU.
 #[inline(always)]
-fn get(f: &Flow) -> Option<*mut CtValue> {
-    CT.get_ptr_mut(key(f))
-}
-
-#[inline(always)]
-fn remove(f: &Flow) {
-    let _ = CT.remove(key(f));
+fn index(m: u64) -> usize {
+    (m & 1) as usize
 }
 
 #[inline(always)]
@@ -126,40 +163,48 @@ pub enum Hit {
     Revoked(Decision),
 }
 
-/// Look up the flow of a packet at the hook of direction `dir`. Refreshes the entry, handles
+/// Look up the flow of a packet at the hook of direction `dir` (`m`: its `side_mask`, passed
+/// through `opaque`). Refreshes the entry, handles
 /// generation changes and TCP teardown.
 #[inline(always)]
-pub fn lookup(f: &Flow, dir: u8, tcp_flags: u8, cfg_flags: u32, generation: u64) -> Hit {
+pub fn lookup(f: &Flow, m: u64, dir: u8, tcp_flags: u8, cfg_flags: u32, generation: u64) -> Hit {
     let closing = tcp_closing(f.proto, tcp_flags);
-    if !closing {
-        if let Some(r) = flowcache::get(f, dir, generation) {
-            return Hit::Pass(r);
-        }
-    }
-    let Some(v) = get(f) else {
+    let k = key(f, m);
+    let Some(v) = CT.get_ptr_mut(&k) else {
         return Hit::Miss;
     };
     let v = unsafe { &mut *v };
     let now = crate::time::now_ns();
     if now > v.expires_ns {
         core::hint::cold_path();
-        remove(f);
+        let _ = CT.remove(&k);
+        return Hit::Miss;
+    }
+    let i = index(m);
+    let side = v.sides[i];
+    let side_flags = side.flags;
+    // Only the other end's verdict: this veth has not admitted the flow.
+    if side_flags & CT_TRACKED == 0 {
         return Hit::Miss;
     }
     // Flows the node opened are allowed whatever the Plan: nothing to re-check.
-    if v.generation != generation && v.flags & CT_FROM_HOST == 0 {
+    if side.generation != generation && side_flags & CT_FROM_HOST == 0 {
         core::hint::cold_path();
-        let d = recheck(f, v.flags, generation, cfg_flags);
+        let d = recheck(f, side_flags, generation, cfg_flags);
+        let s = &mut v.sides[i];
         if !d.allows() {
-            remove(f);
+            // This end's verdict goes; the other end's stays its own veth's to judge.
+            *s = CtSide::default();
+            if (v.sides[0].flags | v.sides[1].flags) & CT_TRACKED == 0 {
+                let _ = CT.remove(&k);
+            }
             return Hit::Revoked(d);
         }
-        v.generation = generation;
-        v.policy = d.policy;
-        v.rule = d.rule;
+        s.generation = generation;
+        s.policy = d.policy;
+        s.rule = d.rule;
     }
-    let mut flags = v.flags;
-    let origin = if flags & CT_ORIGIN_EGRESS != 0 {
+    let origin = if side_flags & CT_ORIGIN_EGRESS != 0 {
         DIR_EGRESS
     } else {
         DIR_INGRESS
@@ -169,6 +214,7 @@ pub fn lookup(f: &Flow, dir: u8, tcp_flags: u8, cfg_flags: u32, generation: u64)
     } else {
         reason::REPLY
     };
+    let mut flags = v.flags;
     if closing {
         flags |= CT_CLOSING;
     }
@@ -185,44 +231,80 @@ pub fn lookup(f: &Flow, dir: u8, tcp_flags: u8, cfg_flags: u32, generation: u64)
 }
 
 /// Track a flow newly admitted at the hook of direction `dir` (`from_host`: opened by the
-/// node, see `CT_FROM_HOST`).
+/// node, see `CT_FROM_HOST`): this end's side of the flow's entry.
 #[inline(always)]
-pub fn create(f: &Flow, dir: u8, d: &Decision, tcp_flags: u8, generation: u64, from_host: bool) {
-    let mut flags = if from_host { CT_FROM_HOST } else { 0 };
+#[allow(clippy::too_many_arguments)]
+pub fn create(
+    f: &Flow,
+    m: u64,
+    dir: u8,
+    d: &Decision,
+    tcp_flags: u8,
+    generation: u64,
+    from_host: bool,
+) {
+    let mut side_flags = CT_TRACKED;
+    if from_host {
+        side_flags |= CT_FROM_HOST;
+    }
     if dir == DIR_EGRESS {
-        flags |= CT_ORIGIN_EGRESS;
+        side_flags |= CT_ORIGIN_EGRESS;
     }
-    if tcp_closing(f.proto, tcp_flags) {
-        flags |= CT_CLOSING;
-    }
-    let v = CtValue {
+    let mut flags = if tcp_closing(f.proto, tcp_flags) {
+        CT_CLOSING
+    } else {
+        0
+    };
+    let now = crate::time::now_ns();
+    let verdict = CtSide {
         generation,
-        expires_ns: crate::time::now_ns() + lifetime(f.proto, flags),
         policy: d.policy,
         rule: d.rule,
-        flags,
+        flags: side_flags,
     };
-    // One key for both the lookup and the insert (`get` would build it again: ~480 bytes
-    // more JIT code).
-    let k = key(f);
-    // A reused 5-tuple (a busy client's ports wrap within the closing lifetime) finds its
-    // old entry: overwritten in place, which costs a lookup where a replacing insert costs
-    // an LRU node taken and one given back.
+    let k = key(f, m);
+    let i = index(m);
+    // The entry exists when the other end's veth admitted the flow first (on one node, the
+    // sender's program, a moment ago: a warm line) or when a reused 5-tuple (a busy client's
+    // ports wrap within the closing lifetime) finds its earlier flow's entry: written in place,
+    // which costs a lookup where a replacing insert costs an LRU node taken and one given back.
     if let Some(old) = CT.get_ptr_mut(&k) {
-        unsafe { *old = v };
-    } else if CT.insert(&k, &v, 0).is_err() {
-        return;
+        let old = unsafe { &mut *old };
+        // An expired entry, or a closing one that a TCP SYN reopens, is an earlier flow: its
+        // other end's verdict is not this flow's (that veth decides the new flow's SYN).
+        // Otherwise it is this flow, and stays closing once it is.
+        if now > old.expires_ns || (old.flags & CT_CLOSING != 0 && tcp_opening(f.proto, tcp_flags))
+        {
+            old.sides[i ^ 1] = CtSide::default();
+        } else {
+            flags |= old.flags;
+        }
+        old.sides[i] = verdict;
+        old.flags = flags;
+        old.expires_ns = now + lifetime(f.proto, flags);
+    } else {
+        let mut v = CtPairValue {
+            expires_ns: now + lifetime(f.proto, flags),
+            flags,
+            _pad: [0; 6],
+            sides: [CtSide::default(); 2],
+        };
+        v.sides[i] = verdict;
+        if CT.insert(&k, &v, 0).is_err() {
+            return;
+        }
     }
-    // The flow's first reply (for TCP the SYN-ACK, on this CPU) then needs no `CT` read.
+    // The flow's first reply (for TCP the SYN-ACK, on this CPU) then needs no `CT_PAIRS` read.
     if flags & CT_CLOSING == 0 {
         flowcache::fill(f, generation, dir);
     }
 }
 
 /// Whether an ICMP error about `inner` (the offending packet as it was sent) relates to a
-/// tracked flow: the offending packet was sent by a local pod (its source is `local`) or to
-/// one (its destination is `local`). Two lookups, on the ICMP error path only.
+/// tracked flow: one lookup (either end may be the local pod; the key is the same), on the
+/// ICMP error path only.
 #[inline(always)]
 pub fn related(inner: &Tuple) -> bool {
-    get(&oriented(inner, true)).is_some() || get(&oriented(inner, false)).is_some()
+    let f = oriented(inner, true);
+    CT.get_ptr(&key(&f, side_mask(&f))).is_some()
 }

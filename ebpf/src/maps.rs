@@ -7,7 +7,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use netward_common::{
-    AddrKey, Config, CtFlowKey, CtValue, EndpointValue, FragKey, FragValue, IpcacheKey,
+    AddrKey, Config, CtPairKey, CtPairValue, EndpointValue, FragKey, FragValue, IpcacheKey,
     IpcacheValue, PolicyHashKey, PolicyValue, RateState, ServiceKey, ServicePolicyKey,
     ServiceValue, Tagged, COUNTER_COUNT,
 };
@@ -41,9 +41,10 @@ pub static PROBE_KEY: PerCpuArray<PolicyHashKey> = PerCpuArray::with_max_entries
 #[map(name = "LOCAL_ADDRS")]
 pub static LOCAL_ADDRS: HashMap<AddrKey, Tagged<EndpointValue>> = HashMap::pinned(16384, 0);
 
-/// Conntrack, both families, keyed in the veth's orientation (see `conntrack`).
-#[map(name = "CT")]
-pub static CT: LruHashMap<CtFlowKey, CtValue> = LruHashMap::pinned(262144, 0);
+/// Conntrack, both families: one entry per flow, its ends in a canonical order, each end's
+/// verdict in the value (see `conntrack`).
+#[map(name = "CT_PAIRS")]
+pub static CT: LruHashMap<CtPairKey, CtPairValue> = LruHashMap::pinned(262144, 0);
 
 #[map(name = "FRAGS")]
 pub static FRAGS: LruHashMap<FragKey, FragValue> = LruHashMap::pinned(8192, 0);

@@ -217,7 +217,7 @@ impl Datapath {
     }
 
     fn from_loaded(bpf: Ebpf, cfg: DatapathConfig) -> anyhow::Result<Datapath> {
-        // An older agent's CONNTRACK map: its flows move to CT around the swap
+        // An older agent's conntrack map (CT, CONNTRACK): its flows move to CT_PAIRS around the swap
         // (before: what exists; after: what the old programs added meanwhile).
         let legacy_ct = ct_migrate::open_legacy(&cfg.bpffs_dir, &bpf)?;
         let mut dp = Datapath {
@@ -230,12 +230,12 @@ impl Datapath {
         // An older agent's layout: carry its Plan and its conntrack over before its programs
         // are replaced, and the conntrack entries its programs added meanwhile after.
         dp.upgrade_tables()?;
-        if let Some(old) = &legacy_ct {
+        for old in &legacy_ct {
             let r = old.copy_into(&mut dp.bpf)?;
             tracing::info!(?r, "conntrack: copied the older agent's entries");
         }
         dp.adopt_pinned_links()?;
-        if let Some(old) = legacy_ct {
+        for old in legacy_ct {
             let r = old.copy_into(&mut dp.bpf)?;
             tracing::info!(
                 ?r,
