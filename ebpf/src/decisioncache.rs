@@ -1,7 +1,7 @@
 //! A per-CPU exact-match cache of policy decisions, in front of [`crate::policy::check`]: a
 //! direct-mapped array indexed by a hash of (direction, family, local address, peer address,
 //! protocol, port, fail-closed flag), one 64-byte entry per slot, like [`crate::flowcache`] in
-//! front of `CT`. A new flow between a pod and a peer it has talked to on that port (a
+//! front of `CT_PAIRS`. A new flow between a pod and a peer it has talked to on that port (a
 //! client's next connection, from another source port) is then decided by one inlined array
 //! access instead of the `LOCAL_ADDRS`, `HOST_ADDRS` and `POLICY_HASH` lookups.
 //!

@@ -4,7 +4,8 @@
 //! Per packet (one module per concern, like Cilium's bpf/lib):
 //! [`parse`] (the common untagged IPv4 TCP/UDP packet in a few instructions, anything else
 //! through the full parser) -> `CONFIG` (live slot, generation) -> [`flowcache`] (this CPU's
-//! copy of recent conntrack verdicts) -> [`conntrack`] (established, reply, related) ->
+//! copy of recent conntrack verdicts) -> `opaque` (the parser's constants hidden from the
+//! verifier) -> [`conntrack`] (one entry per flow: established, reply, related) ->
 //! [`policy`] (ipcache + policy LPM, constant number of lookups) -> [`counters`], [`events`].
 //!
 //! Verdicts for traffic NetworkPolicy leaves undefined (also in DATAPATH.md of the report):
@@ -112,7 +113,7 @@ const NS: u64 = 1_000_000_000;
 
 /// This CPU's scratch words for [`opaque`].
 #[map]
-static OPAQUE: PerCpuArray<[u64; 3]> = PerCpuArray::with_max_entries(1, 0);
+static OPAQUE: PerCpuArray<[u64; 2]> = PerCpuArray::with_max_entries(1, 0);
 
 /// `w` as values neither LLVM nor the verifier knows: stored to this CPU's scratch words and
 /// loaded back. The parser hands on constants that differ by path (protocol, family, a
@@ -122,7 +123,7 @@ static OPAQUE: PerCpuArray<[u64; 3]> = PerCpuArray::with_max_entries(1, 0);
 /// unknown values and meets the others at once (449k instructions verified for the egress
 /// program became 354k, with conntrack's ordering). `None` never happens (one entry).
 #[inline(always)]
-fn opaque(w: [u64; 3]) -> Option<[u64; 3]> {
+fn opaque(w: [u64; 2]) -> Option<[u64; 2]> {
     let p = OPAQUE.get_ptr_mut(0)?;
     unsafe {
         core::ptr::write_volatile(p, w);
@@ -275,11 +276,12 @@ fn decide(ctx: &TcContext, dir: u8, parsed: Parsed) -> u8 {
         | (t.proto as u64) << 32
         | (t.family as u64) << 40
         | (tcp_flags as u64) << 48
-        | (related_error as u64) << 56;
-    let m = conntrack::side_mask(&f);
-    let Some([w, first_frag, m]) = opaque([w, first_frag, m]) else {
+        | (related_error as u64) << 56
+        | (conntrack::side_mask(&f) & 1) << 57;
+    let Some([w, first_frag]) = opaque([w, first_frag]) else {
         return reason::NOT_READY;
     };
+    let m = ((w >> 57) & 1).wrapping_neg();
     t.sport = w as u16;
     t.dport = (w >> 16) as u16;
     t.proto = (w >> 32) as u8;
