@@ -1560,24 +1560,40 @@ fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+/// Stop the agent and leave, in place of its `CT_PAIRS`, an older agent's conntrack map
+/// `name` (an LRU hash, 40-byte keys, 24-byte values) holding `entries`: its pin.
+fn stop_with_older_conntrack<K: aya::Pod, V: aya::Pod>(
+    dp: &mut TestDp,
+    name: &str,
+    entries: &[(K, V)],
+) -> std::path::PathBuf {
+    const BPF_MAP_TYPE_LRU_HASH: u32 = 9;
+    let dir = dp.config().bpffs_dir.clone();
+    drop(dp.dp.take());
+    std::fs::remove_file(dir.join("CT_PAIRS")).unwrap();
+    let pin = dir.join(name);
+    pin_raw_map(&pin, BPF_MAP_TYPE_LRU_HASH, 40, 24, 1024);
+    let data = aya::maps::MapData::from_pin(&pin).unwrap();
+    let mut old: aya::maps::HashMap<_, K, V> =
+        aya::maps::HashMap::try_from(aya::maps::Map::from_map_data(data).unwrap()).unwrap();
+    for (k, v) in entries {
+        old.insert(k, v, 0).unwrap();
+    }
+    pin
+}
+
 /// Upgrade from an agent whose conntrack was the `CONNTRACK` map: its live flows move into
-/// CT, so replies the Plan alone would drop keep passing, and the old pin goes.
+/// `CT_PAIRS`, so replies the Plan alone would drop keep passing, and the old pin goes.
 #[test]
 fn upgrade_over_an_older_conntrack_map_keeps_established_flows() {
-    const BPF_MAP_TYPE_LRU_HASH: u32 = 9;
     let cfg = test_config("ctmigrate");
     let mut dp = setup_with(cfg.clone());
     let g = dp.current_config().unwrap().generation;
-    drop(dp.dp.take());
-    std::fs::remove_file(cfg.bpffs_dir.join("CT_PAIRS")).unwrap();
-    let pin = cfg.bpffs_dir.join("CONNTRACK");
-    pin_raw_map(&pin, BPF_MAP_TYPE_LRU_HASH, 40, 24, 1024);
-    {
-        let data = aya::maps::MapData::from_pin(&pin).unwrap();
-        let mut old: aya::maps::HashMap<_, [u8; 40], [u8; 24]> =
-            aya::maps::HashMap::try_from(aya::maps::Map::from_map_data(data).unwrap()).unwrap();
-        let live = monotonic_ns() + 3600 * 1_000_000_000;
-        for (k, v) in [
+    let live = monotonic_ns() + 3600 * 1_000_000_000;
+    let pin = stop_with_older_conntrack(
+        &mut dp,
+        "CONNTRACK",
+        &[
             // C -> A:80 admitted at A's ingress, verified under an older generation (the
             // new program re-checks it, as opened: ingress, port 80).
             legacy_ct_entry(C4, A4, 40000, 80, DIR_INGRESS, g - 1, live),
@@ -1586,10 +1602,8 @@ fn upgrade_over_an_older_conntrack_map_keeps_established_flows() {
             legacy_ct_entry(C6, A6, 40300, 80, DIR_INGRESS, g, live),
             // Expired: not copied.
             legacy_ct_entry(C4, A4, 40200, 80, DIR_INGRESS, g, 1),
-        ] {
-            old.insert(k, v, 0).unwrap();
-        }
-    }
+        ],
+    );
 
     dp.dp = Some(Datapath::open_or_create(cfg.clone()).expect("upgrade over old pins"));
     assert!(!pin.exists(), "the old CONNTRACK pin was not removed");
@@ -1690,20 +1704,14 @@ fn oriented_ct_entry(
 /// sides; replies the Plan alone would drop keep passing at both veths; the old pin goes.
 #[test]
 fn upgrade_over_the_per_veth_conntrack_map_merges_same_node_pairs() {
-    const BPF_MAP_TYPE_LRU_HASH: u32 = 9;
     let cfg = test_config("ctpairs");
     let mut dp = setup_with(cfg.clone());
     let g = dp.current_config().unwrap().generation;
-    drop(dp.dp.take());
-    std::fs::remove_file(cfg.bpffs_dir.join("CT_PAIRS")).unwrap();
-    let pin = cfg.bpffs_dir.join("CT");
-    pin_raw_map(&pin, BPF_MAP_TYPE_LRU_HASH, 40, 24, 1024);
-    {
-        let data = aya::maps::MapData::from_pin(&pin).unwrap();
-        let mut old: aya::maps::HashMap<_, CtFlowKey, CtValue> =
-            aya::maps::HashMap::try_from(aya::maps::Map::from_map_data(data).unwrap()).unwrap();
-        let live = monotonic_ns() + 3600 * 1_000_000_000;
-        for (k, v) in [
+    let live = monotonic_ns() + 3600 * 1_000_000_000;
+    let pin = stop_with_older_conntrack(
+        &mut dp,
+        "CT",
+        &[
             // B:40600 -> A:443 on this node: B's veth admitted it at egress, A's at ingress
             // (policy 3).
             oriented_ct_entry(B4, 40600, A4, 443, true, (g, 0), live),
@@ -1712,10 +1720,8 @@ fn upgrade_over_the_per_veth_conntrack_map_merges_same_node_pairs() {
             oriented_ct_entry(A4, 40100, C4, 5432, true, (g, 6), live),
             // Expired: not copied.
             oriented_ct_entry(A4, 80, C4, 40200, false, (g, 1), 1),
-        ] {
-            old.insert(k, v, 0).unwrap();
-        }
-    }
+        ],
+    );
 
     dp.dp = Some(Datapath::open_or_create(cfg.clone()).expect("upgrade over old pins"));
     assert!(!pin.exists(), "the old CT pin was not removed");

@@ -4,11 +4,11 @@
 //! * established: a tracked TCP flow at the hook that admitted it, the common case: a hit in
 //!   this CPU's flow cache (a repeated packet always hits it, as a flow's packets mostly do);
 //!   the row `current, cache miss` loads the same object with a zero cache window, so every
-//!   packet probes the cache, misses, reads `CT` (one hit) and fills the cache: what the first
+//!   packet probes the cache, misses, reads `CT_PAIRS` (one hit) and fills the cache: what the first
 //!   packet of a flow per CPU and second costs, and every packet of flows that collide in it
 //!   (in that row the decision cache misses too, see below);
 //! * reply: the same flow's answer at the pod's other hook (the same cache entry, or the same
-//!   single `CT` lookup: the entry is shared by both hooks of the veth);
+//!   single `CT_PAIRS` lookup: the entry is shared by both hooks of the veth);
 //! * new flow, TCP SYN (policy path): a SYN the policy denies (a SYN skips conntrack: it
 //!   always opens a flow). The packet is repeated, so in the `current` row the per-CPU
 //!   decision cache answers (as for a client's next connection to the same pod and port,
