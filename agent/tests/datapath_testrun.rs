@@ -708,7 +708,7 @@ fn conntrack_replies_established_and_related() {
 /// A TCP frame with FIN|ACK (IPv4 without options): always reads conntrack.
 fn tcp_fin(src: &str, dst: &str, sport: u16, dport: u16) -> Vec<u8> {
     let mut f = frame(src, dst, tcp_ack(sport, dport));
-    f[14 + 20 + 13] |= 0x01;
+    f[14 + 20 + 13] |= 0x01; // TCP flags of an IPv4 frame without options
     f
 }
 
@@ -1837,10 +1837,8 @@ fn coarse_now_ns() -> u64 {
 #[test]
 fn a_reused_tuple_overwrites_its_closing_entry() {
     let syn = frame(C4, A4, tcp(42100, 80));
-    let ack = frame(C4, A4, tcp_ack(42100, 80));
     let reply = frame(A4, C4, tcp_ack(80, 42100));
-    let mut fin = ack.clone();
-    fin[14 + 20 + 13] |= 0x01; // TCP flags of an IPv4 frame without options
+    let fin = tcp_fin(C4, A4, 42100, 80);
     let cfg = test_config("reuse");
     let dp = setup_with(cfg.clone());
     check(&dp, Ingress, &syn, true, "policy_allow");
@@ -1912,8 +1910,7 @@ fn the_flow_cache_stands_in_for_conntrack_only_within_its_window() {
     let syn = frame(C4, A4, tcp(42000, 80));
     // A's egress allows nothing to C:42000: only conntrack (or the cache) passes the reply.
     let reply = frame(A4, C4, tcp_ack(80, 42000));
-    let mut fin = reply.clone();
-    fin[14 + 20 + 13] |= 0x01; // TCP flags of an IPv4 frame without options
+    let fin = tcp_fin(A4, C4, 80, 42000);
     assert_eq!(fin[14 + 20 + 13], 0x11);
 
     let cfg = test_config("flowcache");

@@ -593,8 +593,8 @@ impl PolicyKey {
 /// ([`CtPairValue::sides`], `sides[0]` for `lo`). IPv4 addresses fill the first 4 bytes (rest
 /// zero); `family` keeps them apart from IPv6 addresses of the same bytes. Ports are host byte
 /// order; for ICMP echo both hold the echo identifier; other port-less protocols use 0.
-/// The order compares the address as two native-endian `u64` words, then the port (any total
-/// order would do; this one is a few instructions in the programs).
+/// The order is [`ends_swapped`]'s: the address as two native-endian `u64` words, then the
+/// port (any total order would do; this one is a few instructions in the programs).
 #[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub struct CtPairKey {
@@ -619,17 +619,7 @@ impl CtPairKey {
         proto: u8,
         family: u8,
     ) -> (CtPairKey, usize) {
-        let l = (
-            u64::from_ne_bytes(word(&local, 0)),
-            u64::from_ne_bytes(word(&local, 8)),
-            lport,
-        );
-        let r = (
-            u64::from_ne_bytes(word(&remote, 0)),
-            u64::from_ne_bytes(word(&remote, 8)),
-            rport,
-        );
-        let side = (l > r) as usize;
+        let side = ends_swapped(&addr_words(&local), lport, &addr_words(&remote), rport) as usize;
         let (lo, hi, lo_port, hi_port) = if side == 0 {
             (local, remote, lport, rport)
         } else {
@@ -648,17 +638,12 @@ impl CtPairKey {
     }
 }
 
-const fn word(a: &[u8; 16], at: usize) -> [u8; 8] {
-    [
-        a[at],
-        a[at + 1],
-        a[at + 2],
-        a[at + 3],
-        a[at + 4],
-        a[at + 5],
-        a[at + 6],
-        a[at + 7],
-    ]
+/// Whether a flow seen from its `local` end has that end second in its [`CtPairKey`]: the
+/// order of the ends, (address as its two native-endian words, port), lower first. The one
+/// definition of that order, for the programs and the agent alike.
+#[inline(always)]
+pub fn ends_swapped(local: &[u64; 2], lport: u16, remote: &[u64; 2], rport: u16) -> bool {
+    (local[0], local[1], lport) > (remote[0], remote[1], rport)
 }
 
 /// One end's verdict in a [`CtPairValue`]: the hooks of the veth of that end (a local pod)
@@ -756,8 +741,9 @@ pub const CT_SEEN_REPLY: u16 = 1 << 0;
 /// [`CtPairValue::flags`] (and the older [`CtValue::flags`]): a TCP FIN or RST was seen; the
 /// entry lives [`CT_TIMEOUT_CLOSING_S`].
 pub const CT_CLOSING: u16 = 1 << 1;
-/// [`CtSide::flags`] (and the older [`CtValue::flags`]): the flow was opened by the pod's own node (a locally generated packet
-/// into the pod, `reason::FROM_HOST`): always allowed, never re-checked against a Plan.
+/// [`CtSide::flags`] (and the older [`CtValue::flags`]): the flow was opened by the pod's own
+/// node (a locally generated packet into the pod, `reason::FROM_HOST`): always allowed, never
+/// re-checked against a Plan.
 pub const CT_FROM_HOST: u16 = 1 << 2;
 /// [`CtSide::flags`] (and the older [`CtValue::flags`]): the flow was opened by the local pod
 /// (its egress hook admitted it);

@@ -25,9 +25,9 @@
 //! no side is left) and the packet dropped (`reason::REVOKED`).
 
 use netward_common::{
-    reason, CtPairKey, CtPairValue, CtSide, CT_CLOSING, CT_FROM_HOST, CT_ORIGIN_EGRESS,
-    CT_TIMEOUT_CLOSING_S, CT_TIMEOUT_OTHER_S, CT_TIMEOUT_TCP_S, CT_TRACKED, DIR_EGRESS,
-    DIR_INGRESS, PROTO_TCP,
+    ends_swapped, reason, CtPairKey, CtPairValue, CtSide, CT_CLOSING, CT_FROM_HOST,
+    CT_ORIGIN_EGRESS, CT_TIMEOUT_CLOSING_S, CT_TIMEOUT_OTHER_S, CT_TIMEOUT_TCP_S, CT_TRACKED,
+    DIR_EGRESS, DIR_INGRESS, PROTO_TCP,
 };
 
 use crate::{
@@ -76,7 +76,7 @@ fn oriented(t: &Tuple, src_local: bool) -> Flow {
 }
 
 /// Which end of its key the flow's `local` end is, as a mask: 0 when it is `lo` (the lower
-/// (address words, port), as `CtPairKey::new` orders them), all ones when it is `hi`.
+/// (address words, port): `ends_swapped`), all ones when it is `hi`.
 ///
 /// The compares branch, and on each path the verifier knows the side exactly; any later
 /// branch or pointer offset that depended on it would make it walk all the code behind once
@@ -85,8 +85,7 @@ fn oriented(t: &Tuple, src_local: bool) -> Flow {
 /// is one unknown value on every path.
 #[inline(always)]
 pub fn side_mask(f: &Flow) -> u64 {
-    let hi = (f.local[0], f.local[1], f.lport) > (f.remote[0], f.remote[1], f.rport);
-    (hi as u64).wrapping_neg()
+    (ends_swapped(&f.local, f.lport, &f.remote, f.rport) as u64).wrapping_neg()
 }
 
 /// `a` where `m` is 0, `b` where it is all ones: a choice without a branch.

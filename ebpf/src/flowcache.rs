@@ -1,30 +1,30 @@
-//! A per-CPU exact-match cache in front of `CT_PAIRS` for the packets of tracked flows (like Open
-//! vSwitch's EMC in front of its classifier): a direct-mapped array indexed by a hash of the
-//! flow, one 64-byte entry per slot. A hit costs an inlined array access and a compare of five
+//! A per-CPU exact-match cache in front of `CT_PAIRS` for the packets of tracked flows (like
+//! Open vSwitch's EMC in front of its classifier): a direct-mapped array indexed by a hash of
+//! the flow, one 64-byte entry per slot. A hit costs an inlined array access and a compare of five
 //! words instead of a kernel hash lookup of a 40-byte key.
 //!
 //! An entry says "`CT_PAIRS` admitted or passed this flow under `generation`, less than
 //! `FLOW_CACHE_WINDOW` jiffies ago" (at most 1 s):
-//! * it is filled when a new flow's `CT_PAIRS` entry is written and after `CT_PAIRS` passed a packet,
-//!   and only for flows that are not closing (`CT_CLOSING` has the short lifetime; FIN/RST
-//!   packets always take the `CT_PAIRS` path). Filled with the entry, it answers the flow's first
-//!   reply: a TCP SYN-ACK is sent from the softirq that took the SYN, on the same CPU, so a
-//!   short connection's handshake reads `CT_PAIRS` at neither veth;
+//! * it is filled when a new flow's `CT_PAIRS` entry is written and after `CT_PAIRS` passed a
+//!   packet, and only for flows that are not closing (`CT_CLOSING` has the short lifetime;
+//!   FIN/RST packets always take the `CT_PAIRS` path). Filled with the entry, it answers the
+//!   flow's first reply: a TCP SYN-ACK is sent from the softirq that took the SYN, on the same
+//!   CPU, so a short connection's handshake reads `CT_PAIRS` at neither veth;
 //! * a new Plan generation misses, so a re-check always goes through `CT_PAIRS` and the policy;
-//! * within the window `CT_PAIRS` itself could not answer otherwise: the entry was refreshed to at
-//!   least 10 s of life when the cache was filled (so it cannot expire), and an LRU eviction
+//! * within the window `CT_PAIRS` itself could not answer otherwise: the entry was refreshed to
+//!   at least 10 s of life when the cache was filled (so it cannot expire), and an LRU eviction
 //!   by another CPU only ends tracking the flow that the current Plan allows anyway;
 //! * it answers both hooks: `established` at the hook the flow was opened at, `reply` at the
 //!   other, as `CT_PAIRS` does for any flow it holds;
-//! * an entry passes a subset of what `CT_PAIRS` passes while `CT_PAIRS` holds the flow: a new connection
-//!   that reuses the 5-tuple within the window, opened from the other side, passes the same;
-//!   its allowed SYN's fill overwrites the old entry on its CPU, and on other CPUs at most the
-//!   label of its packets is `established` where `CT_PAIRS` says `reply` (or the reverse) until
-//!   the window ends.
+//! * an entry passes a subset of what `CT_PAIRS` passes while `CT_PAIRS` holds the flow: a new
+//!   connection that reuses the 5-tuple within the window, opened from the other side, passes
+//!   the same; its allowed SYN's fill overwrites the old entry on its CPU, and on other CPUs at
+//!   most the label of its packets is `established` where `CT_PAIRS` says `reply` (or the
+//!   reverse) until the window ends.
 //!
 //! Per CPU, so no entry is ever written concurrently; not pinned, a fresh program starts
-//! empty. `CT_PAIRS` stays the flow's state: the cache only saves re-reading it every packet, and
-//! refreshing it at most once a window keeps the lifetimes of seconds exact to a second.
+//! empty. `CT_PAIRS` stays the flow's state: the cache only saves re-reading it every packet,
+//! and refreshing it at most once a window keeps the lifetimes of seconds exact to a second.
 use aya_ebpf::{helpers::bpf_jiffies64, macros::map, maps::PerCpuArray};
 use netward_common::{cache_index, reason, FLOW_CACHE_DEFAULT_SLOTS, FLOW_CACHE_WINDOW_JIFFIES};
 
@@ -93,10 +93,10 @@ fn index(f: &Flow, meta: u64) -> u32 {
 }
 
 /// Whether this CPU's cache passes the flow's packet at the hook of direction `dir`: the
-/// reason `CT_PAIRS` gave at the fill, as its `_CACHED` twin (`ESTABLISHED_CACHED`, `REPLY_CACHED`:
-/// the same verdict and name, counted apart so the agent can tell the cache's share).
-/// Everything is recomputed from `f` (cheap ALU work) rather than kept across the `CT_PAIRS`
-/// lookup, which would spill it to the stack on every miss.
+/// reason `CT_PAIRS` gave at the fill, as its `_CACHED` twin (`ESTABLISHED_CACHED`,
+/// `REPLY_CACHED`: the same verdict and name, counted apart so the agent can tell the cache's
+/// share). Everything is recomputed from `f` (cheap ALU work) rather than kept across the
+/// `CT_PAIRS` lookup, which would spill it to the stack on every miss.
 #[inline(always)]
 pub fn get(f: &Flow, dir: u8, generation: u64) -> Option<u8> {
     if slots() == 0 {

@@ -292,7 +292,8 @@ fn decide(ctx: &TcContext, dir: u8, parsed: Parsed) -> u8 {
     // Conntrack: one lookup for the flow; established or reply. A TCP SYN without ACK opens
     // a flow, it is never an established packet or a reply: the policy decides it without
     // that lookup (a retransmitted SYN is decided again and renews the entry; the peer's SYN
-    // of a simultaneous open meets the policy like any opening).
+    // of a simultaneous open meets the policy like any opening). The flow is built again from
+    // the values loaded back: the first one still carries the parser's constants.
     let f = conntrack::flow(t, dir);
     let hit = if parse::tcp_opening(t.proto, tcp_flags) {
         Hit::Miss

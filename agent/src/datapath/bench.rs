@@ -4,8 +4,8 @@
 //! * established: a tracked TCP flow at the hook that admitted it, the common case: a hit in
 //!   this CPU's flow cache (a repeated packet always hits it, as a flow's packets mostly do);
 //!   the row `current, cache miss` loads the same object with a zero cache window, so every
-//!   packet probes the cache, misses, reads `CT_PAIRS` (one hit) and fills the cache: what the first
-//!   packet of a flow per CPU and second costs, and every packet of flows that collide in it
+//!   packet probes the cache, misses, reads `CT_PAIRS` (one hit) and fills the cache: what the
+//!   first packet of a flow per CPU and second costs, and every packet of flows that collide in it
 //!   (in that row the decision cache misses too, see below);
 //! * reply: the same flow's answer at the pod's other hook (the same cache entry, or the same
 //!   single `CT_PAIRS` lookup: the entry is shared by both hooks of the veth);
@@ -82,7 +82,8 @@ impl Default for BenchOptions {
 /// One row: ns per packet for each path.
 #[derive(Clone, Debug)]
 pub struct BenchRow {
-    /// Which object: "current", "current, cache miss" (no flow or decision cache hits) or "baseline".
+    /// Which object: "current", "current, cache miss" (no flow or decision cache hits) or
+    /// "baseline".
     pub build: &'static str,
     pub policy_entries: usize,
     pub established: f64,

@@ -181,31 +181,36 @@ impl Legacy {
     /// The live entries, each as its side of a `CT_PAIRS` entry (unmerged); expired ones
     /// and unknown families are counted in `r.skipped`.
     fn entries(&self, r: &mut CopyReport) -> Result<Vec<(CtPairKey, CtPairValue)>> {
+        match self.layout {
+            Layout::Oriented => self.read(r, pair),
+            Layout::FirstSeen => self.read(r, |k: &CtKey, v| {
+                orient(k, v).and_then(|(k, v)| pair(&k, &v))
+            }),
+        }
+    }
+
+    /// [`Legacy::entries`] of a map keyed by `K`, each converted by `convert`.
+    fn read<K: aya::Pod>(
+        &self,
+        r: &mut CopyReport,
+        convert: impl Fn(&K, &CtValue) -> Option<(CtPairKey, CtPairValue)>,
+    ) -> Result<Vec<(CtPairKey, CtPairValue)>> {
         let now = monotonic_ns();
+        let map: HashMap<&MapData, K, CtValue> = HashMap::try_from(&self.map)?;
         let mut out = Vec::new();
         // Entries may come and go while the old programs run: a key that vanished between
         // listing and reading is skipped (the second pass catches what appears later).
-        macro_rules! read {
-            ($k:ty, $convert:expr) => {{
-                let map: HashMap<&MapData, $k, CtValue> = HashMap::try_from(&self.map)?;
-                for k in map.keys() {
-                    let k = k?;
-                    let v = match map.get(&k, 0) {
-                        Ok(v) => v,
-                        Err(MapError::KeyNotFound) => continue,
-                        Err(e) => return Err(e.into()),
-                    };
-                    match $convert(&k, &v) {
-                        Some(e) if v.expires_ns >= now => out.push(e),
-                        _ => r.skipped += 1,
-                    }
-                }
-            }};
-        }
-        match self.layout {
-            Layout::Oriented => read!(CtFlowKey, pair),
-            Layout::FirstSeen => read!(CtKey, |k: &CtKey, v: &CtValue| orient(k, v)
-                .and_then(|(k, v)| pair(&k, &v))),
+        for k in map.keys() {
+            let k = k?;
+            let v = match map.get(&k, 0) {
+                Ok(v) => v,
+                Err(MapError::KeyNotFound) => continue,
+                Err(e) => return Err(e.into()),
+            };
+            match convert(&k, &v) {
+                Some(e) if v.expires_ns >= now => out.push(e),
+                _ => r.skipped += 1,
+            }
         }
         Ok(out)
     }
@@ -217,14 +222,12 @@ impl Legacy {
         let mut r = CopyReport::default();
         let mut flows: BTreeMap<CtPairKey, CtPairValue> = BTreeMap::new();
         for (k, v) in self.entries(&mut r)? {
-            match flows.entry(k) {
-                std::collections::btree_map::Entry::Vacant(e) => {
-                    e.insert(v);
-                }
-                std::collections::btree_map::Entry::Occupied(mut e) => {
-                    merge(e.get_mut(), &v);
-                }
-            }
+            flows
+                .entry(k)
+                .and_modify(|e| {
+                    merge(e, &v);
+                })
+                .or_insert(v);
         }
         const BPF_NOEXIST: u64 = 1;
         const BPF_EXIST: u64 = 2;
@@ -243,6 +246,9 @@ impl Legacy {
                         Err(MapError::KeyNotFound) => continue,
                         Err(e) => return Err(e).context("read a conntrack entry"),
                     };
+                    // (The whole value is written back: a write the programs make to the
+                    // entry between this read and that write is lost. Only flows the new
+                    // programs began to track during the swap get here.)
                     if merge(&mut cur, v) {
                         ct.insert(k, cur, BPF_EXIST)
                             .context("add a side to a conntrack entry")?;

@@ -217,8 +217,8 @@ impl Datapath {
     }
 
     fn from_loaded(bpf: Ebpf, cfg: DatapathConfig) -> anyhow::Result<Datapath> {
-        // An older agent's conntrack map (CT, CONNTRACK): its flows move to CT_PAIRS around the swap
-        // (before: what exists; after: what the old programs added meanwhile).
+        // An older agent's conntrack map (CT, CONNTRACK): its flows move to CT_PAIRS around the
+        // swap (before: what exists; after: what the old programs added meanwhile).
         let legacy_ct = ct_migrate::open_legacy(&cfg.bpffs_dir, &bpf)?;
         let mut dp = Datapath {
             mode: cfg.attach_mode.unwrap_or_else(AttachMode::detect),
