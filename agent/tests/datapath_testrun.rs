@@ -814,6 +814,34 @@ fn a_same_node_flow_is_one_entry_with_each_pods_verdict() {
     check(&dp, Egress, &tcp_fin(A4, B4, 443, 40500), true, "reply");
 }
 
+/// Two pods of the node: the veth whose program reads the flow's entry also fills the other
+/// pod's flow cache entry on this CPU, so after the first FIN marked the flow closing, the
+/// other FINs at both veths need no conntrack read.
+#[test]
+fn a_same_node_pairs_later_fins_are_answered_by_the_flow_cache() {
+    pin_to_this_cpu();
+    // B (not isolated) -> A:443; A's egress allows nothing to B:40600.
+    let cfg = test_config("pairfins");
+    let dp = setup_with(cfg.clone());
+    let syn = frame(B4, A4, tcp(40600, 443));
+    check(&dp, Egress, &syn, true, "not_isolated");
+    check(&dp, Ingress, &syn, true, "policy_allow");
+    let a_fin = tcp_fin(A4, B4, 443, 40600);
+    let b_fin = tcp_fin(B4, A4, 40600, 443);
+    // A closes first: its FIN reads conntrack at A's veth and marks the flow closing.
+    let hits = dp.counters().unwrap().flow_cache_hits;
+    check(&dp, Egress, &a_fin, true, "reply");
+    assert_eq!(dp.counters().unwrap().flow_cache_hits, hits);
+    assert_eq!(only_entry_sides(&cfg).2, CT_CLOSING);
+    // With the entry gone behind the programs' back, only the cache can pass the rest: A's
+    // FIN into B, and B's FIN out of B and into A.
+    forget_conntrack(&cfg);
+    check(&dp, Ingress, &a_fin, true, "reply");
+    check(&dp, Egress, &b_fin, true, "established");
+    check(&dp, Ingress, &b_fin, true, "established");
+    assert_eq!(dp.counters().unwrap().flow_cache_hits, hits + 3);
+}
+
 #[test]
 fn generation_change_rechecks_established_flows() {
     let mut dp = setup("gen");
@@ -1902,8 +1930,8 @@ fn forget_conntrack(cfg: &DatapathConfig) {
 }
 
 /// The per-CPU flow cache stands in for conntrack only within its window, under the same
-/// Plan generation, for packets that are not closing the flow; with no cache, every packet
-/// reads conntrack.
+/// Plan generation, and for a FIN or RST only once conntrack has the flow closing; with no
+/// cache, every packet reads conntrack.
 #[test]
 fn the_flow_cache_stands_in_for_conntrack_only_within_its_window() {
     pin_to_this_cpu();
@@ -1922,8 +1950,26 @@ fn the_flow_cache_stands_in_for_conntrack_only_within_its_window() {
     let hits = dp.counters().unwrap().flow_cache_hits;
     check(&dp, Egress, &reply, true, "reply");
     assert_eq!(dp.counters().unwrap().flow_cache_hits, hits + 1);
-    // A FIN always reads conntrack.
+    // A FIN reads conntrack unless the flow was closing when the cache was filled.
     check(&dp, Egress, &fin, false, "policy_deny");
+    check(&dp, Ingress, &syn, true, "policy_allow");
+    check(&dp, Egress, &fin, true, "reply");
+    assert_eq!(
+        only_entry_sides(&cfg).2,
+        CT_CLOSING,
+        "the first FIN marks it"
+    );
+    forget_conntrack(&cfg);
+    let hits = dp.counters().unwrap().flow_cache_hits;
+    check(&dp, Egress, &fin, true, "reply");
+    check(
+        &dp,
+        Ingress,
+        &tcp_fin(C4, A4, 42000, 80),
+        true,
+        "established",
+    );
+    assert_eq!(dp.counters().unwrap().flow_cache_hits, hits + 2);
     // A new Plan generation always reads conntrack.
     check(&dp, Egress, &reply, true, "reply");
     dp.apply(&fixture()).unwrap();

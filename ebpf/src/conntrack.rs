@@ -75,6 +75,19 @@ fn oriented(t: &Tuple, src_local: bool) -> Flow {
     }
 }
 
+/// The flow as its other end sees it.
+#[inline(always)]
+fn reversed(f: &Flow) -> Flow {
+    Flow {
+        local: f.remote,
+        remote: f.local,
+        lport: f.rport,
+        rport: f.lport,
+        proto: f.proto,
+        family: f.family,
+    }
+}
+
 /// Which end of its key the flow's `local` end is, as a mask: 0 when it is `lo` (the lower
 /// (address words, port): `ends_swapped`), all ones when it is `hi`.
 ///
@@ -223,8 +236,20 @@ pub fn lookup(f: &Flow, m: u64, dir: u8, tcp_flags: u8, cfg_flags: u32, generati
         v.flags = flags;
         v.expires_ns = expires;
     }
-    if flags & CT_CLOSING == 0 {
-        flowcache::fill(f, generation, origin);
+    let closing = flags & CT_CLOSING != 0;
+    flowcache::fill(f, generation, origin, closing);
+    // The other end too, when a local veth holds it under this Plan (a same-node pair): its
+    // program runs next, on this CPU, for this packet and most of the flow's others, and now
+    // finds what its own lookup would give. Above all the FIN at the receiver and the
+    // answering FIN at both veths, once this packet marked the flow closing.
+    let other = v.sides[i ^ 1];
+    if other.flags & CT_TRACKED != 0 && other.generation == generation {
+        let origin = if other.flags & CT_ORIGIN_EGRESS != 0 {
+            DIR_EGRESS
+        } else {
+            DIR_INGRESS
+        };
+        flowcache::fill(&reversed(f), generation, origin, closing);
     }
     Hit::Pass(r)
 }
@@ -274,7 +299,12 @@ pub fn create(
         // Otherwise it is this flow, and stays closing once it is.
         if now > old.expires_ns || (old.flags & CT_CLOSING != 0 && tcp_opening(f.proto, tcp_flags))
         {
-            old.sides[i ^ 1] = CtSide::default();
+            if old.sides[i ^ 1].flags & CT_TRACKED != 0 {
+                old.sides[i ^ 1] = CtSide::default();
+                // And that end's entry in this CPU's flow cache (on one node, its program
+                // runs next here): its packets meet conntrack and the policy again.
+                flowcache::forget(&reversed(f));
+            }
         } else {
             flags |= old.flags;
         }
@@ -294,9 +324,7 @@ pub fn create(
         }
     }
     // The flow's first reply (for TCP the SYN-ACK, on this CPU) then needs no `CT_PAIRS` read.
-    if flags & CT_CLOSING == 0 {
-        flowcache::fill(f, generation, dir);
-    }
+    flowcache::fill(f, generation, dir, flags & CT_CLOSING != 0);
 }
 
 /// Whether an ICMP error about `inner` (the offending packet as it was sent) relates to a

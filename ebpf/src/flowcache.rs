@@ -4,12 +4,19 @@
 //! words instead of a kernel hash lookup of a 40-byte key.
 //!
 //! An entry says "`CT_PAIRS` admitted or passed this flow under `generation`, less than
-//! `FLOW_CACHE_WINDOW` jiffies ago" (at most 1 s):
+//! `FLOW_CACHE_WINDOW` jiffies ago" (at most 1 s), and whether the flow was closing then:
 //! * it is filled when a new flow's `CT_PAIRS` entry is written and after `CT_PAIRS` passed a
-//!   packet, and only for flows that are not closing (`CT_CLOSING` has the short lifetime;
-//!   FIN/RST packets always take the `CT_PAIRS` path). Filled with the entry, it answers the
-//!   flow's first reply: a TCP SYN-ACK is sent from the softirq that took the SYN, on the same
-//!   CPU, so a short connection's handshake reads `CT_PAIRS` at neither veth;
+//!   packet. Filled with the entry, it answers the flow's first reply: a TCP SYN-ACK is sent
+//!   from the softirq that took the SYN, on the same CPU, so a short connection's handshake
+//!   reads `CT_PAIRS` at neither veth;
+//! * for a same-node pair, the program that read `CT_PAIRS` also fills the other pod's entry
+//!   when that pod's side is tracked under this generation: exactly what the other veth's own
+//!   lookup would find, a moment later on this CPU;
+//! * a FIN or RST hits only an entry filled while `CT_PAIRS` had the flow `CT_CLOSING`: then
+//!   it has nothing to record there (closing stays until a SYN reopens the tuple). The first
+//!   FIN of a flow always takes the `CT_PAIRS` path and marks it; the FINs after it, at both
+//!   veths of a same-node pair, hit. The closing lifetime (10 s) counts from that first
+//!   FIN, not the last, which follows within round trips;
 //! * a new Plan generation misses, so a re-check always goes through `CT_PAIRS` and the policy;
 //! * within the window `CT_PAIRS` itself could not answer otherwise: the entry was refreshed to
 //!   at least 10 s of life when the cache was filled (so it cannot expire), and an LRU eviction
@@ -20,7 +27,9 @@
 //!   connection that reuses the 5-tuple within the window, opened from the other side, passes
 //!   the same; its allowed SYN's fill overwrites the old entry on its CPU, and on other CPUs at
 //!   most the label of its packets is `established` where `CT_PAIRS` says `reply` (or the
-//!   reverse) until the window ends.
+//!   reverse) until the window ends. Such a reopened flow's first FIN, on a CPU that still
+//!   has the old flow's closing entry, leaves `CT_PAIRS` unmarked: its entry keeps the
+//!   open lifetime until a later FIN on another CPU marks it, or the LRU evicts it.
 //!
 //! Per CPU, so no entry is ever written concurrently; not pinned, a fresh program starts
 //! empty. `CT_PAIRS` stays the flow's state: the cache only saves re-reading it every packet,
@@ -61,7 +70,10 @@ pub struct Entry {
     jiffies: u64,
     /// `DIR_*` the flow was opened in.
     origin: u8,
-    _pad: [u8; 7],
+    /// 1: `CT_PAIRS` had the flow `CT_CLOSING` at the fill, so a FIN or RST has nothing to
+    /// record there either.
+    closing: u8,
+    _pad: [u8; 6],
 }
 
 #[map(name = "FLOW_CACHE")]
@@ -98,7 +110,7 @@ fn index(f: &Flow, meta: u64) -> u32 {
 /// share). Everything is recomputed from `f` (cheap ALU work) rather than kept across the
 /// `CT_PAIRS` lookup, which would spill it to the stack on every miss.
 #[inline(always)]
-pub fn get(f: &Flow, dir: u8, generation: u64) -> Option<u8> {
+pub fn get(f: &Flow, dir: u8, generation: u64, closing: bool) -> Option<u8> {
     if slots() == 0 {
         return None;
     }
@@ -111,7 +123,7 @@ pub fn get(f: &Flow, dir: u8, generation: u64) -> Option<u8> {
     if age >= window() || e.generation != generation {
         return None;
     }
-    if !holds(e, f, meta) {
+    if !holds(e, f, meta) || (closing && e.closing == 0) {
         return None;
     }
     if dir == e.origin {
@@ -123,7 +135,7 @@ pub fn get(f: &Flow, dir: u8, generation: u64) -> Option<u8> {
 
 /// Record that `CT_PAIRS` admitted or passed the flow under `generation` (opened in `origin`).
 #[inline(always)]
-pub fn fill(f: &Flow, generation: u64, origin: u8) {
+pub fn fill(f: &Flow, generation: u64, origin: u8, closing: bool) {
     if slots() == 0 {
         return;
     }
@@ -134,5 +146,22 @@ pub fn fill(f: &Flow, generation: u64, origin: u8) {
         e.generation = generation;
         e.jiffies = unsafe { bpf_jiffies64() };
         e.origin = origin;
+        e.closing = closing as u8;
+    }
+}
+
+/// Drop this CPU's entry of the flow, if it holds one: `CT_PAIRS` no longer holds that end's
+/// verdict (a SYN reopened the tuple and cleared it).
+#[inline(always)]
+pub fn forget(f: &Flow) {
+    if slots() == 0 {
+        return;
+    }
+    let meta = meta(f);
+    if let Some(e) = FLOW_CACHE.get_ptr_mut(index(f, meta)) {
+        let e = unsafe { &mut *e };
+        if holds(e, f, meta) {
+            e.jiffies = 0;
+        }
     }
 }

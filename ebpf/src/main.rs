@@ -259,11 +259,9 @@ fn decide(ctx: &TcContext, dir: u8, parsed: Parsed) -> u8 {
     // This CPU's flow cache: a packet of a flow conntrack passed within the second (not one
     // that opens or closes it, nor a first fragment, whose ports later fragments need).
     let f = conntrack::flow(t, dir);
-    if first_frag == 0
-        && !parse::tcp_opening(t.proto, tcp_flags)
-        && !parse::tcp_closing(t.proto, tcp_flags)
-    {
-        if let Some(r) = flowcache::get(&f, dir, generation) {
+    if first_frag == 0 && !parse::tcp_opening(t.proto, tcp_flags) {
+        let closing = parse::tcp_closing(t.proto, tcp_flags);
+        if let Some(r) = flowcache::get(&f, dir, generation, closing) {
             return r;
         }
     }
