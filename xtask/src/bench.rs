@@ -77,7 +77,8 @@ pub struct CompileArgs {
 
 #[derive(Args)]
 pub struct DatapathArgs {
-    /// Runs per measurement (the kernel reports the average).
+    /// Runs per measurement, in five parts (the kernel reports each part's average; the
+    /// median part is taken).
     #[arg(long, default_value_t = 1_000_000)]
     repeat: u32,
     /// Policy entries of the measured Plans, comma-separated.

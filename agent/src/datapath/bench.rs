@@ -1,6 +1,8 @@
 //! `cargo xtask bench datapath`: cost of the real programs per packet, measured by the kernel
-//! with `BPF_PROG_TEST_RUN` (average over `repeat` runs), for Plans of 1, 1k, 10k, 100k policy
-//! entries. Paths:
+//! with `BPF_PROG_TEST_RUN`, for Plans of 1, 1k, 10k, 100k policy entries. Every build and
+//! size has its own datapath, all loaded at once, and each path is measured in ten rounds
+//! that visit all of them in turn (`repeat / 10` runs each; the figure is the median round),
+//! so the machine's drift and bursts fall on every size alike. Paths:
 //! * established: a tracked TCP flow at the hook that admitted it, the common case: a hit in
 //!   this CPU's flow cache (a repeated packet always hits it, as a flow's packets mostly do);
 //!   the row `current, cache miss` loads the same object with a zero cache window, so every
@@ -27,7 +29,9 @@
 //!   cannot be repeated): the policy path, a conntrack miss and the insert, timed by the
 //!   kernel's per-program run-time statistics (`BPF_ENABLE_STATS`), i.e. the program alone;
 //!   each run follows a syscall, so caches are colder than in the repeated paths: an upper
-//!   bound;
+//!   bound; `new_flows` in all, a tenth per round, the average over them. (Measured one size
+//!   after the other, the machine's drift between sizes read as a spread of 20-33 % across
+//!   sizes, the same in the current and the baseline build);
 //! * non-IP (ARP): parse the Ethernet header, count (every path bumps one per-CPU counter);
 //! * floor: `netward_floor`, a program that returns at once: what `BPF_PROG_TEST_RUN` itself
 //!   costs per run here; the other figures minus it are the program's own cost.
@@ -100,6 +104,24 @@ pub struct BenchRow {
     pub non_ip: f64,
     /// `netward_floor` (the test-run floor) in the same run; NaN when the object lacks it.
     pub floor: f64,
+}
+
+impl BenchRow {
+    /// A row to be measured (every figure NaN).
+    fn empty(build: &'static str, policy_entries: usize) -> Self {
+        BenchRow {
+            build,
+            policy_entries,
+            established: f64::NAN,
+            reply: f64::NAN,
+            new_flow: f64::NAN,
+            new_flow_udp: f64::NAN,
+            new_flow_allowed_reused: f64::NAN,
+            new_flow_allowed: f64::NAN,
+            non_ip: f64::NAN,
+            floor: f64::NAN,
+        }
+    }
 }
 
 /// A Plan with about `n` policy entries: one isolated local pod (subject 1) with the measured
@@ -243,47 +265,127 @@ pub fn run(opts: &BenchOptions) -> Result<Vec<BenchRow>> {
         fail_closed_unknown: true,
         ..DatapathConfig::default()
     };
-    let mut builds = vec![("current", Datapath::open_or_create(cfg.clone())?)];
-    let mut mcfg = cfg.clone();
-    mcfg.flow_cache_window_jiffies = 0;
-    mcfg.bpffs_dir = suffixed(&cfg.bpffs_dir, "-cachemiss");
-    builds.push(("current, cache miss", Datapath::open_or_create(mcfg)?));
-    if let Some(path) = &opts.baseline_object {
-        let object = std::fs::read(path)
-            .with_context(|| format!("read baseline object {}", path.display()))?;
-        let mut bcfg = cfg.clone();
-        bcfg.bpffs_dir = suffixed(&cfg.bpffs_dir, "-baseline");
-        // Aligned copy: the object parser wants 8-byte alignment.
-        let words: Vec<u64> = object
-            .chunks(8)
-            .map(|c| {
-                let mut w = [0u8; 8];
-                w[..c.len()].copy_from_slice(c);
-                u64::from_ne_bytes(w)
-            })
-            .collect();
-        // SAFETY: the Vec<u64> holds at least object.len() initialised bytes.
-        let bytes =
-            unsafe { std::slice::from_raw_parts(words.as_ptr() as *const u8, object.len()) };
-        builds.push(("baseline", Datapath::open_object(bcfg, bytes)?));
-    }
+    let baseline = match &opts.baseline_object {
+        Some(path) => {
+            let object = std::fs::read(path)
+                .with_context(|| format!("read baseline object {}", path.display()))?;
+            // Aligned copy: the object parser wants 8-byte alignment.
+            let words: Vec<u64> = object
+                .chunks(8)
+                .map(|c| {
+                    let mut w = [0u8; 8];
+                    w[..c.len()].copy_from_slice(c);
+                    u64::from_ne_bytes(w)
+                })
+                .collect();
+            Some((words, object.len()))
+        }
+        None => None,
+    };
+    // One datapath per build and size, all alive until the end, so the cold path can be
+    // measured in rounds that visit every size in turn (below).
+    let mut measured: Vec<(BenchRow, Datapath)> = Vec::new();
     let result = (|| {
-        let mut rows = Vec::new();
-        let mut sport_base: u16 = 1024;
         for &n in &opts.sizes {
             let plan = synthetic_plan(n);
-            for (name, dp) in builds.iter_mut() {
-                dp.apply(&plan)?;
-                rows.push(measure(dp, name, n, opts, sport_base)?);
+            let tag = |build: &str| suffixed(&cfg.bpffs_dir, &format!("-{build}-{n}"));
+            let mut builds: Vec<&'static str> = vec!["current", "current, cache miss"];
+            if baseline.is_some() {
+                builds.push("baseline");
             }
-            sport_base = sport_base.wrapping_add(opts.new_flows.max(1) as u16);
+            for name in builds {
+                let mut dp = match (name, &baseline) {
+                    ("current", _) => Datapath::open_or_create(DatapathConfig {
+                        bpffs_dir: tag("current"),
+                        ..cfg.clone()
+                    })?,
+                    ("current, cache miss", _) => Datapath::open_or_create(DatapathConfig {
+                        bpffs_dir: tag("cachemiss"),
+                        flow_cache_window_jiffies: 0,
+                        ..cfg.clone()
+                    })?,
+                    (_, Some((words, len))) => {
+                        // SAFETY: the Vec<u64> holds at least `len` initialised bytes.
+                        let bytes = unsafe {
+                            std::slice::from_raw_parts(words.as_ptr() as *const u8, *len)
+                        };
+                        let bcfg = DatapathConfig {
+                            bpffs_dir: tag("baseline"),
+                            ..cfg.clone()
+                        };
+                        Datapath::open_object(bcfg, bytes)?
+                    }
+                    _ => unreachable!("a baseline build without its object"),
+                };
+                match dp
+                    .apply(&plan)
+                    .map_err(anyhow::Error::from)
+                    .and_then(|_| prepare(&dp))
+                {
+                    Ok(()) => measured.push((BenchRow::empty(name, n), dp)),
+                    Err(e) => {
+                        let _ = dp.destroy();
+                        return Err(e);
+                    }
+                }
+            }
         }
-        Ok(rows)
+        measure_repeated(&mut measured, opts)?;
+        measure_cold(&mut measured, opts)
     })();
-    for (_, dp) in builds {
+    let mut rows = Vec::new();
+    for (row, dp) in measured {
+        rows.push(row);
         dp.destroy()?;
     }
-    result
+    result.map(|()| rows)
+}
+
+/// The datapaths' order in round `round` of `n`: each round starts one further, so none is
+/// always the first after the switch from the previous round's last.
+fn in_turn(round: u32, n: usize) -> impl Iterator<Item = usize> {
+    (0..n).map(move |j| (round as usize + j) % n)
+}
+
+/// The cold path's first source port: its flows stay below the repeated paths' (40000-40002).
+const COLD_SPORT_BASE: u16 = 1024;
+
+/// Rounds of each measurement: each visits every build and size in turn, so the machine's
+/// drift over the run (seconds between sizes) falls on all of them alike.
+const ROUNDS: u32 = 10;
+
+/// New flow allowed (+ conntrack insert, cold): distinct SYNs, one run each, timed by the
+/// kernel's run-time statistics, `new_flows` per datapath in [`ROUNDS`] interleaved
+/// rounds.
+fn measure_cold(measured: &mut [(BenchRow, Datapath)], opts: &BenchOptions) -> Result<()> {
+    let per_round = (opts.new_flows.max(1)).div_ceil(ROUNDS);
+    anyhow::ensure!(
+        per_round * ROUNDS <= 40_000 - COLD_SPORT_BASE as u32,
+        "new flows: at most {} (source ports below the repeated paths' flows)",
+        40_000 - COLD_SPORT_BASE as u32
+    );
+    let mut totals = vec![(0u64, 0u64); measured.len()];
+    let stats_on = Datapath::enable_run_stats()?;
+    for round in 0..ROUNDS {
+        for i in in_turn(round, measured.len()) {
+            let (dp, total) = (&measured[i].1, &mut totals[i]);
+            let before = dp.program_stats(Direction::Ingress)?;
+            for i in 0..per_round {
+                let sport = COLD_SPORT_BASE.wrapping_add((round * per_round + i) as u16);
+                let f = eth_ipv4_tcp(PEER, POD, sport, ALLOWED_PORT, 0x02);
+                let r = dp.test_run(Direction::Ingress, &f, 1)?;
+                anyhow::ensure!(r.pass, "allowed new flow denied");
+            }
+            let after = dp.program_stats(Direction::Ingress)?;
+            total.0 += after.run_time_ns - before.run_time_ns;
+            total.1 += after.run_count - before.run_count;
+        }
+    }
+    drop(stats_on);
+    for ((row, _), (ns, runs)) in measured.iter_mut().zip(totals) {
+        row.new_flow_allowed = ns as f64 / runs.max(1) as f64;
+    }
+    Ok(())
 }
 
 /// `dir` with `suffix` appended to its last component (bpffs names cannot contain dots).
@@ -293,73 +395,108 @@ fn suffixed(dir: &std::path::Path, suffix: &str) -> PathBuf {
     d.into()
 }
 
-/// All paths for one installed Plan of `n` entries.
-fn measure(
-    dp: &mut Datapath,
-    build: &'static str,
-    n: usize,
-    opts: &BenchOptions,
-    sport_base: u16,
-) -> Result<BenchRow> {
-    let syn = eth_ipv4_tcp(PEER, POD, 40000, ALLOWED_PORT, 0x02);
+/// The repeated paths' packets and expected verdicts, in the order of [`Sample`]'s columns
+/// (the floor, last, runs `netward_floor` on the ARP frame).
+fn repeated_paths() -> [(Direction, Vec<u8>, bool); 6] {
     let ack = eth_ipv4_tcp(PEER, POD, 40000, ALLOWED_PORT, 0x10);
+    let mut arp = ack.clone();
+    arp[12..14].copy_from_slice(&[0x08, 0x06]);
+    [
+        // Established: the flow `prepare` opened, at the hook that admitted it.
+        (Direction::Ingress, ack, true),
+        // Its reply.
+        (
+            Direction::Egress,
+            eth_ipv4_tcp(POD, PEER, ALLOWED_PORT, 40000, 0x10),
+            true,
+        ),
+        // A SYN the policy denies.
+        (
+            Direction::Ingress,
+            eth_ipv4_tcp(PEER, POD, 40001, DENIED_PORT, 0x02),
+            false,
+        ),
+        // A UDP packet of no flow, denied.
+        (
+            Direction::Ingress,
+            eth_ipv4_udp(PEER, POD, 40001, DENIED_PORT),
+            false,
+        ),
+        // An allowed SYN, repeated: each run takes the policy path and overwrites the entry
+        // the run before wrote (a reused tuple).
+        (
+            Direction::Ingress,
+            eth_ipv4_tcp(PEER, POD, 40002, ALLOWED_PORT, 0x02),
+            true,
+        ),
+        (Direction::Ingress, arp, true),
+    ]
+}
+
+/// One round's ns per run of each repeated path, then the floor.
+type Sample = [f64; 7];
+
+/// Open the flow the established and reply paths measure.
+fn prepare(dp: &Datapath) -> Result<()> {
+    let syn = eth_ipv4_tcp(PEER, POD, 40000, ALLOWED_PORT, 0x02);
     anyhow::ensure!(
         dp.test_run(Direction::Ingress, &syn, 1)?.pass,
         "allowed flow denied"
     );
-    let est = dp.test_run(Direction::Ingress, &ack, opts.repeat)?;
-    let answer = eth_ipv4_tcp(POD, PEER, ALLOWED_PORT, 40000, 0x10);
-    let reply = dp.test_run(Direction::Egress, &answer, opts.repeat)?;
-    anyhow::ensure!(reply.pass, "reply denied");
-    let denied = eth_ipv4_tcp(PEER, POD, 40001, DENIED_PORT, 0x02);
-    let new = dp.test_run(Direction::Ingress, &denied, opts.repeat)?;
-    anyhow::ensure!(!new.pass, "denied flow passed");
-    // An allowed SYN, repeated: each run takes the policy path and overwrites the entry the
-    // run before wrote (a reused tuple).
-    let allowed_syn = eth_ipv4_tcp(PEER, POD, 40002, ALLOWED_PORT, 0x02);
-    let allowed_reused = dp.test_run(Direction::Ingress, &allowed_syn, opts.repeat)?;
-    anyhow::ensure!(allowed_reused.pass, "allowed SYN denied");
-    let udp = eth_ipv4_udp(PEER, POD, 40001, DENIED_PORT);
-    let new_udp = dp.test_run(Direction::Ingress, &udp, opts.repeat)?;
-    anyhow::ensure!(!new_udp.pass, "denied UDP flow passed");
-    let mut arp = ack.clone();
-    arp[12..14].copy_from_slice(&[0x08, 0x06]);
-    let non_ip = dp.test_run(Direction::Ingress, &arp, opts.repeat)?;
-    let floor = match dp.bpf.program_mut(FLOOR) {
-        Some(p) => {
-            let prog: &mut SchedClassifier = p.try_into()?;
-            if prog.fd().is_err() {
-                prog.load().context("load netward_floor")?;
-            }
-            run_classifier(prog, &arp, opts.repeat, Origin::Forwarded)?.ns_per_run as f64
-        }
-        None => f64::NAN,
-    };
-    let calls = opts.new_flows.max(1);
-    let stats_on = Datapath::enable_run_stats()?;
-    let before = dp.program_stats(Direction::Ingress)?;
-    for i in 0..calls {
-        let sport = sport_base.wrapping_add(i as u16);
-        let f = eth_ipv4_tcp(PEER, POD, sport, ALLOWED_PORT, 0x02);
-        let r = dp.test_run(Direction::Ingress, &f, 1)?;
-        anyhow::ensure!(r.pass, "allowed new flow denied");
+    Ok(())
+}
+
+/// One round of the repeated paths, `repeat` runs each.
+fn measure_round(dp: &mut Datapath, repeat: u32) -> Result<Sample> {
+    let mut sample = [f64::NAN; 7];
+    let paths = repeated_paths();
+    for (i, (dir, frame, pass)) in paths.iter().enumerate() {
+        let o = dp.test_run(*dir, frame, repeat)?;
+        anyhow::ensure!(
+            o.pass == *pass,
+            "path {i}: verdict {} expected {pass}",
+            o.pass
+        );
+        sample[i] = o.ns_per_run as f64;
     }
-    let after = dp.program_stats(Direction::Ingress)?;
-    drop(stats_on);
-    let runs = (after.run_count - before.run_count).max(1);
-    let new_allowed = (after.run_time_ns - before.run_time_ns) as f64 / runs as f64;
-    Ok(BenchRow {
-        build,
-        policy_entries: n,
-        established: est.ns_per_run as f64,
-        reply: reply.ns_per_run as f64,
-        new_flow: new.ns_per_run as f64,
-        new_flow_udp: new_udp.ns_per_run as f64,
-        new_flow_allowed_reused: allowed_reused.ns_per_run as f64,
-        new_flow_allowed: new_allowed,
-        non_ip: non_ip.ns_per_run as f64,
-        floor,
-    })
+    if let Some(p) = dp.bpf.program_mut(FLOOR) {
+        let prog: &mut SchedClassifier = p.try_into()?;
+        if prog.fd().is_err() {
+            prog.load().context("load netward_floor")?;
+        }
+        let arp = &paths[5].1;
+        sample[6] = run_classifier(prog, arp, repeat, Origin::Forwarded)?.ns_per_run as f64;
+    }
+    Ok(sample)
+}
+
+/// The repeated paths of every datapath, `repeat` runs each in [`ROUNDS`] rounds that visit
+/// every build and size in turn: each figure is the median of its rounds. A burst of other
+/// work on this noisy machine (seconds long at times, moving single runs by up to 40 %)
+/// then falls on one round of every datapath, not on every path of one size.
+fn measure_repeated(measured: &mut [(BenchRow, Datapath)], opts: &BenchOptions) -> Result<()> {
+    let part = (opts.repeat / ROUNDS).max(1);
+    let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); measured.len()];
+    for round in 0..ROUNDS {
+        for i in in_turn(round, measured.len()) {
+            samples[i].push(measure_round(&mut measured[i].1, part)?);
+        }
+    }
+    for ((row, _), s) in measured.iter_mut().zip(samples) {
+        let median = |i: usize| {
+            let mut v: Vec<f64> = s.iter().map(|x| x[i]).collect();
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        row.established = median(0);
+        row.reply = median(1);
+        row.new_flow = median(2);
+        row.new_flow_udp = median(3);
+        row.new_flow_allowed_reused = median(4);
+        row.non_ip = median(5);
+        row.floor = median(6);
+    }
+    Ok(())
 }
 
 /// The rows as a Markdown table, with the spread across sizes and the targets.
