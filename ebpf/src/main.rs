@@ -257,7 +257,8 @@ fn decide(ctx: &TcContext, dir: u8, parsed: Parsed) -> u8 {
         _ => 0,
     };
     // This CPU's flow cache: a packet of a flow conntrack passed within the second (not one
-    // that opens or closes it, nor a first fragment, whose ports later fragments need).
+    // that opens it, nor a first fragment, whose ports later fragments need; one that closes
+    // it only once conntrack has the flow closing).
     let f = conntrack::flow(t, dir);
     if first_frag == 0 && !parse::tcp_opening(t.proto, tcp_flags) {
         let closing = parse::tcp_closing(t.proto, tcp_flags);
