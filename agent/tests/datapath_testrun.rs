@@ -705,7 +705,8 @@ fn conntrack_replies_established_and_related() {
     );
 }
 
-/// A TCP frame with FIN|ACK (IPv4 without options): always reads conntrack.
+/// A TCP frame with FIN|ACK (IPv4 without options): reads conntrack unless this CPU's flow
+/// cache has the flow closing (after a first FIN).
 fn tcp_fin(src: &str, dst: &str, sport: u16, dport: u16) -> Vec<u8> {
     let mut f = frame(src, dst, tcp_ack(sport, dport));
     f[14 + 20 + 13] |= 0x01; // TCP flags of an IPv4 frame without options
@@ -750,7 +751,8 @@ fn a_same_node_flow_is_one_entry_with_each_pods_verdict() {
     assert_eq!((v.sides[0].policy, v.sides[0].rule), (3, 0));
     assert_eq!(v.sides[1].flags, CT_TRACKED | CT_ORIGIN_EGRESS);
     // A's replies: its egress allows nothing to B:40500, its side of the entry passes them
-    // (a FIN always reads conntrack), and B's side passes them into B.
+    // (the first FIN reads conntrack), and B's side passes them into B (here through the
+    // cache entry that read filled for B from B's side).
     check(&dp, Egress, &tcp_fin(A4, B4, 443, 40500), true, "reply");
     check(&dp, Ingress, &tcp_fin(A4, B4, 443, 40500), true, "reply");
     assert_eq!(only_entry_sides(&cfg).2, CT_CLOSING);
@@ -1770,7 +1772,8 @@ fn upgrade_over_the_per_veth_conntrack_map_merges_same_node_pairs() {
         "B's side"
     );
     // A's egress allows nothing to B:40600 nor its ingress anything from C:5432: only the
-    // migrated sides pass these (a FIN always reads conntrack).
+    // migrated sides pass these (a flow's first FIN reads conntrack; the FINs after it may
+    // hit the cache entries that read filled from the migrated sides).
     check(&dp, Egress, &tcp_fin(A4, B4, 443, 40600), true, "reply");
     check(&dp, Ingress, &tcp_fin(A4, B4, 443, 40600), true, "reply");
     check(
