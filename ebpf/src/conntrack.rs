@@ -150,6 +150,13 @@ fn lifetime(proto: u8, flags: u16) -> u64 {
     }
 }
 
+/// The hook (`DIR_*`) that admitted a side's flow: the flag as 0 or 1, no branch.
+#[inline(always)]
+fn origin_of(side_flags: u16) -> u8 {
+    const _: () = assert!(DIR_INGRESS == 0 && DIR_EGRESS == 1);
+    (side_flags & CT_ORIGIN_EGRESS != 0) as u8
+}
+
 /// Re-check a tracked flow against the current Plan, as it was opened: from the local pod
 /// (egress, the remote's port) or towards it (ingress, the local port).
 #[inline(always)]
@@ -216,11 +223,7 @@ pub fn lookup(f: &Flow, m: u64, dir: u8, tcp_flags: u8, cfg_flags: u32, generati
         s.policy = d.policy;
         s.rule = d.rule;
     }
-    let origin = if side_flags & CT_ORIGIN_EGRESS != 0 {
-        DIR_EGRESS
-    } else {
-        DIR_INGRESS
-    };
+    let origin = origin_of(side_flags);
     let r = if origin == dir {
         reason::ESTABLISHED
     } else {
@@ -236,20 +239,20 @@ pub fn lookup(f: &Flow, m: u64, dir: u8, tcp_flags: u8, cfg_flags: u32, generati
         v.flags = flags;
         v.expires_ns = expires;
     }
-    let closing = flags & CT_CLOSING != 0;
-    flowcache::fill(f, generation, origin, closing);
+    let entry_closing = flags & CT_CLOSING != 0;
+    flowcache::fill(f, generation, origin, entry_closing);
     // The other end too, when a local veth holds it under this Plan (a same-node pair): its
     // program runs next, on this CPU, for this packet and most of the flow's others, and now
     // finds what its own lookup would give. Above all the FIN at the receiver and the
     // answering FIN at both veths, once this packet marked the flow closing.
     let other = v.sides[i ^ 1];
     if other.flags & CT_TRACKED != 0 && other.generation == generation {
-        let origin = if other.flags & CT_ORIGIN_EGRESS != 0 {
-            DIR_EGRESS
-        } else {
-            DIR_INGRESS
-        };
-        flowcache::fill(&reversed(f), generation, origin, closing);
+        flowcache::fill(
+            &reversed(f),
+            generation,
+            origin_of(other.flags),
+            entry_closing,
+        );
     }
     Hit::Pass(r)
 }
