@@ -265,11 +265,11 @@ pub fn run(opts: &BenchOptions) -> Result<Vec<BenchRow>> {
         fail_closed_unknown: true,
         ..DatapathConfig::default()
     };
-    let baseline = match &opts.baseline_object {
+    // Aligned copy of the baseline object: the object parser wants 8-byte alignment.
+    let baseline_words = match &opts.baseline_object {
         Some(path) => {
             let object = std::fs::read(path)
                 .with_context(|| format!("read baseline object {}", path.display()))?;
-            // Aligned copy: the object parser wants 8-byte alignment.
             let words: Vec<u64> = object
                 .chunks(8)
                 .map(|c| {
@@ -282,40 +282,48 @@ pub fn run(opts: &BenchOptions) -> Result<Vec<BenchRow>> {
         }
         None => None,
     };
-    // One datapath per build and size, all alive until the end, so the cold path can be
-    // measured in rounds that visit every size in turn (below).
+    // SAFETY: the Vec<u64> holds at least `len` initialised bytes.
+    let baseline = baseline_words.as_ref().map(|(words, len)| unsafe {
+        std::slice::from_raw_parts(words.as_ptr() as *const u8, *len)
+    });
+    // One datapath per build and size, all alive until the end, so every path can be
+    // measured in rounds that visit all of them in turn (below).
     let mut measured: Vec<(BenchRow, Datapath)> = Vec::new();
     let result = (|| {
         for &n in &opts.sizes {
             let plan = synthetic_plan(n);
             let tag = |build: &str| suffixed(&cfg.bpffs_dir, &format!("-{build}-{n}"));
-            let mut builds: Vec<&'static str> = vec!["current", "current, cache miss"];
-            if baseline.is_some() {
-                builds.push("baseline");
-            }
-            for name in builds {
-                let mut dp = match (name, &baseline) {
-                    ("current", _) => Datapath::open_or_create(DatapathConfig {
+            // (name, its configuration, its object: this build's when None)
+            let mut builds = vec![
+                (
+                    "current",
+                    DatapathConfig {
                         bpffs_dir: tag("current"),
                         ..cfg.clone()
-                    })?,
-                    ("current, cache miss", _) => Datapath::open_or_create(DatapathConfig {
+                    },
+                    None,
+                ),
+                (
+                    "current, cache miss",
+                    DatapathConfig {
                         bpffs_dir: tag("cachemiss"),
                         flow_cache_window_jiffies: 0,
                         ..cfg.clone()
-                    })?,
-                    (_, Some((words, len))) => {
-                        // SAFETY: the Vec<u64> holds at least `len` initialised bytes.
-                        let bytes = unsafe {
-                            std::slice::from_raw_parts(words.as_ptr() as *const u8, *len)
-                        };
-                        let bcfg = DatapathConfig {
-                            bpffs_dir: tag("baseline"),
-                            ..cfg.clone()
-                        };
-                        Datapath::open_object(bcfg, bytes)?
-                    }
-                    _ => unreachable!("a baseline build without its object"),
+                    },
+                    None,
+                ),
+            ];
+            if let Some(object) = baseline {
+                let bcfg = DatapathConfig {
+                    bpffs_dir: tag("baseline"),
+                    ..cfg.clone()
+                };
+                builds.push(("baseline", bcfg, Some(object)));
+            }
+            for (name, build_cfg, object) in builds {
+                let mut dp = match object {
+                    Some(object) => Datapath::open_object(build_cfg, object)?,
+                    None => Datapath::open_or_create(build_cfg)?,
                 };
                 match dp
                     .apply(&plan)
@@ -370,8 +378,8 @@ fn measure_cold(measured: &mut [(BenchRow, Datapath)], opts: &BenchOptions) -> R
         for i in in_turn(round, measured.len()) {
             let (dp, total) = (&measured[i].1, &mut totals[i]);
             let before = dp.program_stats(Direction::Ingress)?;
-            for i in 0..per_round {
-                let sport = COLD_SPORT_BASE.wrapping_add((round * per_round + i) as u16);
+            for k in 0..per_round {
+                let sport = COLD_SPORT_BASE.wrapping_add((round * per_round + k) as u16);
                 let f = eth_ipv4_tcp(PEER, POD, sport, ALLOWED_PORT, 0x02);
                 let r = dp.test_run(Direction::Ingress, &f, 1)?;
                 anyhow::ensure!(r.pass, "allowed new flow denied");
