@@ -95,6 +95,46 @@ fn apply_a_then_b_leaves_exactly_b() {
     assert_live_is(&mut dp, &b);
 }
 
+/// The address tables hold each slot in its own half: a Plan with more pods and Service
+/// addresses than a slot holds fails closed, whatever the Plan in force holds.
+#[test]
+fn too_small_address_table_fails_closed_and_keeps_the_old_plan() {
+    let mut cfg = test_config("sync-hosts-full");
+    cfg.ipcache_max = 64; // 16 buckets of 4 per slot: 32 entries
+    let mut dp = open(cfg);
+    let with_peers = |n: u8| {
+        let mut p = PlanBuilder::new();
+        p.pod("10.1.0.1", 2, 1, EP_ISOLATED_INGRESS, 1);
+        for i in 0..n {
+            p.peer(&format!("10.1.1.{i}/32"), 3);
+        }
+        p.allow(POLICY_PREFIX_FULL, DIR_INGRESS, 1, 3, PROTO_TCP, 80, 1, 0);
+        p.build()
+    };
+    // Small enough that the ipcache (both slots, 64) takes the next one.
+    let a = with_peers(6);
+    dp.apply(&a).unwrap();
+    match dp.apply(&with_peers(40)) {
+        Err(SyncError::SlotFull {
+            map,
+            needed,
+            capacity,
+        }) => assert_eq!((map, needed, capacity), ("HOST_TABLE", 41, 32)),
+        other => panic!("expected SlotFull, got {other:?}"),
+    }
+    assert_eq!(dp.current_config().unwrap().generation, 1);
+    assert_live_is(&mut dp, &a);
+    assert_eq!(dp.counters().unwrap().sync_failures, 1);
+    // A still enforces: 10.1.1.5 is a peer of class 3, 10.1.1.30 is in no class.
+    assert!(run(&dp, Ingress, &frame("10.1.1.5", "10.1.0.1", tcp(1, 80))).0);
+    assert!(!run(&dp, Ingress, &frame("10.1.1.30", "10.1.0.1", tcp(1, 80))).0);
+    // A Plan as large as a slot still applies, beside the one in force.
+    let b = with_peers(31);
+    dp.apply(&b).unwrap();
+    assert_live_is(&mut dp, &b);
+    assert!(run(&dp, Ingress, &frame("10.1.1.30", "10.1.0.1", tcp(1, 80))).0);
+}
+
 #[test]
 fn too_small_map_fails_closed_and_keeps_the_old_plan() {
     let mut cfg = test_config("sync-full");

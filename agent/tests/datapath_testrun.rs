@@ -1361,7 +1361,7 @@ fn upgrade_over_an_older_policy_trie_keeps_the_plan_in_force() {
     drop(dp.dp.take());
 
     // The older agent's layout: no hash tables, a POLICY trie and HOSTS.
-    for name in ["POLICY_HASH", "LOCAL_ADDRS", "HOST_ADDRS"] {
+    for name in ["POLICY_HASH", "LOCAL_TABLE", "HOST_TABLE"] {
         std::fs::remove_file(cfg.bpffs_dir.join(name)).unwrap();
     }
     let trie_pin = cfg.bpffs_dir.join("POLICY");
@@ -1497,13 +1497,13 @@ fn a_syn_is_always_decided_by_policy() {
     }
 }
 
-/// The previous build keyed its address tables (`ENDPOINTS`, `ADDRS`) by the full 20-byte
-/// address. A new agent fills its tagged tables from `IPCACHE` and `POLICY_HASH` before its
-/// programs take over, and removes the old pins; the Plan in force keeps enforcing.
-#[test]
-fn upgrade_over_full_key_address_tables_keeps_the_plan_in_force() {
+/// Earlier builds kept the address tables in hash maps: keyed by the full 20-byte address
+/// (`ENDPOINTS`, `ADDRS`), then by an 8-byte tag (`LOCAL_ADDRS`, `HOST_ADDRS`). A new agent
+/// fills its address tables from `IPCACHE` and `POLICY_HASH` before its programs take over,
+/// and removes the old pins; the Plan in force keeps enforcing.
+fn upgrade_over_hash_address_tables(tag: &str, old: [(&str, usize, usize); 2]) {
     const BPF_MAP_TYPE_HASH: u32 = 1;
-    let cfg = test_config("upgrade-tags");
+    let cfg = test_config(tag);
     let mut dp = open(cfg.clone());
     dp.apply(&service_fixture()).unwrap();
     let g = dp.current_config().unwrap().generation;
@@ -1512,19 +1512,15 @@ fn upgrade_over_full_key_address_tables_keeps_the_plan_in_force() {
     assert!(!endpoints.is_empty() && !hosts.is_empty());
     drop(dp.dp.take());
 
-    // The previous layout: no tagged tables, ENDPOINTS and ADDRS by HostKey.
-    for name in ["LOCAL_ADDRS", "HOST_ADDRS"] {
+    // The older layout: no address tables, its hash maps instead.
+    for name in ["LOCAL_TABLE", "HOST_TABLE"] {
         std::fs::remove_file(cfg.bpffs_dir.join(name)).unwrap();
     }
-    let old = [
-        ("ENDPOINTS", size_of::<EndpointValue>()),
-        ("ADDRS", size_of::<IpcacheValue>()),
-    ];
-    for (name, value) in old {
+    for (name, key, value) in old {
         pin_raw_map(
             &cfg.bpffs_dir.join(name),
             BPF_MAP_TYPE_HASH,
-            size_of::<HostKey>() as u32,
+            key as u32,
             value as u32,
             1024,
         );
@@ -1542,10 +1538,44 @@ fn upgrade_over_full_key_address_tables_keeps_the_plan_in_force() {
         "rebuilt before the swap"
     );
     assert_eq!(dp.host_entries().unwrap(), hosts);
-    for (name, _) in old {
+    for (name, _, _) in old {
         assert!(!cfg.bpffs_dir.join(name).exists(), "{name} pin removed");
     }
     service_fixture_enforces(&dp);
+}
+
+#[test]
+fn upgrade_over_full_key_address_tables_keeps_the_plan_in_force() {
+    upgrade_over_hash_address_tables(
+        "upgrade-full",
+        [
+            (
+                "ENDPOINTS",
+                size_of::<HostKey>(),
+                size_of::<EndpointValue>(),
+            ),
+            ("ADDRS", size_of::<HostKey>(), size_of::<IpcacheValue>()),
+        ],
+    );
+}
+
+#[test]
+fn upgrade_over_tagged_hash_address_tables_keeps_the_plan_in_force() {
+    upgrade_over_hash_address_tables(
+        "upgrade-tags",
+        [
+            (
+                "LOCAL_ADDRS",
+                size_of::<AddrKey>(),
+                size_of::<Tagged<EndpointValue>>(),
+            ),
+            (
+                "HOST_ADDRS",
+                size_of::<AddrKey>(),
+                size_of::<Tagged<IpcacheValue>>(),
+            ),
+        ],
+    );
 }
 
 /// The key an agent from before `CT` stored in its `CONNTRACK` map: the tuple as first

@@ -282,8 +282,8 @@ impl PolicyHashKey {
     }
 }
 
-/// One address in one slot: the agent's view of a `LOCAL_ADDRS` / `HOST_ADDRS` entry (and the
-/// key of `ENDPOINTS` / `ADDRS` in the previous layout, still read when upgrading from it).
+/// One address in one slot: the agent's view of a `LOCAL_TABLE` / `HOST_TABLE` entry (and the
+/// key of `ENDPOINTS` / `ADDRS` in an older layout, still known to upgrades from it).
 /// For IPv4 the address occupies the first 4 bytes of `addr` and the rest is zero. Scalar
 /// padding only: zeroing byte arrays costs the datapath a `memset` call.
 #[repr(C)]
@@ -377,8 +377,9 @@ pub const fn tag_twin(addr: &[u8; 16], d: u32) -> [u8; 16] {
     ]
 }
 
-/// Key of `LOCAL_ADDRS` and `HOST_ADDRS`: 8 bytes, so the kernel hashes it in one `jhash`
-/// step and compares 8 bytes (a 20-byte key measured about 10 ns slower per lookup). Exact for
+/// Key of `LOCAL_TABLE` and `HOST_TABLE` (and of the `LOCAL_ADDRS` / `HOST_ADDRS` hash maps
+/// before them): 8 bytes, one word to hash and compare (as a hash map key, a 20-byte key
+/// measured about 10 ns slower per lookup). Exact for
 /// IPv4 (the tag is the address); for IPv6 the value carries the full address, the datapath
 /// compares it, and the agent leaves an address whose tag another address of the same slot and
 /// family already uses to the `IPCACHE` trie, which the datapath consults on a mismatch. One
@@ -404,12 +405,69 @@ impl AddrKey {
     }
 }
 
-/// A `LOCAL_ADDRS` / `HOST_ADDRS` value: the full address the entry is for, then the value.
+/// A `LOCAL_TABLE` / `HOST_TABLE` value: the full address the entry is for, then the value.
 #[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub struct Tagged<V> {
     pub addr: [u8; 16],
     pub v: V,
+}
+
+/// Cells per bucket of an address table (`LOCAL_TABLE`, `HOST_TABLE`).
+pub const TABLE_WAYS: usize = 4;
+
+/// An address table's key as two words. Never both zero for a real key (an address key has
+/// its family): an all-zero cell is empty.
+pub trait TableKey: Copy {
+    fn table_words(&self) -> [u64; 2];
+}
+
+impl TableKey for AddrKey {
+    #[inline(always)]
+    fn table_words(&self) -> [u64; 2] {
+        let w = self.slot as u64
+            | (self.family as u64) << 8
+            | (self._pad as u64) << 16
+            | (self.tag as u64) << 32;
+        [w, 0]
+    }
+}
+
+/// One entry of an address table.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Cell<K, V> {
+    pub key: K,
+    pub value: V,
+}
+
+/// An address table's array element: a key lives in one of the [`TABLE_WAYS`] cells of one of its
+/// two buckets ([`table_buckets`]).
+pub type Bucket<K, V> = [Cell<K, V>; TABLE_WAYS];
+
+/// The two candidate buckets (out of `buckets`, a power of two: one slot's half of the array)
+/// of a key given as its [`TableKey::table_words`]: the low and high halves of a full 64-bit
+/// mix (MurmurHash3's finalizer), so every key bit moves both. Shared by the agent, which
+/// places every key in one of them, and the datapath, which looks only there.
+#[inline(always)]
+pub const fn table_buckets(w: [u64; 2], buckets: u32) -> [u32; 2] {
+    let mut x = w[0] ^ w[1].wrapping_mul(TAG_MUL);
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    x ^= x >> 33;
+    let m = buckets.wrapping_sub(1);
+    [x as u32 & m, (x >> 32) as u32 & m]
+}
+
+/// Buckets per slot of an address table of `capacity` entries (both slots, like the hash
+/// maps it replaces): a power of two, with four cells per bucket, so a slot holding its share (half
+/// the capacity) is at most half full, where two-choice four-way placement never fails in
+/// practice. The array holds two slots of this many buckets.
+pub const fn table_buckets_per_slot(capacity: u32) -> u32 {
+    let cells = if capacity < 4 { 4 } else { capacity };
+    (cells / TABLE_WAYS as u32).next_power_of_two()
 }
 
 /// The port bits a policy prefix length keeps (88: none, 104: all).
@@ -456,7 +514,7 @@ pub struct PolicyLens {
     pub any_lens: u32,
 }
 
-/// `LOCAL_ADDRS` value (in a [`Tagged`]): everything the datapath needs about the local side
+/// `LOCAL_TABLE` value (in a [`Tagged`]): everything the datapath needs about the local side
 /// of a new flow in one lookup: the ipcache entry of the address (always [`EP_LOCAL`]) and,
 /// per direction (`DIR_*` index), the prefix lengths its subject class's policy entries use.
 #[repr(C)]
@@ -962,6 +1020,8 @@ mod pod_impls {
     unsafe impl aya::Pod for AddrKey {}
     unsafe impl aya::Pod for Tagged<EndpointValue> {}
     unsafe impl aya::Pod for Tagged<IpcacheValue> {}
+    unsafe impl aya::Pod for Cell<AddrKey, Tagged<EndpointValue>> {}
+    unsafe impl aya::Pod for Cell<AddrKey, Tagged<IpcacheValue>> {}
 }
 
 #[cfg(test)]

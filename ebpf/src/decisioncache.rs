@@ -3,7 +3,7 @@
 //! protocol, port, fail-closed flag), one 64-byte entry per slot, like [`crate::flowcache`] in
 //! front of `CT_PAIRS`. A new flow between a pod and a peer it has talked to on that port (a
 //! client's next connection, from another source port) is then decided by one inlined array
-//! access instead of the `LOCAL_ADDRS`, `HOST_ADDRS` and `POLICY_HASH` lookups.
+//! access instead of the `LOCAL_TABLE`, `HOST_TABLE` and `POLICY_HASH` lookups.
 //!
 //! Why it is exact: a decision is a function of the Plan and of those inputs only. The Plan's
 //! maps are written to the inactive slot and go live with a new `CONFIG.generation`, which

@@ -36,6 +36,7 @@ mod maps;
 mod parse;
 mod policy;
 mod service;
+mod table;
 mod time;
 
 use core::hint::cold_path;

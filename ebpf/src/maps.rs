@@ -7,7 +7,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use netward_common::{
-    AddrKey, Config, CtPairKey, CtPairValue, EndpointValue, FragKey, FragValue, IpcacheKey,
+    AddrKey, Bucket, Config, CtPairKey, CtPairValue, EndpointValue, FragKey, FragValue, IpcacheKey,
     IpcacheValue, PolicyHashKey, PolicyValue, RateState, ServiceKey, ServicePolicyKey,
     ServiceValue, Tagged, COUNTER_COUNT,
 };
@@ -21,14 +21,18 @@ pub static CONFIG: Array<Config> = Array::pinned(1, 0);
 #[map(name = "IPCACHE")]
 pub static IPCACHE: LpmTrie<IpcacheData, IpcacheValue> = LpmTrie::pinned(65536, 0);
 
-/// The ipcache entries of full address length (pods, Service addresses): a hit is exactly what
-/// the trie would answer (nothing is longer than a full prefix), so those addresses resolve in
-/// one hash lookup of an 8-byte key and only other addresses walk the trie (see `AddrKey`).
-#[map(name = "HOST_ADDRS")]
-pub static HOST_ADDRS: HashMap<AddrKey, Tagged<IpcacheValue>> = HashMap::pinned(65536, 0);
+/// `BPF_F_MMAPABLE`: the agent writes the Plan's address tables through a mapping.
+const MMAPABLE: u32 = 1 << 10;
+
+/// The full-length ipcache entries (pods, Service addresses), laid out by the agent (see
+/// `table`): a hit is exactly what the trie would answer (nothing is longer than a full
+/// prefix), so those addresses resolve without walking it. Two slots of
+/// `HOST_TABLE_BUCKETS` buckets.
+#[map(name = "HOST_TABLE")]
+pub static HOST_TABLE: Array<Bucket<AddrKey, Tagged<IpcacheValue>>> = Array::pinned(2, MMAPABLE);
 
 /// The Plan's policy entries as exact keys (`PolicyHashKey`: one prefix length each); probed
-/// only at the lengths the subject's `LOCAL_ADDRS` entry lists, longest first.
+/// only at the lengths the subject's `LOCAL_TABLE` entry lists, longest first.
 #[map(name = "POLICY_HASH")]
 pub static POLICY_HASH: HashMap<PolicyHashKey, PolicyValue> = HashMap::pinned(262144, 0);
 
@@ -37,9 +41,10 @@ pub static POLICY_HASH: HashMap<PolicyHashKey, PolicyValue> = HashMap::pinned(26
 pub static PROBE_KEY: PerCpuArray<PolicyHashKey> = PerCpuArray::with_max_entries(1, 0);
 
 /// Local pods' addresses -> their ipcache entry and the prefix lengths their subject class's
-/// `POLICY_HASH` entries use per direction: the local side of a new flow in one lookup.
-#[map(name = "LOCAL_ADDRS")]
-pub static LOCAL_ADDRS: HashMap<AddrKey, Tagged<EndpointValue>> = HashMap::pinned(16384, 0);
+/// `POLICY_HASH` entries use per direction: the local side of a new flow in one lookup. Laid
+/// out by the agent like `HOST_TABLE`.
+#[map(name = "LOCAL_TABLE")]
+pub static LOCAL_TABLE: Array<Bucket<AddrKey, Tagged<EndpointValue>>> = Array::pinned(2, MMAPABLE);
 
 /// Conntrack, both families: one entry per flow, its ends in a canonical order, each end's
 /// verdict in the value (see `conntrack`).

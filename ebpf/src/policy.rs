@@ -1,10 +1,11 @@
 //! The policy decision for one side of a flow: ipcache (local endpoint, then peer class) and
-//! the policy hash. The local address resolves in `LOCAL_ADDRS` (its ipcache entry plus the
-//! prefix lengths its subject's policy entries use), the peer through `HOST_ADDRS` (hash of the
-//! single-address entries, i.e. pods) with a fallback to the `IPCACHE` trie for other
-//! addresses (CIDRs); then `POLICY_HASH` is probed at the subject's lengths only, longest
-//! first: the longest-prefix match without a trie walk whose depth grows with the map. A
-//! bounded number of lookups whatever the number of pods, policies or rules: 3 + at most
+//! the policy hash. The local address resolves in `LOCAL_TABLE` (its ipcache entry plus the
+//! prefix lengths its subject's policy entries use), the peer through `HOST_TABLE` (the
+//! single-address entries, i.e. pods and Service addresses) with a fallback to the `IPCACHE`
+//! trie for other addresses (CIDRs): both tables are arrays the agent lays out (`table`), read
+//! without a call into the kernel. Then `POLICY_HASH` is probed at the subject's lengths only,
+//! longest first: the longest-prefix match without a trie walk whose depth grows with the map.
+//! A bounded number of lookups whatever the number of pods, policies or rules: 3 + at most
 //! 2 x 18 probes, in practice one or two.
 //!
 //! Semantics (mirrors `netward::eval::plan`):
@@ -25,8 +26,9 @@ use netward_common::{
 };
 
 use crate::decisioncache;
-use crate::maps::{HOST_ADDRS, IPCACHE, LOCAL_ADDRS, POLICY_HASH, PROBE_KEY};
+use crate::maps::{HOST_TABLE, IPCACHE, LOCAL_TABLE, POLICY_HASH, PROBE_KEY};
 use crate::parse::has_ports;
+use crate::table;
 
 /// Outcome of a policy check.
 #[derive(Clone, Copy)]
@@ -57,7 +59,9 @@ fn same_addr(stored: &[u8; 16], addr: &[u8; 16]) -> bool {
 #[inline(always)]
 fn ipcache_get(slot: u8, family: u8, addr: &[u8; 16]) -> Option<IpcacheValue> {
     // SAFETY: copied out at once; map values are plain integers.
-    if let Some(t) = unsafe { HOST_ADDRS.get(&AddrKey::new(slot, family, addr)) } {
+    let k = AddrKey::new(slot, family, addr);
+    if let Some(t) = table::get(&HOST_TABLE, table::host_buckets(), slot, &k) {
+        let t = unsafe { &*t };
         if same_addr(&t.addr, addr) {
             return Some(t.v);
         }
@@ -65,13 +69,15 @@ fn ipcache_get(slot: u8, family: u8, addr: &[u8; 16]) -> Option<IpcacheValue> {
     IPCACHE.get(ipcache_key(slot, family, addr)).copied()
 }
 
-/// The local pod at `addr`. `LOCAL_ADDRS` holds the ipcache entries with `EP_LOCAL` (always
+/// The local pod at `addr`. `LOCAL_TABLE` holds the ipcache entries with `EP_LOCAL` (always
 /// full-length) except IPv6 addresses whose tag another one already uses: those are found in
 /// the trie and probed at every prefix length (exact, only slower).
 #[inline(always)]
 fn endpoint_get(slot: u8, family: u8, addr: &[u8; 16]) -> Option<EndpointValue> {
     // SAFETY: copied out at once; map values are plain integers.
-    if let Some(t) = unsafe { LOCAL_ADDRS.get(&AddrKey::new(slot, family, addr)) } {
+    let k = AddrKey::new(slot, family, addr);
+    if let Some(t) = table::get(&LOCAL_TABLE, table::local_buckets(), slot, &k) {
+        let t = unsafe { &*t };
         if same_addr(&t.addr, addr) {
             return Some(t.v);
         }

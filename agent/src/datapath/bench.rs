@@ -18,7 +18,7 @@
 //!   maps decide (the first such question per CPU and second). Likewise for the UDP and
 //!   allowed-SYN paths below;
 //! * new flow, UDP: a packet no flow matches and the policy denies: one conntrack
-//!   miss, the local endpoint (`LOCAL_ADDRS`), the peer (`HOST_ADDRS`), the policy hash probed
+//!   miss, the local endpoint (`LOCAL_TABLE`), the peer (`HOST_TABLE`), the policy hash probed
 //!   at the subject's prefix lengths, a rate-limited event: every lookup of a new flow except the
 //!   conntrack insert;
 //! * allowed SYN, reused tuple (+ conntrack overwrite): an allowed SYN repeated; every run

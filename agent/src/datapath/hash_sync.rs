@@ -1,5 +1,5 @@
-//! Map sync of the hash tables derived from a Plan: `POLICY_HASH`, `LOCAL_ADDRS` and `HOST_ADDRS`,
-//! following the slot protocol of [`super::sync`]: capacity checked first (fail
+//! Map sync of the tables derived from a Plan: `POLICY_HASH` (a hash map), `LOCAL_TABLE` and
+//! `HOST_TABLE` (arrays laid out here, see `plan_table`), following the slot protocol of [`super::sync`]: capacity checked first (fail
 //! closed), the inactive slot diffed to exactly the new Plan, `CONFIG` flips, the old slot
 //! deleted.
 //!
@@ -7,22 +7,25 @@
 //! an exact [`PolicyHashKey`], and every local endpoint (the ipcache entries with `EP_LOCAL`)
 //! carries, per direction, the prefix lengths its subject class's entries use
 //! ([`PolicyLens`]): all the datapath needs to find the longest match with a few hash probes
-//! after one lookup of the local address. `HOST_ADDRS` mirrors the full-length ipcache entries
-//! (pods, Service addresses) so the peer resolves in one hash lookup.
+//! after one lookup of the local address. `HOST_TABLE` mirrors the full-length ipcache entries
+//! (pods, Service addresses) so the peer resolves without the trie.
 //!
 //! Both address tables are keyed by an 8-byte [`AddrKey`] (IPv6 addresses by a 32-bit tag,
 //! the full address in the value): an IPv6 address whose tag an earlier address of the same
 //! slot already holds is left out, and the datapath finds it in the `IPCACHE` trie instead.
-//! An older object (benchmarked side by side) has `ENDPOINTS` / `ADDRS` keyed by the full
-//! [`HostKey`]; [`HostLayout`] tells which one the loaded object has.
+//! Older objects (benchmarked side by side) have hash maps instead: `LOCAL_ADDRS` /
+//! `HOST_ADDRS` by [`AddrKey`], or `ENDPOINTS` / `ADDRS` keyed by the full [`HostKey`];
+//! [`HostLayout`] tells which one the loaded object has.
 use std::collections::BTreeMap;
 
 use netward_common::{
     policy_len_bit, AddrKey, EndpointValue, HostKey, IpcacheKey, IpcacheValue, PolicyHashKey,
-    PolicyKey, PolicyLens, PolicyValue, Tagged, ANY_PEER, DIR_EGRESS, DIR_INGRESS, EP_LOCAL,
+    PolicyKey, PolicyLens, PolicyValue, TableKey, Tagged, ANY_PEER, DIR_EGRESS, DIR_INGRESS,
+    EP_LOCAL,
 };
 
-use super::slot_hash::SlotCounts;
+use super::plan_table::{by_key, layout, Mapped, HOST_TABLE, LOCAL_TABLE};
+use super::slot_hash::{map_err, SlotCounts};
 use super::{Datapath, SyncError};
 use crate::plan::Plan;
 
@@ -36,9 +39,12 @@ pub(super) const ADDRS: &str = "ADDRS";
 /// How the loaded object keys its address tables.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum HostLayout {
-    /// `LOCAL_ADDRS` / `HOST_ADDRS` by [`AddrKey`].
+    /// `LOCAL_TABLE` / `HOST_TABLE`, arrays laid out by the agent (see `plan_table`), by
+    /// [`AddrKey`].
+    Table,
+    /// `LOCAL_ADDRS` / `HOST_ADDRS` hash maps by [`AddrKey`] (the previous build).
     Tagged,
-    /// `ENDPOINTS` / `ADDRS` by [`HostKey`] (the previous build).
+    /// `ENDPOINTS` / `ADDRS` by [`HostKey`] (the build before).
     Full,
 }
 
@@ -142,6 +148,8 @@ pub(super) struct HashCurrent {
 }
 
 enum HostsCurrent {
+    /// The address tables are read and written whole per slot: nothing kept.
+    Table,
     Tagged {
         endpoints: BTreeMap<AddrKey, Tagged<EndpointValue>>,
         addrs: BTreeMap<AddrKey, Tagged<IpcacheValue>>,
@@ -159,6 +167,8 @@ impl Datapath {
         let has = |m: &str| self.bpf.map(m).is_some();
         if !has(POLICY_HASH) {
             None
+        } else if has(LOCAL_TABLE) && has(HOST_TABLE) {
+            Some(HostLayout::Table)
         } else if has(LOCAL_ADDRS) && has(HOST_ADDRS) {
             Some(HostLayout::Tagged)
         } else if has(ENDPOINTS) && has(ADDRS) {
@@ -183,6 +193,13 @@ impl Datapath {
     ) -> Result<HashCurrent, SyncError> {
         let policy = self.slot_hash_fits(POLICY_HASH, live, t.policy.len())?;
         let hosts = match self.host_layout() {
+            Some(HostLayout::Table) => {
+                let eps = self.table::<AddrKey, Tagged<EndpointValue>>(LOCAL_TABLE)?;
+                fits_table(LOCAL_TABLE, &eps, t.endpoints.len())?;
+                let addrs = self.table::<AddrKey, Tagged<IpcacheValue>>(HOST_TABLE)?;
+                fits_table(HOST_TABLE, &addrs, t.addrs.len())?;
+                HostsCurrent::Table
+            }
             Some(HostLayout::Full) => HostsCurrent::Full {
                 endpoints: self.slot_hash_fits(ENDPOINTS, live, t.endpoints.len())?,
                 addrs: self.slot_hash_fits(ADDRS, live, t.addrs.len())?,
@@ -206,6 +223,10 @@ impl Datapath {
         let mut other = SlotCounts::default();
         self.slot_hash_write(POLICY_HASH, slot, &cur.policy, &t.policy, counts)?;
         match &cur.hosts {
+            HostsCurrent::Table => {
+                self.table_write(HOST_TABLE, slot, &tagged(&t.addrs))?;
+                self.table_write(LOCAL_TABLE, slot, &tagged(&t.endpoints))
+            }
             HostsCurrent::Tagged { endpoints, addrs } => {
                 self.slot_hash_write(HOST_ADDRS, slot, addrs, &tagged(&t.addrs), &mut other)?;
                 let eps = tagged(&t.endpoints);
@@ -221,7 +242,12 @@ impl Datapath {
     /// Steps 2 (on failure) and 4: delete every entry of `slot` from these maps; returns the
     /// number of policy entries deleted.
     pub(super) fn hash_clear(&mut self, slot: u8) -> Result<usize, SyncError> {
-        if self.host_layout() == Some(HostLayout::Full) {
+        if self.host_layout() == Some(HostLayout::Table) {
+            self.table::<AddrKey, Tagged<EndpointValue>>(LOCAL_TABLE)?
+                .clear(slot);
+            self.table::<AddrKey, Tagged<IpcacheValue>>(HOST_TABLE)?
+                .clear(slot);
+        } else if self.host_layout() == Some(HostLayout::Full) {
             self.slot_hash_clear::<HostKey, EndpointValue>(ENDPOINTS, slot)?;
             self.slot_hash_clear::<HostKey, IpcacheValue>(ADDRS, slot)?;
         } else {
@@ -245,6 +271,7 @@ impl Datapath {
     ) -> Result<Vec<(IpcacheKey, IpcacheValue)>, SyncError> {
         match self.host_layout() {
             Some(HostLayout::Full) => self.by_ipcache_key(ADDRS),
+            Some(HostLayout::Table) => self.table_by_ipcache_key(HOST_TABLE),
             _ => self.by_tagged_ipcache_key(HOST_ADDRS),
         }
     }
@@ -253,8 +280,68 @@ impl Datapath {
     pub fn endpoint_entries(&mut self) -> anyhow::Result<Vec<(IpcacheKey, EndpointValue)>> {
         Ok(match self.host_layout() {
             Some(HostLayout::Full) => self.by_ipcache_key(ENDPOINTS)?,
+            Some(HostLayout::Table) => self.table_by_ipcache_key(LOCAL_TABLE)?,
             _ => self.by_tagged_ipcache_key(LOCAL_ADDRS)?,
         })
+    }
+
+    /// One address table, mapped.
+    fn table<K: TableKey, V: Copy>(&self, name: &'static str) -> Result<Mapped<K, V>, SyncError> {
+        let map = self
+            .bpf
+            .map(name)
+            .ok_or_else(|| map_err(name, anyhow::anyhow!("missing from the object")))?;
+        Mapped::open(map, name)
+    }
+
+    /// Every entry of an address table (both slots).
+    fn table_all<K: TableKey + Ord, V: Copy>(
+        &self,
+        name: &'static str,
+    ) -> Result<BTreeMap<K, V>, SyncError> {
+        let t = self.table::<K, V>(name)?;
+        Ok(by_key(
+            [0, 1].into_iter().flat_map(|s| t.entries(s)).collect(),
+        ))
+    }
+
+    /// Step 2 for one address table: `slot` laid out anew with exactly `desired`.
+    fn table_write<K, V>(
+        &self,
+        name: &'static str,
+        slot: u8,
+        desired: &[(K, V)],
+    ) -> Result<(), SyncError>
+    where
+        K: TableKey + Default + PartialEq,
+        V: Copy + Default + PartialEq,
+    {
+        let mut t = self.table::<K, V>(name)?;
+        let full = || SyncError::SlotFull {
+            map: name,
+            needed: desired.len(),
+            capacity: t.capacity() as u32,
+        };
+        if desired.len() > t.capacity() {
+            return Err(full());
+        }
+        let l = layout(desired, t.buckets()).ok_or_else(full)?;
+        t.write(slot, &l);
+        Ok(())
+    }
+
+    /// An address table's entries (both slots) under their ipcache keys, sorted.
+    fn table_by_ipcache_key<V: Copy>(
+        &self,
+        name: &'static str,
+    ) -> Result<Vec<(IpcacheKey, V)>, SyncError> {
+        let all = self.table_all::<AddrKey, Tagged<V>>(name)?;
+        let mut out: Vec<_> = all
+            .into_iter()
+            .map(|(k, t)| (HostKey::new(k.slot, k.family, t.addr).to_ipcache(), t.v))
+            .collect();
+        out.sort_by_key(|(k, _)| *k);
+        Ok(out)
     }
 
     /// A `HostKey` map's entries (both slots) under their ipcache keys, sorted.
@@ -284,6 +371,23 @@ impl Datapath {
         out.sort_by_key(|(k, _)| *k);
         Ok(out)
     }
+}
+
+/// Step 1 for an address table: a slot holds at most its capacity (the other slot has its own
+/// half, so the Plan in force does not count).
+fn fits_table<K: TableKey, V: Copy>(
+    map: &'static str,
+    t: &Mapped<K, V>,
+    new: usize,
+) -> Result<(), SyncError> {
+    if new > t.capacity() {
+        return Err(SyncError::SlotFull {
+            map,
+            needed: new,
+            capacity: t.capacity() as u32,
+        });
+    }
+    Ok(())
 }
 
 #[cfg(test)]

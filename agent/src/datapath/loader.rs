@@ -8,9 +8,9 @@ use aya::maps::MapInfo;
 use aya::programs::SchedClassifier;
 use aya::{Ebpf, EbpfLoader};
 use netward_common::{
-    AddrKey, Config, CtFlowKey, CtKey, CtPairKey, CtPairValue, CtValue, EndpointValue, FragKey,
-    FragValue, HostKey, IpcacheKey, IpcacheValue, PolicyHashKey, PolicyValue, RateState,
-    ServiceKey, ServicePolicyKey, ServiceValue, Tagged, COUNTER_COUNT,
+    table_buckets_per_slot, AddrKey, Bucket, Config, CtFlowKey, CtKey, CtPairKey, CtPairValue,
+    CtValue, EndpointValue, FragKey, FragValue, HostKey, IpcacheKey, IpcacheValue, PolicyHashKey,
+    PolicyValue, RateState, ServiceKey, ServicePolicyKey, ServiceValue, Tagged, COUNTER_COUNT,
 };
 
 use super::DatapathConfig;
@@ -31,13 +31,16 @@ struct MapSpec {
     /// object has).
     layout: Option<(usize, usize)>,
     /// Capacity from the configuration; None: the object's own.
-    capacity: Option<fn(&DatapathConfig) -> u32>,
+    capacity: Option<Capacity>,
 }
+
+/// A map's capacity in a configuration.
+type Capacity = fn(&DatapathConfig) -> u32;
 
 const fn map(
     name: &'static str,
     layout: Option<(usize, usize)>,
-    capacity: Option<fn(&DatapathConfig) -> u32>,
+    capacity: Option<Capacity>,
 ) -> MapSpec {
     MapSpec {
         name,
@@ -55,6 +58,20 @@ const MAPS: &[MapSpec] = &[
         Some((size_of::<IpcacheKey>(), size_of::<IpcacheValue>())),
         Some(|c| c.ipcache_max),
     ),
+    // The address tables: two slots of buckets, sized for the capacity (see
+    // `table_buckets_per_slot`).
+    map(
+        "LOCAL_TABLE",
+        Some((4, size_of::<Bucket<AddrKey, Tagged<EndpointValue>>>())),
+        Some(|c| 2 * table_buckets_per_slot(c.endpoints_max)),
+    ),
+    map(
+        "HOST_TABLE",
+        Some((4, size_of::<Bucket<AddrKey, Tagged<IpcacheValue>>>())),
+        Some(|c| 2 * table_buckets_per_slot(c.ipcache_max)),
+    ),
+    // HOST_ADDRS, LOCAL_ADDRS: the previous build's address tables (upgrade, benchmark
+    // baseline).
     map(
         "HOST_ADDRS",
         Some((size_of::<AddrKey>(), size_of::<Tagged<IpcacheValue>>())),
@@ -126,6 +143,12 @@ const MAPS: &[MapSpec] = &[
         Some((size_of::<ServicePolicyKey>(), size_of::<PolicyValue>())),
         Some(|c| c.service_policy_max),
     ),
+];
+
+/// The address tables and their configured capacity (entries, both slots).
+const TABLES: [(&str, Capacity); 2] = [
+    ("LOCAL_TABLE", |c| c.endpoints_max),
+    ("HOST_TABLE", |c| c.ipcache_max),
 ];
 
 /// Maps that hold statistics, not enforcement state, with the shape this agent expects
@@ -220,6 +243,15 @@ pub(crate) fn load_object(cfg: &DatapathConfig, object: &[u8]) -> Result<Ebpf> {
     ensure_bpffs(&cfg.bpffs_dir)?;
     replace_stale_stats_maps(&cfg.bpffs_dir)?;
     check_pinned_layouts(&cfg.bpffs_dir)?;
+    // The programs index the address tables by their buckets per slot: a table pinned by an
+    // earlier agent keeps its size, whatever this configuration says.
+    let tables = TABLES.map(|(name, capacity)| {
+        let pin = cfg.bpffs_dir.join(name);
+        match MapInfo::from_pin(&pin) {
+            Ok(info) => info.max_entries() / 2,
+            Err(_) => table_buckets_per_slot(capacity(cfg)),
+        }
+    });
     let mut loader = EbpfLoader::new();
     loader.default_map_pin_directory(&cfg.bpffs_dir);
     for m in MAPS {
@@ -233,6 +265,8 @@ pub(crate) fn load_object(cfg: &DatapathConfig, object: &[u8]) -> Result<Ebpf> {
         .override_global("FLOW_CACHE_SLOTS", &cfg.flow_cache_slots, false)
         .override_global("DECISION_CACHE_SLOTS", &cfg.decision_cache_slots, false)
         .override_global("FLOW_CACHE_WINDOW", &cfg.flow_cache_window_jiffies, false)
+        .override_global("LOCAL_TABLE_BUCKETS", &tables[0], false)
+        .override_global("HOST_TABLE_BUCKETS", &tables[1], false)
         .load(object)
         .context("load the eBPF object")?;
     for name in [PROG_EGRESS, PROG_INGRESS] {

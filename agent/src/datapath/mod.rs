@@ -42,6 +42,7 @@ mod ct_migrate;
 mod events;
 mod hash_sync;
 mod loader;
+mod plan_table;
 mod service_sync;
 mod slot_hash;
 mod sync;
@@ -67,7 +68,8 @@ pub struct DatapathConfig {
     pub ipcache_max: u32,
     /// Policy map capacity (`POLICY_HASH` entries), same 2x rule.
     pub policy_max: u32,
-    /// `LOCAL_ADDRS` capacity: addresses of pods enforced on this node, same 2x rule.
+    /// `LOCAL_TABLE` capacity: addresses of pods enforced on this node, same 2x rule (each
+    /// Plan slot has half; `HOST_TABLE` likewise has half of `ipcache_max` per slot).
     pub endpoints_max: u32,
     pub conntrack_max: u32,
     /// Slots of each CPU's flow cache in front of conntrack (0 or a power of two; 0: off).

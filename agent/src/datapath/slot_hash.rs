@@ -1,5 +1,5 @@
-//! Hash maps whose keys carry the Plan slot byte (`POLICY_HASH`, `LOCAL_ADDRS`, `HOST_ADDRS`,
-//! `SERVICES`, `SERVICE_POLICY`): read, capacity check, diff one slot to a desired set, clear a slot.
+//! Hash maps whose keys carry the Plan slot byte (`POLICY_HASH`, `SERVICES`, `SERVICE_POLICY`,
+//! and the address tables of older objects, `LOCAL_ADDRS` / `HOST_ADDRS`): read, capacity check, diff one slot to a desired set, clear a slot.
 //! The slot protocol itself (check, write inactive slot, flip, clear old slot) is in `sync.rs`.
 use std::collections::{BTreeMap, BTreeSet};
 

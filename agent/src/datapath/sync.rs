@@ -10,8 +10,8 @@
 //!    next packet; conntrack entries re-check against it lazily (generation mismatch);
 //! 4. delete the old slot's entries.
 //!
-//! The hash tables derived from the Plan (`POLICY_HASH`, `LOCAL_ADDRS`, `HOST_ADDRS`,
-//! `hash_sync.rs`) and the Service maps (`service_sync.rs`) follow the same protocol. An older
+//! The tables derived from the Plan (`POLICY_HASH`, `LOCAL_TABLE`, `HOST_TABLE`,
+//! `hash_sync.rs`, `plan_table.rs`) and the Service maps (`service_sync.rs`) follow the same protocol. An older
 //! build of the eBPF object (benchmarked side by side, `--baseline-object`) has `HOSTS` and the
 //! `POLICY` trie instead: the Plan's entries are then written there as they are.
 //!
@@ -55,6 +55,13 @@ pub struct SyncReport {
 pub enum SyncError {
     #[error("map {map} is full: {needed} entries needed (live Plan + new Plan), capacity {capacity}; the previous Plan stays in force")]
     MapFull {
+        map: &'static str,
+        needed: usize,
+        capacity: u32,
+    },
+    /// An address table holds each Plan slot in its own half (see `plan_table`).
+    #[error("map {map} is full: the new Plan needs {needed} entries, a slot holds {capacity} (half the configured capacity); the previous Plan stays in force")]
+    SlotFull {
         map: &'static str,
         needed: usize,
         capacity: u32,
@@ -514,7 +521,7 @@ impl Datapath {
         ))
     }
 
-    /// Every entry of the full-address table (`HOST_ADDRS`, both slots), as ipcache keys (an
+    /// Every entry of the full-address table (`HOST_TABLE`, both slots), as ipcache keys (an
     /// IPv6 address whose tag another one holds is only in the trie).
     pub fn host_entries(&mut self) -> anyhow::Result<Vec<(IpcacheKey, IpcacheValue)>> {
         if self.has_policy_hash() {

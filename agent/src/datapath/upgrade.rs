@@ -3,7 +3,9 @@
 //! * Builds before the hash tables kept the policy in a `POLICY` trie and the full-length
 //!   ipcache entries in `HOSTS`.
 //! * The build after them keyed its address tables (`ENDPOINTS`, `ADDRS`) by the full
-//!   20-byte address; this one has `LOCAL_ADDRS` / `HOST_ADDRS` keyed by an 8-byte tag.
+//!   20-byte address, the next one (`LOCAL_ADDRS` / `HOST_ADDRS`) by an 8-byte tag; this
+//!   one has `LOCAL_TABLE` / `HOST_TABLE`, arrays it lays out itself (see `plan_table`). All
+//!   of them keep the policy in `POLICY_HASH`.
 //!
 //! A new agent that finds such pins (and a Plan in force) fills the live slot of its own
 //! tables from the pinned `IPCACHE` and the policy (`POLICY` trie or `POLICY_HASH`) *before*
@@ -24,7 +26,14 @@ use super::slot_hash::SlotCounts;
 use super::Datapath;
 
 /// Pins of older builds that this one no longer uses.
-const OLD_PINS: &[&str] = &["POLICY", "HOSTS", "ENDPOINTS", "ADDRS"];
+const OLD_PINS: &[&str] = &[
+    "POLICY",
+    "HOSTS",
+    "ENDPOINTS",
+    "ADDRS",
+    "LOCAL_ADDRS",
+    "HOST_ADDRS",
+];
 
 impl Datapath {
     fn old_pin(&self, name: &str) -> PathBuf {
@@ -32,13 +41,14 @@ impl Datapath {
     }
 
     /// Before the programs are swapped: fill the new tables' live slot from an older agent's
-    /// pins (`POLICY` trie, or the full-key address tables) when ours lack it. Returns whether
+    /// pins (`POLICY` trie, or older address tables) when ours lack it. Returns whether
     /// anything was migrated.
     pub(super) fn upgrade_tables(&mut self) -> Result<bool> {
         let old_policy = self.old_pin("POLICY");
         let from_trie = old_policy.exists();
-        let from_full_keys = self.old_pin("ENDPOINTS").exists();
-        if !(from_trie || from_full_keys) || self.host_layout() != Some(HostLayout::Tagged) {
+        let from_hash_tables =
+            self.old_pin("ENDPOINTS").exists() || self.old_pin("LOCAL_ADDRS").exists();
+        if !(from_trie || from_hash_tables) || self.host_layout() != Some(HostLayout::Table) {
             return Ok(false);
         }
         let cfg: Config = self.current_config()?;
@@ -73,7 +83,7 @@ impl Datapath {
         tracing::info!(
             generation = cfg.generation,
             policy_entries = policy.len(),
-            "rebuilt the Plan in force into the policy hash tables (upgrade from an older agent)"
+            "rebuilt the Plan in force into the address tables (upgrade from an older agent)"
         );
         Ok(true)
     }
@@ -97,7 +107,7 @@ impl Datapath {
 
     /// After the programs are swapped: the older agent's maps are no longer used by anything.
     pub(super) fn remove_old_pins(&self) -> Result<()> {
-        if self.host_layout() != Some(HostLayout::Tagged) {
+        if self.host_layout() != Some(HostLayout::Table) {
             return Ok(()); // an older object benchmarked side by side still uses them
         }
         for name in OLD_PINS {
