@@ -77,8 +77,8 @@ pub struct CompileArgs {
 
 #[derive(Args)]
 pub struct DatapathArgs {
-    /// Runs per measurement, in five parts (the kernel reports each part's average; the
-    /// median part is taken).
+    /// Runs per measurement, in ten rounds over every build and size (the kernel reports each
+    /// round's average; the median round is taken).
     #[arg(long, default_value_t = 1_000_000)]
     repeat: u32,
     /// Policy entries of the measured Plans, comma-separated.

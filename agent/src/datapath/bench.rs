@@ -32,6 +32,9 @@
 //!   bound; `new_flows` in all, a tenth per round, the average over them. (Measured one size
 //!   after the other, the machine's drift between sizes read as a spread of 20-33 % across
 //!   sizes, the same in the current and the baseline build);
+//! * the reused tuple, cold: the allowed SYN of the reused tuple, one run each, right after
+//!   each new tuple's run: what a run costs when it follows a syscall, without the insert;
+//!   the cold column minus this one is the insert's own cost;
 //! * non-IP (ARP): parse the Ethernet header, count (every path bumps one per-CPU counter);
 //! * floor: `netward_floor`, a program that returns at once: what `BPF_PROG_TEST_RUN` itself
 //!   costs per run here; the other figures minus it are the program's own cost.
@@ -86,8 +89,8 @@ impl Default for BenchOptions {
 /// One row: ns per packet for each path.
 #[derive(Clone, Debug)]
 pub struct BenchRow {
-    /// Which object: "current", "current, cache miss" (no flow or decision cache hits) or
-    /// "baseline".
+    /// Which object: "current", "current, cache miss" (no flow or decision cache hits),
+    /// "baseline" or "baseline, cache miss".
     pub build: &'static str,
     pub policy_entries: usize,
     pub established: f64,
@@ -101,6 +104,9 @@ pub struct BenchRow {
     /// (a reused tuple), warm caches.
     pub new_flow_allowed_reused: f64,
     pub new_flow_allowed: f64,
+    /// The reused-tuple SYN measured as the cold path is (one run per test run, in the same
+    /// loop): what one run costs there without the insert.
+    pub new_flow_allowed_single: f64,
     pub non_ip: f64,
     /// `netward_floor` (the test-run floor) in the same run; NaN when the object lacks it.
     pub floor: f64,
@@ -118,6 +124,7 @@ impl BenchRow {
             new_flow_udp: f64::NAN,
             new_flow_allowed_reused: f64::NAN,
             new_flow_allowed: f64::NAN,
+            new_flow_allowed_single: f64::NAN,
             non_ip: f64::NAN,
             floor: f64::NAN,
         }
@@ -319,6 +326,12 @@ pub fn run(opts: &BenchOptions) -> Result<Vec<BenchRow>> {
                     ..cfg.clone()
                 };
                 builds.push(("baseline", bcfg, Some(object)));
+                let bcfg = DatapathConfig {
+                    bpffs_dir: tag("baselinemiss"),
+                    flow_cache_window_jiffies: 0,
+                    ..cfg.clone()
+                };
+                builds.push(("baseline, cache miss", bcfg, Some(object)));
             }
             for (name, build_cfg, object) in builds {
                 let mut dp = match object {
@@ -364,7 +377,8 @@ const ROUNDS: u32 = 10;
 
 /// New flow allowed (+ conntrack insert, cold): distinct SYNs, one run each, timed by the
 /// kernel's run-time statistics, `new_flows` per datapath in [`ROUNDS`] interleaved
-/// rounds.
+/// rounds; each followed by one run of the reused tuple, the same cold path without the
+/// insert.
 fn measure_cold(measured: &mut [(BenchRow, Datapath)], opts: &BenchOptions) -> Result<()> {
     let per_round = (opts.new_flows.max(1)).div_ceil(ROUNDS);
     anyhow::ensure!(
@@ -372,26 +386,33 @@ fn measure_cold(measured: &mut [(BenchRow, Datapath)], opts: &BenchOptions) -> R
         "new flows: at most {} (source ports below the repeated paths' flows)",
         40_000 - COLD_SPORT_BASE as u32
     );
-    let mut totals = vec![(0u64, 0u64); measured.len()];
+    // Per datapath: (ns, runs) of the new tuples, then of the reused one.
+    let mut totals = vec![[(0u64, 0u64); 2]; measured.len()];
+    let reused = eth_ipv4_tcp(PEER, POD, 40002, ALLOWED_PORT, 0x02);
     let stats_on = Datapath::enable_run_stats()?;
     for round in 0..ROUNDS {
         for i in in_turn(round, measured.len()) {
             let (dp, total) = (&measured[i].1, &mut totals[i]);
-            let before = dp.program_stats(Direction::Ingress)?;
             for k in 0..per_round {
                 let sport = COLD_SPORT_BASE.wrapping_add((round * per_round + k) as u16);
                 let f = eth_ipv4_tcp(PEER, POD, sport, ALLOWED_PORT, 0x02);
-                let r = dp.test_run(Direction::Ingress, &f, 1)?;
-                anyhow::ensure!(r.pass, "allowed new flow denied");
+                // Each run on its own, timed by the kernel's statistics: the reused tuple
+                // right after the new one, so both meet the same cold caches.
+                for (j, frame) in [&f, &reused].into_iter().enumerate() {
+                    let before = dp.program_stats(Direction::Ingress)?;
+                    let r = dp.test_run(Direction::Ingress, frame, 1)?;
+                    anyhow::ensure!(r.pass, "allowed new flow denied");
+                    let after = dp.program_stats(Direction::Ingress)?;
+                    total[j].0 += after.run_time_ns - before.run_time_ns;
+                    total[j].1 += after.run_count - before.run_count;
+                }
             }
-            let after = dp.program_stats(Direction::Ingress)?;
-            total.0 += after.run_time_ns - before.run_time_ns;
-            total.1 += after.run_count - before.run_count;
         }
     }
     drop(stats_on);
-    for ((row, _), (ns, runs)) in measured.iter_mut().zip(totals) {
-        row.new_flow_allowed = ns as f64 / runs.max(1) as f64;
+    for ((row, _), [new, old]) in measured.iter_mut().zip(totals) {
+        row.new_flow_allowed = new.0 as f64 / new.1.max(1) as f64;
+        row.new_flow_allowed_single = old.0 as f64 / old.1.max(1) as f64;
     }
     Ok(())
 }
@@ -511,12 +532,12 @@ fn measure_repeated(measured: &mut [(BenchRow, Datapath)], opts: &BenchOptions) 
 pub fn table(rows: &[BenchRow], repeat: u32) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "BPF_PROG_TEST_RUN, ns per packet (repeat {repeat}; allowed new flows: one run each, kernel run-time stats)\n");
-    let _ = writeln!(s, "| build | policy entries | established | reply | new flow, TCP SYN (policy path) | new flow, UDP (ct miss + policy path) | allowed SYN, reused tuple (+ct overwrite) | new flow allowed (+ct insert, cold) | non-IP | test-run floor |");
-    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(s, "| build | policy entries | established | reply | new flow, TCP SYN (policy path) | new flow, UDP (ct miss + policy path) | allowed SYN, reused tuple (+ct overwrite) | new flow allowed (+ct insert, cold) | the reused tuple, cold (one run each, as the insert) | non-IP | test-run floor |");
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in rows {
         let _ = writeln!(
             s,
-            "| {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} |",
+            "| {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} |",
             r.build,
             r.policy_entries,
             r.established,
@@ -525,6 +546,7 @@ pub fn table(rows: &[BenchRow], repeat: u32) -> String {
             r.new_flow_udp,
             r.new_flow_allowed_reused,
             r.new_flow_allowed,
+            r.new_flow_allowed_single,
             r.non_ip,
             r.floor
         );
