@@ -1,7 +1,7 @@
 //! Map sync of the tables derived from a Plan: `POLICY_HASH` (a hash map), `LOCAL_TABLE` and
-//! `HOST_TABLE` (arrays laid out here, see `plan_table`), following the slot protocol of [`super::sync`]: capacity checked first (fail
-//! closed), the inactive slot diffed to exactly the new Plan, `CONFIG` flips, the old slot
-//! deleted.
+//! `HOST_TABLE` (arrays laid out in `plan_table`), following the slot protocol of
+//! [`super::sync`]: capacity checked first (fail closed), the inactive slot made exactly the
+//! new Plan, `CONFIG` flips, the old slot deleted.
 //!
 //! The Plan keeps its policy entries as longest-prefix keys ([`PolicyKey`]); here each becomes
 //! an exact [`PolicyHashKey`], and every local endpoint (the ipcache entries with `EP_LOCAL`)
@@ -24,7 +24,7 @@ use netward_common::{
     EP_LOCAL,
 };
 
-use super::plan_table::{by_key, layout, Mapped, HOST_TABLE, LOCAL_TABLE};
+use super::plan_table::{layout, Mapped, HOST_TABLE, LOCAL_TABLE};
 use super::slot_hash::{map_err, SlotCounts};
 use super::{Datapath, SyncError};
 use crate::plan::Plan;
@@ -300,9 +300,7 @@ impl Datapath {
         name: &'static str,
     ) -> Result<BTreeMap<K, V>, SyncError> {
         let t = self.table::<K, V>(name)?;
-        Ok(by_key(
-            [0, 1].into_iter().flat_map(|s| t.entries(s)).collect(),
-        ))
+        Ok([0, 1].into_iter().flat_map(|s| t.entries(s)).collect())
     }
 
     /// Step 2 for one address table: `slot` laid out anew with exactly `desired`.
@@ -335,13 +333,9 @@ impl Datapath {
         &self,
         name: &'static str,
     ) -> Result<Vec<(IpcacheKey, V)>, SyncError> {
-        let all = self.table_all::<AddrKey, Tagged<V>>(name)?;
-        let mut out: Vec<_> = all
-            .into_iter()
-            .map(|(k, t)| (HostKey::new(k.slot, k.family, t.addr).to_ipcache(), t.v))
-            .collect();
-        out.sort_by_key(|(k, _)| *k);
-        Ok(out)
+        Ok(tagged_by_ipcache_key(
+            self.table_all::<AddrKey, Tagged<V>>(name)?,
+        ))
     }
 
     /// A `HostKey` map's entries (both slots) under their ipcache keys, sorted.
@@ -364,13 +358,18 @@ impl Datapath {
         Tagged<V>: aya::Pod,
     {
         let (all, _) = self.slot_hash_read::<AddrKey, Tagged<V>>(name)?;
-        let mut out: Vec<_> = all
-            .into_iter()
-            .map(|(k, t)| (HostKey::new(k.slot, k.family, t.addr).to_ipcache(), t.v))
-            .collect();
-        out.sort_by_key(|(k, _)| *k);
-        Ok(out)
+        Ok(tagged_by_ipcache_key(all))
     }
+}
+
+/// Tagged address entries under their ipcache keys, sorted.
+fn tagged_by_ipcache_key<V: Copy>(all: BTreeMap<AddrKey, Tagged<V>>) -> Vec<(IpcacheKey, V)> {
+    let mut out: Vec<_> = all
+        .into_iter()
+        .map(|(k, t)| (HostKey::new(k.slot, k.family, t.addr).to_ipcache(), t.v))
+        .collect();
+    out.sort_by_key(|(k, _)| *k);
+    out
 }
 
 /// Step 1 for an address table: a slot holds at most its capacity (the other slot has its own

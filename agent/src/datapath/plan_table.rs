@@ -1,15 +1,13 @@
 //! The Plan's address tables as the datapath reads them (`ebpf/src/table.rs`): `LOCAL_TABLE`
 //! and `HOST_TABLE` are arrays of [`Bucket`]s, each Plan slot in its own half, each key in one
-//! of the four cells of one of its two buckets
-//! ([`table_buckets`]). The agent is their only writer and lays a slot out here ([`layout`]:
-//! two-choice, four-way cuckoo placement), then writes the buckets that changed through a
-//! shared mapping of the array (`BPF_F_MMAPABLE`): no syscall per entry, and the whole
-//! table read back in one pass.
+//! of the four cells of one of its two buckets ([`table_buckets`]). The agent is their only
+//! writer and lays a slot out here ([`layout`]: two-choice, four-way cuckoo placement), then
+//! writes the buckets that changed through a shared mapping of the array (`BPF_F_MMAPABLE`):
+//! no syscall per entry, and the whole table read back in one pass.
 //!
 //! A slot is written only while it is not live (the slot protocol of `sync.rs`), so the
 //! programs never read a bucket being written, except a packet still running on the Plan
 //! that was live a moment before the flip, as with the hash maps these replace.
-use std::collections::BTreeMap;
 use std::marker::PhantomData;
 use std::os::fd::{AsFd, AsRawFd};
 
@@ -28,8 +26,8 @@ fn empty<K: TableKey, V>(c: &Cell<K, V>) -> bool {
 }
 
 /// Cuckoo moves tried for one key before the slot is declared full. At the load the tables
-/// are sized for (at most half full) a key needs a move in a few per cent of inserts, and
-/// rarely more than a handful.
+/// are sized for (at most half full) a key nearly always finds a free cell in one of its
+/// buckets; the bound ends a walk that cannot succeed (more keys than cells).
 const MAX_MOVES: usize = 500;
 
 /// One slot of a table: `entries` (distinct keys) placed in `buckets` buckets, each key in
@@ -209,11 +207,6 @@ impl<K, V> Drop for Mapped<K, V> {
             libc::munmap(self.ptr as *mut libc::c_void, self.len);
         }
     }
-}
-
-/// Entries as a map, for the diff counts and inspection.
-pub(super) fn by_key<K: Ord + Copy, V: Copy>(entries: Vec<(K, V)>) -> BTreeMap<K, V> {
-    entries.into_iter().collect()
 }
 
 #[cfg(test)]
