@@ -416,20 +416,19 @@ pub struct Tagged<V> {
 /// Cells per bucket of an address table (`LOCAL_TABLE`, `HOST_TABLE`).
 pub const TABLE_WAYS: usize = 4;
 
-/// An address table's key as two words. Never both zero for a real key (an address key has
-/// its family): an all-zero cell is empty.
+/// An address table's key as one word. Never zero for a real key (an address key has its
+/// family): an all-zero cell is empty.
 pub trait TableKey: Copy {
-    fn table_words(&self) -> [u64; 2];
+    fn table_word(&self) -> u64;
 }
 
 impl TableKey for AddrKey {
     #[inline(always)]
-    fn table_words(&self) -> [u64; 2] {
-        let w = self.slot as u64
+    fn table_word(&self) -> u64 {
+        self.slot as u64
             | (self.family as u64) << 8
             | (self._pad as u64) << 16
-            | (self.tag as u64) << 32;
-        [w, 0]
+            | (self.tag as u64) << 32
     }
 }
 
@@ -446,12 +445,12 @@ pub struct Cell<K, V> {
 pub type Bucket<K, V> = [Cell<K, V>; TABLE_WAYS];
 
 /// The two candidate buckets (out of `buckets`, a power of two: one slot's half of the array)
-/// of a key given as its [`TableKey::table_words`]: the low and high halves of a full 64-bit
+/// of a key given as its [`TableKey::table_word`]: the low and high halves of a full 64-bit
 /// mix (MurmurHash3's finalizer), so every key bit moves both. Shared by the agent, which
 /// places every key in one of them, and the datapath, which looks only there.
 #[inline(always)]
-pub const fn table_buckets(w: [u64; 2], buckets: u32) -> [u32; 2] {
-    let mut x = w[0] ^ w[1].wrapping_mul(TAG_MUL);
+pub const fn table_buckets(w: u64, buckets: u32) -> [u32; 2] {
+    let mut x = w;
     x ^= x >> 33;
     x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
     x ^= x >> 33;

@@ -58,9 +58,9 @@ fn same_addr(stored: &[u8; 16], addr: &[u8; 16]) -> bool {
 /// The ipcache answer for a full address: the host entry if there is one, else the LPM walk.
 #[inline(always)]
 fn ipcache_get(slot: u8, family: u8, addr: &[u8; 16]) -> Option<IpcacheValue> {
-    // SAFETY: copied out at once; map values are plain integers.
     let k = AddrKey::new(slot, family, addr);
     if let Some(t) = table::get(&HOST_TABLE, table::host_buckets(), slot, &k) {
+        // SAFETY: a map value, copied out at once; map values are plain integers.
         let t = unsafe { &*t };
         if same_addr(&t.addr, addr) {
             return Some(t.v);
@@ -74,9 +74,9 @@ fn ipcache_get(slot: u8, family: u8, addr: &[u8; 16]) -> Option<IpcacheValue> {
 /// the trie and probed at every prefix length (exact, only slower).
 #[inline(always)]
 fn endpoint_get(slot: u8, family: u8, addr: &[u8; 16]) -> Option<EndpointValue> {
-    // SAFETY: copied out at once; map values are plain integers.
     let k = AddrKey::new(slot, family, addr);
     if let Some(t) = table::get(&LOCAL_TABLE, table::local_buckets(), slot, &k) {
+        // SAFETY: a map value, copied out at once; map values are plain integers.
         let t = unsafe { &*t };
         if same_addr(&t.addr, addr) {
             return Some(t.v);

@@ -25,16 +25,15 @@ pub fn host_buckets() -> u32 {
 
 /// 1 when `c`'s key is `w`, else 0, without a branch.
 #[inline(always)]
-fn is<K: TableKey>(c: &K, w: [u64; 2]) -> u64 {
-    let cw = c.table_words();
-    let x = (cw[0] ^ w[0]) | (cw[1] ^ w[1]);
+fn is<K: TableKey>(c: &K, w: u64) -> u64 {
+    let x = c.table_word() ^ w;
     ((x | x.wrapping_neg()) >> 63) ^ 1
 }
 
-/// Bit i set when cell i of bucket `b` holds the key with words `w`: four compares as
+/// Bit i set when cell i of bucket `b` holds the key with word `w`: four compares as
 /// arithmetic, not branches.
 #[inline(always)]
-fn matches<K: TableKey, V>(b: *const Cell<K, V>, w: [u64; 2]) -> u64 {
+fn matches<K: TableKey, V>(b: *const Cell<K, V>, w: u64) -> u64 {
     let mut m = 0u64;
     for i in 0..TABLE_WAYS {
         // SAFETY: an array value, valid for the program's run.
@@ -43,10 +42,10 @@ fn matches<K: TableKey, V>(b: *const Cell<K, V>, w: [u64; 2]) -> u64 {
     m
 }
 
-/// The cell of bucket `b` holding the key with words `w`, if one does: the compares as
+/// The cell of bucket `b` holding the key with word `w`, if one does: the compares as
 /// arithmetic, then one test, and the cell picked by its index.
 #[inline(always)]
-fn in_bucket<K: TableKey, V>(b: *const Cell<K, V>, w: [u64; 2]) -> Option<*const V> {
+fn in_bucket<K: TableKey, V>(b: *const Cell<K, V>, w: u64) -> Option<*const V> {
     let m = matches(b, w);
     if m == 0 {
         return None;
@@ -65,7 +64,7 @@ pub fn get<K: TableKey, V>(
     slot: u8,
     key: &K,
 ) -> Option<*const V> {
-    let w = key.table_words();
+    let w = key.table_word();
     let base = (slot as u32 & 1) * buckets;
     let [h1, h2] = table_buckets(w, buckets);
     if let Some(v) = in_bucket(table.get_ptr(base + h1)? as *const Cell<K, V>, w) {

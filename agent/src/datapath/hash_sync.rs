@@ -315,15 +315,12 @@ impl Datapath {
         V: Copy + Default + PartialEq,
     {
         let mut t = self.table::<K, V>(name)?;
-        let full = || SyncError::SlotFull {
+        // The count was checked in step 1 (`fits_table`); placement can still fail.
+        let l = layout(desired, t.buckets()).ok_or_else(|| SyncError::SlotFull {
             map: name,
             needed: desired.len(),
             capacity: t.capacity() as u32,
-        };
-        if desired.len() > t.capacity() {
-            return Err(full());
-        }
-        let l = layout(desired, t.buckets()).ok_or_else(full)?;
+        })?;
         t.write(slot, &l);
         Ok(())
     }

@@ -58,17 +58,16 @@ const MAPS: &[MapSpec] = &[
         Some((size_of::<IpcacheKey>(), size_of::<IpcacheValue>())),
         Some(|c| c.ipcache_max),
     ),
-    // The address tables: two slots of buckets, sized for the capacity (see
-    // `table_buckets_per_slot`).
+    // The address tables: two slots of buckets, sized from [`TABLES`].
     map(
         "LOCAL_TABLE",
         Some((4, size_of::<Bucket<AddrKey, Tagged<EndpointValue>>>())),
-        Some(|c| 2 * table_buckets_per_slot(c.endpoints_max)),
+        None,
     ),
     map(
         "HOST_TABLE",
         Some((4, size_of::<Bucket<AddrKey, Tagged<IpcacheValue>>>())),
-        Some(|c| 2 * table_buckets_per_slot(c.ipcache_max)),
+        None,
     ),
     // HOST_ADDRS, LOCAL_ADDRS: the previous build's address tables (upgrade, benchmark
     // baseline).
@@ -145,7 +144,8 @@ const MAPS: &[MapSpec] = &[
     ),
 ];
 
-/// The address tables and their configured capacity (entries, both slots).
+/// The address tables and their configured capacity (entries, both slots): each array holds
+/// two slots of `table_buckets_per_slot(capacity)` buckets.
 const TABLES: [(&str, Capacity); 2] = [
     ("LOCAL_TABLE", |c| c.endpoints_max),
     ("HOST_TABLE", |c| c.ipcache_max),
@@ -258,6 +258,9 @@ pub(crate) fn load_object(cfg: &DatapathConfig, object: &[u8]) -> Result<Ebpf> {
         if let Some(capacity) = m.capacity {
             loader.map_max_entries(m.name, capacity(cfg));
         }
+    }
+    for ((name, _), buckets) in TABLES.iter().zip(tables) {
+        loader.map_max_entries(name, 2 * buckets);
     }
     let mut bpf = loader
         // Read-only data: the verifier sees constants (the cache code goes when it is off).

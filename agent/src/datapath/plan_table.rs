@@ -22,7 +22,7 @@ pub(super) const HOST_TABLE: &str = "HOST_TABLE";
 
 /// Whether a cell holds nothing (real keys are never all zero, see [`TableKey`]).
 fn empty<K: TableKey, V>(c: &Cell<K, V>) -> bool {
-    c.key.table_words() == [0, 0]
+    c.key.table_word() == 0
 }
 
 /// Cuckoo moves tried for one key before the slot is declared full. At the load the tables
@@ -44,7 +44,7 @@ where
         let mut c = Cell { key, value };
         let mut placed = false;
         for _ in 0..MAX_MOVES {
-            let [b1, b2] = table_buckets(c.key.table_words(), buckets);
+            let [b1, b2] = table_buckets(c.key.table_word(), buckets);
             let free = |b: u32, t: &Vec<Bucket<K, V>>| {
                 t[b as usize].iter().position(|x| empty(x)).map(|i| (b, i))
             };
@@ -236,7 +236,7 @@ mod tests {
 
     /// What the datapath does: look in the key's two buckets.
     fn find<K: TableKey + PartialEq, V: Copy>(t: &[Bucket<K, V>], k: &K) -> Option<V> {
-        let [b1, b2] = table_buckets(k.table_words(), t.len() as u32);
+        let [b1, b2] = table_buckets(k.table_word(), t.len() as u32);
         [b1, b2]
             .iter()
             .flat_map(|b| t[*b as usize].iter())
@@ -286,6 +286,6 @@ mod tests {
     #[test]
     fn address_keys_are_never_empty_cells() {
         let k = AddrKey::new(0, FAMILY_V4, &[0; 16]);
-        assert_ne!(k.table_words(), [0, 0]);
+        assert_ne!(k.table_word(), 0);
     }
 }
