@@ -2232,3 +2232,110 @@ fn cache_slots_must_be_zero_or_a_power_of_two() {
         let _ = std::fs::remove_dir_all(&cfg.bpffs_dir);
     }
 }
+
+/// Under connection churn, the conntrack collector keeps a long-idle flow from being evicted.
+/// The programs delete an expired entry only when they meet its tuple again, so the closed
+/// connections' entries stay until the LRU evicts them, by recency: an idle flow older than
+/// they are goes first, and its next reply meets the policy as a new flow (here denied).
+/// With the expired entries swept, the map has room and the LRU evicts nothing. The control
+/// datapath runs the same packets without a sweep and must lose the idle flow: otherwise the
+/// test would not show what the sweep does.
+#[test]
+fn the_conntrack_sweep_keeps_an_idle_flow_through_churn() {
+    pin_to_this_cpu();
+    // 1024 entries; each round of churn takes 700, so two rounds fit only if the first goes
+    // (the kernel's LRU hands out free entries to each CPU 128 at a time and evicts when
+    // fewer than that are left: a round of 900 evicted with 123 entries free).
+    const CHURN: u16 = 700;
+    let idle_syn = frame(C4, A4, tcp(42300, 80));
+    // A's egress allows nothing to C:42300: only conntrack passes the idle flow's reply.
+    let idle_reply = frame(A4, C4, tcp_ack(80, 42300));
+    let churn = |dp: &Datapath, round: u16| {
+        for i in 0..CHURN {
+            let port = 43000 + round * CHURN + i;
+            check(
+                dp,
+                Ingress,
+                &frame(C4, A4, tcp(port, 80)),
+                true,
+                "policy_allow",
+            );
+            check(dp, Ingress, &tcp_fin(C4, A4, port, 80), true, "established");
+        }
+    };
+    let mut dps = Vec::new();
+    for tag in ["gc-swept", "gc-control"] {
+        let dp = setup_with(DatapathConfig {
+            conntrack_max: 1024,
+            ..test_config(tag)
+        });
+        check(&dp, Ingress, &idle_syn, true, "policy_allow");
+        check(&dp, Egress, &idle_reply, true, "reply");
+        churn(&dp, 0);
+        dps.push(dp);
+    }
+    // The first round's entries are closing (10 s), the idle flow open (6 h); past the flow
+    // cache's second too.
+    std::thread::sleep(std::time::Duration::from_secs(CT_TIMEOUT_CLOSING_S + 1));
+    let mut gc = dps[0].conntrack_gc().unwrap();
+    let r = gc.sweep().unwrap();
+    assert_eq!(
+        (r.scanned, r.deleted, r.live()),
+        (1 + CHURN as u64, CHURN as u64, 1)
+    );
+    assert_eq!(
+        gc.stats().live.load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    for dp in &dps {
+        churn(dp, 1);
+    }
+    check(&dps[0], Egress, &idle_reply, true, "reply");
+    assert!(
+        !run(&dps[1], Egress, &idle_reply).0,
+        "without the sweep the LRU kept the idle flow: the test shows nothing"
+    );
+    // A second sweep finds nothing expired yet (the second round closes in 10 s).
+    let r = gc.sweep().unwrap();
+    assert_eq!((r.deleted, r.gone), (0, 0));
+}
+
+/// A sweep removes only expired entries (here the clock handed to the sweep runs ahead of
+/// the entries: past the UDP flow's lifetime, within the TCP flow's).
+#[test]
+fn the_conntrack_sweep_keeps_live_entries() {
+    let cfg = test_config("gc-live");
+    let dp = setup_with(cfg.clone());
+    check(
+        &dp,
+        Ingress,
+        &frame(C4, A4, tcp(42400, 80)),
+        true,
+        "policy_allow",
+    );
+    check(
+        &dp,
+        Ingress,
+        &frame(
+            C4,
+            A4,
+            L4::Udp {
+                sport: 42401,
+                dport: 53,
+            },
+        ),
+        true,
+        "policy_allow",
+    );
+    let mut gc = dp.conntrack_gc().unwrap();
+    let r = gc.sweep().unwrap();
+    assert_eq!((r.scanned, r.deleted, r.gone), (2, 0, 0));
+    assert_eq!(conntrack_entries(&cfg).len(), 2);
+    // Past the UDP flow's 60 s, within the TCP flow's 6 h: the UDP entry goes.
+    let later = coarse_now_ns() + (CT_TIMEOUT_OTHER_S + 5) * 1_000_000_000;
+    let r = gc.sweep_at(later).unwrap();
+    assert_eq!((r.scanned, r.deleted, r.live()), (2, 1, 1));
+    let left = conntrack_entries(&cfg);
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].0.proto, PROTO_TCP);
+}

@@ -127,6 +127,7 @@ spec:
             loop_config: LoopConfig::default(),
             plan_only: false,
             map_sizes: Default::default(),
+            conntrack_gc_interval: netward::datapath::DEFAULT_CONNTRACK_GC_INTERVAL,
         };
         let t0 = Instant::now();
         let running = agent::start(&cfg, server.client().unwrap(), enforcer).await.unwrap();

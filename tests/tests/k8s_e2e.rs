@@ -39,6 +39,8 @@ fn dp_config(test: &str) -> DatapathConfig {
         events_per_sec: 100_000,
         events_burst: 1000,
         events_allow: true,
+        // Swept often, so the status shows the live flows within the test.
+        conntrack_gc_interval: Duration::from_millis(300),
         ..Default::default()
     }
 }
@@ -159,6 +161,7 @@ async fn real_packets_follow_kubernetes_changes() {
         },
         plan_only: false,
         map_sizes: Default::default(),
+        conntrack_gc_interval: netward::datapath::DEFAULT_CONNTRACK_GC_INTERVAL,
     };
     let running = agent::start(&cfg, server.client().unwrap(), enforcer)
         .await
@@ -275,6 +278,28 @@ spec: {podSelector: {}, policyTypes: [Ingress]}",
             metrics.contains("netward_verdicts_total{verdict=\"denied\"}"),
             "{metrics}"
         );
+        // The conntrack sweep counts the live flows (the probes' connections, closing for
+        // 10 s) for the status and /metrics.
+        let t0 = std::time::Instant::now();
+        loop {
+            let live = running
+                .shared
+                .status()
+                .maps
+                .iter()
+                .find(|m| m.map == "conntrack")
+                .map(|m| m.entries);
+            if live.is_some_and(|n| n > 0) {
+                let metrics = running.shared.metrics.encode();
+                assert!(metrics.contains("map=\"conntrack\""), "{metrics}");
+                break;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(5),
+                "no conntrack fill in the status: {live:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
     .await;
     drop(running);
@@ -418,6 +443,7 @@ spec:
         },
         plan_only: false,
         map_sizes: Default::default(),
+        conntrack_gc_interval: netward::datapath::DEFAULT_CONNTRACK_GC_INTERVAL,
     };
     let running = agent::start(&cfg, server.client().unwrap(), enforcer)
         .await

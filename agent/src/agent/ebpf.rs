@@ -1,4 +1,5 @@
 //! The production [`Enforcer`]: netward's eBPF datapath (pinned maps and links under bpffs).
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -6,20 +7,31 @@ use anyhow::Result;
 
 use super::enforce::Enforcer;
 use super::status::{Counters, FlowEvent, MapFill};
-use crate::datapath::{Datapath, DatapathConfig, EventReader, Verdict};
+use crate::datapath::{Datapath, DatapathConfig, EventReader, GcHandle, GcStats, Verdict};
 use crate::plan::Plan;
 
 pub struct EbpfEnforcer {
     dp: Datapath,
     events: EventReader,
+    /// The conntrack sweep (`None`: off), stopped when the enforcer goes.
+    gc: Option<(GcHandle, Arc<GcStats>)>,
 }
 
 impl EbpfEnforcer {
-    /// Load (or adopt the pinned) datapath.
+    /// Load (or adopt the pinned) datapath, and start sweeping its expired conntrack entries
+    /// every `cfg.conntrack_gc_interval`.
     pub fn open(cfg: DatapathConfig) -> Result<EbpfEnforcer> {
+        let interval = cfg.conntrack_gc_interval;
         let dp = Datapath::open_or_create(cfg)?;
         let events = dp.events()?;
-        Ok(EbpfEnforcer { dp, events })
+        let gc = if interval.is_zero() {
+            None
+        } else {
+            let gc = dp.conntrack_gc()?;
+            let stats = gc.stats();
+            Some((gc.spawn(interval), stats))
+        };
+        Ok(EbpfEnforcer { dp, events, gc })
     }
 
     pub fn datapath(&mut self) -> &mut Datapath {
@@ -83,7 +95,7 @@ impl Enforcer for EbpfEnforcer {
         let (ipcache, policy) = self.dp.all_entries()?;
         let endpoints = self.dp.endpoint_entries()?.len();
         let cfg = self.dp.config();
-        Ok(vec![
+        let mut fill = vec![
             MapFill {
                 map: "ipcache".into(),
                 entries: ipcache.len() as u64,
@@ -99,7 +111,18 @@ impl Enforcer for EbpfEnforcer {
                 entries: endpoints as u64,
                 capacity: cfg.endpoints_max as u64,
             },
-        ])
+        ];
+        // Live flows as the last sweep counted them (none yet: not reported).
+        if let Some((_, stats)) = &self.gc {
+            if stats.sweeps.load(Ordering::Relaxed) > 0 {
+                fill.push(MapFill {
+                    map: "conntrack".into(),
+                    entries: stats.live.load(Ordering::Relaxed),
+                    capacity: cfg.conntrack_max as u64,
+                });
+            }
+        }
+        Ok(fill)
     }
 
     fn poll_events(&mut self) -> Result<Vec<FlowEvent>> {

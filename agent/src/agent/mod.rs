@@ -37,6 +37,8 @@ pub struct AgentConfig {
     pub plan_only: bool,
     /// Capacities of the maps the agent creates.
     pub map_sizes: crate::datapath::MapSizes,
+    /// How often expired conntrack entries are swept (zero: never).
+    pub conntrack_gc_interval: std::time::Duration,
 }
 
 /// A kube client from an explicit kubeconfig or the inferred configuration.
@@ -110,6 +112,7 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
     } else {
         let dp = crate::datapath::DatapathConfig {
             bpffs_dir: cfg.bpffs.clone(),
+            conntrack_gc_interval: cfg.conntrack_gc_interval,
             ..Default::default()
         }
         .with_sizes(cfg.map_sizes);

@@ -38,6 +38,15 @@ pub struct AgentArgs {
     /// Log format.
     #[arg(long, value_enum, default_value = "text", env = "NETWARD_LOG_FORMAT")]
     pub log_format: LogFormat,
+    /// Seconds between sweeps of expired conntrack entries (0: never). Without them, a busy
+    /// node's map fills with closed connections' entries and the LRU makes room by recency,
+    /// evicting long-idle live flows first.
+    #[arg(
+        long,
+        default_value_t = crate::datapath::DEFAULT_CONNTRACK_GC_INTERVAL.as_secs(),
+        env = "NETWARD_CONNTRACK_GC_INTERVAL"
+    )]
+    pub conntrack_gc_interval: u64,
     /// Compute and serve Plans without loading the eBPF datapath (nothing is enforced).
     #[arg(long)]
     pub plan_only: bool,
@@ -130,6 +139,7 @@ pub fn run(args: AgentArgs) -> ExitCode {
         },
         plan_only: args.plan_only,
         map_sizes: args.sizes.sizes(),
+        conntrack_gc_interval: std::time::Duration::from_secs(args.conntrack_gc_interval),
     };
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,

@@ -158,7 +158,7 @@ pub(crate) fn open_legacy(dir: &Path, bpf: &Ebpf) -> Result<Vec<Legacy>> {
 }
 
 /// `CLOCK_MONOTONIC` in ns: the clock behind the programs' `bpf_ktime_get_coarse_ns`.
-fn monotonic_ns() -> u64 {
+pub(crate) fn monotonic_ns() -> u64 {
     let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
     // SAFETY: ts is a valid out buffer.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };

@@ -38,6 +38,7 @@ use crate::plan::Plan;
 mod attach;
 pub mod bench;
 mod counters;
+mod ct_gc;
 mod ct_migrate;
 mod events;
 mod hash_sync;
@@ -51,9 +52,14 @@ mod upgrade;
 
 pub use attach::AttachMode;
 pub use counters::Counters;
+pub use ct_gc::{ConntrackGc, GcHandle, GcReport, GcStats};
 pub use events::{EventReader, Verdict, VerdictEvent};
 pub use sync::{SyncError, SyncReport};
 pub use testrun::{Origin, TestRunOutcome};
+
+/// Default interval of the conntrack sweep: closing entries live 10 s, so a closed
+/// connection's entry is gone 10-20 s after its last packet.
+pub const DEFAULT_CONNTRACK_GC_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Default bpffs directory for pins.
 pub const DEFAULT_BPFFS_DIR: &str = "/sys/fs/bpf/netward";
@@ -72,6 +78,9 @@ pub struct DatapathConfig {
     /// Plan slot has half; `HOST_TABLE` likewise has half of `ipcache_max` per slot).
     pub endpoints_max: u32,
     pub conntrack_max: u32,
+    /// How often the agent sweeps expired conntrack entries ([`ConntrackGc`]; zero: never).
+    /// Not a property of the maps: whoever runs the datapath spawns the sweep with it.
+    pub conntrack_gc_interval: std::time::Duration,
     /// Slots of each CPU's flow cache in front of conntrack (0 or a power of two; 0: off).
     pub flow_cache_slots: u32,
     /// Slots of each CPU's decision cache in front of the policy maps (0 or a power of two;
@@ -109,6 +118,7 @@ impl Default for DatapathConfig {
             policy_max: 262144,
             endpoints_max: 16384,
             conntrack_max: 262144,
+            conntrack_gc_interval: DEFAULT_CONNTRACK_GC_INTERVAL,
             flow_cache_slots: netward_common::FLOW_CACHE_DEFAULT_SLOTS,
             decision_cache_slots: netward_common::DECISION_CACHE_DEFAULT_SLOTS,
             flow_cache_window_jiffies: netward_common::FLOW_CACHE_WINDOW_JIFFIES,

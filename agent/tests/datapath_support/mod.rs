@@ -52,6 +52,7 @@ pub fn test_config(tag: &str) -> DatapathConfig {
         policy_max: 4096,
         endpoints_max: 1024,
         conntrack_max: 4096,
+        conntrack_gc_interval: netward::datapath::DEFAULT_CONNTRACK_GC_INTERVAL,
         frags_max: 256,
         services_max: 256,
         service_policy_max: 1024,
