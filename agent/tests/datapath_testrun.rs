@@ -2301,7 +2301,8 @@ fn the_conntrack_sweep_keeps_an_idle_flow_through_churn() {
 }
 
 /// A sweep removes only expired entries (here the clock handed to the sweep runs ahead of
-/// the entries: past the UDP flow's lifetime, within the TCP flow's).
+/// the entries: past the UDP flow's lifetime, within the TCP flow's), and only from a map
+/// more than half full: below that, the expired ones are counted and stay.
 #[test]
 fn the_conntrack_sweep_keeps_live_entries() {
     let cfg = test_config("gc-live");
@@ -2329,12 +2330,17 @@ fn the_conntrack_sweep_keeps_live_entries() {
     );
     let mut gc = dp.conntrack_gc().unwrap();
     let r = gc.sweep().unwrap();
-    assert_eq!((r.scanned, r.deleted, r.gone), (2, 0, 0));
+    assert_eq!((r.scanned, r.expired, r.deleted), (2, 0, 0));
     assert_eq!(conntrack_entries(&cfg).len(), 2);
-    // Past the UDP flow's 60 s, within the TCP flow's 6 h: the UDP entry goes.
+    // Past the UDP flow's 60 s, within the TCP flow's 6 h.
     let later = coarse_now_ns() + (CT_TIMEOUT_OTHER_S + 5) * 1_000_000_000;
-    let r = gc.sweep_at(later).unwrap();
-    assert_eq!((r.scanned, r.deleted, r.live()), (2, 1, 1));
+    // Two entries of 4096: counted, kept.
+    let r = gc.sweep_at(later, 2048).unwrap();
+    assert_eq!((r.scanned, r.expired, r.deleted, r.live()), (2, 1, 0, 1));
+    assert_eq!(conntrack_entries(&cfg).len(), 2);
+    // Above the threshold: the UDP entry goes.
+    let r = gc.sweep_at(later, 1).unwrap();
+    assert_eq!((r.scanned, r.expired, r.deleted, r.live()), (2, 1, 1, 1));
     let left = conntrack_entries(&cfg);
     assert_eq!(left.len(), 1);
     assert_eq!(left[0].0.proto, PROTO_TCP);

@@ -86,6 +86,13 @@ pub enum LabCommand {
         /// Flow cache slots per CPU (as `netward agent`; `lab up` passes its environment on).
         #[arg(long, default_value_t = netward_common::FLOW_CACHE_DEFAULT_SLOTS, env = "NETWARD_FLOW_CACHE_SLOTS")]
         flow_cache_slots: u32,
+        /// Seconds between conntrack sweeps (as `netward agent`; 0: never).
+        #[arg(
+            long,
+            default_value_t = crate::datapath::DEFAULT_CONNTRACK_GC_INTERVAL.as_secs(),
+            env = "NETWARD_CONNTRACK_GC_INTERVAL"
+        )]
+        conntrack_gc_interval: u64,
     },
     /// (internal) The servers of a lab, started by `lab up`.
     #[command(hide = true)]
@@ -251,9 +258,14 @@ pub fn run(args: LabArgs) -> Result<ExitCode> {
         LabCommand::Daemon {
             name,
             flow_cache_slots,
+            conntrack_gc_interval,
         } => {
             init_background_logging();
-            lab::daemon::run(&LabName::new(&name)?, flow_cache_slots)?;
+            lab::daemon::run(
+                &LabName::new(&name)?,
+                flow_cache_slots,
+                std::time::Duration::from_secs(conntrack_gc_interval),
+            )?;
             Ok(ExitCode::SUCCESS)
         }
         LabCommand::Serve { name } => {

@@ -192,11 +192,12 @@ fn load(state: &LabState) -> Result<Cluster> {
 }
 
 /// Run the daemon of lab `name` until killed.
-pub fn run(name: &LabName, flow_cache_slots: u32) -> Result<()> {
+pub fn run(name: &LabName, flow_cache_slots: u32, conntrack_gc_interval: Duration) -> Result<()> {
     let mut state = LabState::require(name)?;
     let cluster = load(&state).context("initial manifests")?;
     let cfg = DatapathConfig {
         flow_cache_slots,
+        conntrack_gc_interval,
         ..datapath_config(name)
     };
     let dp = Datapath::open_or_create(cfg).context("loading the datapath")?;
