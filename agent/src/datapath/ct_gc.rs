@@ -100,10 +100,13 @@ impl Datapath {
     }
 }
 
-/// `bpf(2)`: `attr` is a valid, initialised `bpf_attr`.
-fn bpf(cmd: bpf_cmd, attr: &mut bpf_attr) -> std::io::Result<()> {
-    // SAFETY: the kernel reads and writes only within `attr` (size passed) and the buffers
-    // its fields point to, which the callers keep alive and size for the command.
+/// `bpf(2)` with `attr`.
+///
+/// # Safety
+/// The buffers `attr` points to must be alive and large enough for `cmd`: the kernel reads
+/// and writes them.
+unsafe fn bpf(cmd: bpf_cmd, attr: &mut bpf_attr) -> std::io::Result<()> {
+    // SAFETY: `attr` is a whole bpf_attr (its size passed); its buffers are the caller's duty.
     let r = unsafe {
         libc::syscall(
             libc::SYS_bpf,
@@ -164,7 +167,10 @@ impl ConntrackGc {
             b.values = values.as_mut_ptr() as u64;
             b.count = BATCH as u32;
             b.map_fd = fd;
-            let r = bpf(bpf_cmd::BPF_MAP_LOOKUP_BATCH, &mut attr);
+            // SAFETY: `keys` and `values` hold BATCH entries each; `token` and `next` (64
+            // bytes) hold a key, more than the kernel's position token (a u32 bucket index
+            // for hash maps); all outlive the call.
+            let r = unsafe { bpf(bpf_cmd::BPF_MAP_LOOKUP_BATCH, &mut attr) };
             let n = unsafe { attr.batch.count } as usize;
             out.extend(keys[..n].iter().copied().zip(values[..n].iter().copied()));
             match r {
@@ -192,7 +198,8 @@ impl ConntrackGc {
             b.keys = rest.as_ptr() as u64;
             b.count = n as u32;
             b.map_fd = self.fd();
-            let res = bpf(bpf_cmd::BPF_MAP_DELETE_BATCH, &mut attr);
+            // SAFETY: `keys` points at `n` keys of `rest`, alive for the call.
+            let res = unsafe { bpf(bpf_cmd::BPF_MAP_DELETE_BATCH, &mut attr) };
             let done = unsafe { attr.batch.count } as usize;
             r.deleted += done as u64;
             rest = &rest[done..];
