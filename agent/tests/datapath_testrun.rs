@@ -121,28 +121,14 @@ fn ports_exact_range_any_port_any_peer() {
     check(
         &dp,
         Ingress,
-        &frame(
-            C4,
-            A4,
-            L4::Udp {
-                sport: 1000,
-                dport: 53,
-            },
-        ),
+        &frame(C4, A4, udp(1000, 53)),
         true,
         "policy_allow",
     );
     check(
         &dp,
         Ingress,
-        &frame(
-            C4,
-            A4,
-            L4::Udp {
-                sport: 1000,
-                dport: 80,
-            },
-        ),
+        &frame(C4, A4, udp(1000, 80)),
         false,
         "policy_deny",
     );
@@ -221,14 +207,7 @@ fn ports_exact_range_any_port_any_peer() {
     check(
         &dp,
         Ingress,
-        &frame(
-            D4,
-            A4,
-            L4::Udp {
-                sport: 1,
-                dport: 53,
-            },
-        ),
+        &frame(D4, A4, udp(1, 53)),
         false,
         "policy_deny",
     );
@@ -386,14 +365,7 @@ fn malformed_and_truncated() {
     check(
         &dp,
         Ingress,
-        &frame(
-            C4,
-            A4,
-            L4::Udp {
-                sport: 1,
-                dport: 53,
-            },
-        )[..IP_OFF + 24],
+        &frame(C4, A4, udp(1, 53))[..IP_OFF + 24],
         false,
         "malformed",
     );
@@ -410,36 +382,12 @@ fn malformed_and_truncated() {
 fn fragments_follow_their_first_fragment() {
     let dp = setup("frags");
     // v4: first fragment to an allowed port records the ports; later fragments pass.
-    let first = ipv4_frag(
-        &frame(
-            C4,
-            A4,
-            L4::Udp {
-                sport: 5000,
-                dport: 53,
-            },
-        ),
-        77,
-        0,
-        true,
-    );
+    let first = ipv4_frag(&frame(C4, A4, udp(5000, 53)), 77, 0, true);
     check(&dp, Ingress, &first, true, "policy_allow");
     let later = ipv4_frag(&frame(C4, A4, L4::Raw { proto: PROTO_UDP }), 77, 3, false);
     check(&dp, Ingress, &later, true, "established");
     // A later fragment whose first fragment was denied or never seen: dropped (isolated).
-    let first = ipv4_frag(
-        &frame(
-            C4,
-            A4,
-            L4::Udp {
-                sport: 5001,
-                dport: 54,
-            },
-        ),
-        78,
-        0,
-        true,
-    );
+    let first = ipv4_frag(&frame(C4, A4, udp(5001, 54)), 78, 0, true);
     check(&dp, Ingress, &first, false, "policy_deny");
     let later = ipv4_frag(&frame(C4, A4, L4::Raw { proto: PROTO_UDP }), 78, 3, false);
     check(&dp, Ingress, &later, false, "fragment_untracked");
@@ -567,13 +515,7 @@ fn endpoints_unknown_and_not_isolated() {
         true,
         "not_isolated",
     );
-    check(
-        &dp,
-        Egress,
-        &frame(B4, W4, L4::Udp { sport: 1, dport: 9 }),
-        true,
-        "not_isolated",
-    );
+    check(&dp, Egress, &frame(B4, W4, udp(1, 9)), true, "not_isolated");
     drop(dp);
     // Fail closed.
     let mut cfg = test_config("unknown-closed");
@@ -2094,14 +2036,7 @@ fn the_decision_cache_answers_only_what_the_maps_answered_under_the_same_plan() 
     let other = [
         (
             Ingress,
-            frame(
-                C4,
-                A4,
-                L4::Udp {
-                    sport: 42000,
-                    dport: 8007,
-                },
-            ),
+            frame(C4, A4, udp(42000, 8007)),
             false,
             "policy_deny",
         ),
@@ -2317,14 +2252,7 @@ fn the_conntrack_sweep_keeps_live_entries() {
     check(
         &dp,
         Ingress,
-        &frame(
-            C4,
-            A4,
-            L4::Udp {
-                sport: 42401,
-                dport: 53,
-            },
-        ),
+        &frame(C4, A4, udp(42401, 53)),
         true,
         "policy_allow",
     );

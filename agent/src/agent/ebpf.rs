@@ -7,30 +7,23 @@ use anyhow::Result;
 
 use super::enforce::Enforcer;
 use super::status::{Counters, FlowEvent, MapFill};
-use crate::datapath::{Datapath, DatapathConfig, EventReader, GcHandle, GcStats, Verdict};
+use crate::datapath::{Datapath, DatapathConfig, EventReader, GcHandle, Verdict};
 use crate::plan::Plan;
 
 pub struct EbpfEnforcer {
     dp: Datapath,
     events: EventReader,
     /// The conntrack sweep (`None`: off), stopped when the enforcer goes.
-    gc: Option<(GcHandle, Arc<GcStats>)>,
+    gc: Option<GcHandle>,
 }
 
 impl EbpfEnforcer {
     /// Load (or adopt the pinned) datapath, and start sweeping its expired conntrack entries
     /// every `cfg.conntrack_gc_interval`.
     pub fn open(cfg: DatapathConfig) -> Result<EbpfEnforcer> {
-        let interval = cfg.conntrack_gc_interval;
         let dp = Datapath::open_or_create(cfg)?;
         let events = dp.events()?;
-        let gc = if interval.is_zero() {
-            None
-        } else {
-            let gc = dp.conntrack_gc()?;
-            let stats = gc.stats();
-            Some((gc.spawn(interval), stats))
-        };
+        let gc = dp.spawn_conntrack_gc()?;
         Ok(EbpfEnforcer { dp, events, gc })
     }
 
@@ -113,7 +106,7 @@ impl Enforcer for EbpfEnforcer {
             },
         ];
         // Live flows as the last sweep counted them (none yet: not reported).
-        if let Some((_, stats)) = &self.gc {
+        if let Some(stats) = self.gc.as_ref().map(GcHandle::stats) {
             if stats.sweeps.load(Ordering::Relaxed) > 0 {
                 fill.push(MapFill {
                     map: "conntrack".into(),

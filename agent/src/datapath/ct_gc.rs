@@ -66,11 +66,10 @@ impl GcReport {
     }
 }
 
-/// Totals since the collector started, for metrics and `status`.
+/// What the collector has seen so far, for metrics and `status`.
 #[derive(Debug, Default)]
 pub struct GcStats {
     pub sweeps: AtomicU64,
-    pub deleted: AtomicU64,
     /// Live entries at the last sweep.
     pub live: AtomicU64,
 }
@@ -78,7 +77,6 @@ pub struct GcStats {
 impl GcStats {
     fn record(&self, r: &GcReport) {
         self.sweeps.fetch_add(1, Ordering::Relaxed);
-        self.deleted.fetch_add(r.deleted, Ordering::Relaxed);
         self.live.store(r.live(), Ordering::Relaxed);
     }
 }
@@ -97,6 +95,16 @@ impl Datapath {
     /// A collector of this datapath's expired conntrack entries.
     pub fn conntrack_gc(&self) -> Result<ConntrackGc> {
         ConntrackGc::open(&self.cfg.bpffs_dir.join(ct_migrate::MAP))
+    }
+
+    /// Sweep this datapath's conntrack every `conntrack_gc_interval` of its configuration
+    /// (`None`: the interval is zero, no sweep), until the handle is dropped.
+    pub fn spawn_conntrack_gc(&self) -> Result<Option<GcHandle>> {
+        let interval = self.cfg.conntrack_gc_interval;
+        if interval.is_zero() {
+            return Ok(None);
+        }
+        Ok(Some(self.conntrack_gc()?.spawn(interval)))
     }
 }
 
@@ -254,6 +262,7 @@ impl ConntrackGc {
     /// Sweep every `interval` on a thread of its own until the handle is dropped (a failed
     /// sweep is logged and retried at the next).
     pub fn spawn(mut self, interval: Duration) -> GcHandle {
+        let stats = self.stats();
         let stop = Arc::new(AtomicBool::new(false));
         let stopped = stop.clone();
         let thread = std::thread::Builder::new()
@@ -272,6 +281,7 @@ impl ConntrackGc {
             .expect("spawn the conntrack collector thread");
         GcHandle {
             stop,
+            stats,
             thread: Some(thread),
         }
     }
@@ -280,7 +290,15 @@ impl ConntrackGc {
 /// A running collector; dropping it stops the thread.
 pub struct GcHandle {
     stop: Arc<AtomicBool>,
+    stats: Arc<GcStats>,
     thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl GcHandle {
+    /// What the running collector has seen so far.
+    pub fn stats(&self) -> &GcStats {
+        &self.stats
+    }
 }
 
 impl Drop for GcHandle {

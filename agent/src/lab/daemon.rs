@@ -234,15 +234,10 @@ pub fn run(name: &LabName, flow_cache_slots: u32, conntrack_gc_interval: Duratio
     info!("enforcing on {} veths", node.state.pods.len());
     spawn_event_logger(&node.dp);
     // Expired conntrack entries go, as in the agent (stopped when this returns).
-    let interval = node.dp.config().conntrack_gc_interval;
-    let _gc = match node.dp.conntrack_gc() {
-        Ok(gc) if !interval.is_zero() => Some(gc.spawn(interval)),
-        Ok(_) => None,
-        Err(e) => {
-            warn!("no conntrack sweep: {e:#}");
-            None
-        }
-    };
+    let _gc = node.dp.spawn_conntrack_gc().unwrap_or_else(|e| {
+        warn!("no conntrack sweep: {e:#}");
+        None
+    });
 
     let (tx, rx) = mpsc::channel();
     let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {

@@ -135,6 +135,10 @@ pub fn tcp(sport: u16, dport: u16) -> L4 {
     }
 }
 
+pub fn udp(sport: u16, dport: u16) -> L4 {
+    L4::Udp { sport, dport }
+}
+
 pub fn tcp_ack(sport: u16, dport: u16) -> L4 {
     L4::Tcp {
         sport,
