@@ -13,12 +13,12 @@
 mod datapath_support;
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use datapath_support::netns::{in_ns, resolve_neighbours, Node};
+use datapath_support::netns::{echo_servers, in_ns, resolve_neighbours, Node};
 use datapath_support::*;
 use netward::datapath::{Datapath, EventReader, Verdict, VerdictEvent};
 use netward::model::Direction::{Egress, Ingress};
@@ -136,54 +136,6 @@ fn kube_proxy(services: &[(&str, &str, &Ips)]) -> String {
     )
 }
 
-/// TCP and UDP echo servers on TARGET_PORT (both families) inside `ns`, until `stop`.
-fn echo_servers(ns: &str, stop: &Arc<AtomicBool>) {
-    let addr: SocketAddr = format!("[::]:{TARGET_PORT}").parse().unwrap();
-    let (listener, udp) = in_ns(ns, move || {
-        (
-            TcpListener::bind(addr).unwrap(),
-            UdpSocket::bind(addr).unwrap(),
-        )
-    });
-    listener.set_nonblocking(true).unwrap();
-    let s = stop.clone();
-    std::thread::spawn(move || {
-        while !s.load(Ordering::Relaxed) {
-            let Ok((mut c, _)) = listener.accept() else {
-                std::thread::sleep(Duration::from_millis(10));
-                continue;
-            };
-            let s = s.clone();
-            std::thread::spawn(move || {
-                c.set_nonblocking(false).unwrap();
-                c.set_read_timeout(Some(Duration::from_millis(100)))
-                    .unwrap();
-                let mut b = [0u8; 64];
-                while !s.load(Ordering::Relaxed) {
-                    match c.read(&mut b) {
-                        Ok(0) => break,
-                        Ok(n) => {
-                            let _ = c.write_all(&b[..n]);
-                        }
-                        Err(_) => continue,
-                    }
-                }
-            });
-        }
-    });
-    let s = stop.clone();
-    udp.set_read_timeout(Some(Duration::from_millis(100)))
-        .unwrap();
-    std::thread::spawn(move || {
-        let mut b = [0u8; 64];
-        while !s.load(Ordering::Relaxed) {
-            if let Ok((n, from)) = udp.recv_from(&mut b) {
-                let _ = udp.send_to(&b[..n], from);
-            }
-        }
-    });
-}
-
 /// A TCP connection from the client pod to `vip:80` (None: not established within 1 s).
 fn connect(client_ns: &str, vip: &str) -> Option<TcpStream> {
     let addr = SocketAddr::new(vip.parse().unwrap(), 80);
@@ -254,8 +206,8 @@ fn service_vips_with_kube_proxy_dnat() {
         (DB_VIP, DB_VIP6, &db_ips),
     ]));
     let stop = Arc::new(AtomicBool::new(false));
-    echo_servers(&node.pods[web].ns.name, &stop);
-    echo_servers(&node.pods[db].ns.name, &stop);
+    echo_servers(&node.pods[web].ns.name, TARGET_PORT, &stop);
+    echo_servers(&node.pods[db].ns.name, TARGET_PORT, &stop);
     let client_ns = node.pods[client].ns.name.clone();
     let ifaces: Vec<String> = node.pods.iter().map(|p| p.host_if.clone()).collect();
 
@@ -448,7 +400,7 @@ fn compiled_plans_enforce_service_vips() {
         (MIXED_VIP, MIXED_VIP6, &web_ips),
     ]));
     let stop = Arc::new(AtomicBool::new(false));
-    echo_servers(&node.pods[web].ns.name, &stop);
+    echo_servers(&node.pods[web].ns.name, TARGET_PORT, &stop);
     let client_ns = node.pods[client].ns.name.clone();
     let ifaces: Vec<String> = node.pods.iter().map(|p| p.host_if.clone()).collect();
 

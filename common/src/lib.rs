@@ -568,6 +568,14 @@ pub const CFG_FAIL_CLOSED_UNKNOWN: u32 = 1 << 0;
 pub const CFG_READY: u32 = 1 << 1;
 /// [`Config::flags`]: also emit events for allowed new flows (denies always emit).
 pub const CFG_EVENTS_ALLOW: u32 = 1 << 2;
+/// [`Config::flags`]: deliver same-node TCP flows straight to the receiving pod's veth
+/// (skipping the node's IP stack and netfilter; see the datapath's `deliver`).
+pub const CFG_DIRECT: u32 = 1 << 3;
+
+/// Words of the `POD_VETHS` bitmap (bit `i % 64` of word `i / 64`: interface index `i` is a
+/// pod veth with netward's programs). Interfaces with a higher index are never delivered to
+/// directly (they take the node's path).
+pub const POD_VETH_WORDS: u32 = 16384;
 
 impl IpcacheKey {
     /// Bytes after `prefixlen` (the LPM trie's data part).
@@ -807,6 +815,11 @@ pub const CT_FROM_HOST: u16 = 1 << 2;
 /// unset: opened towards the pod (ingress hook). A packet at the hook of the origin direction
 /// is `established`, at the other hook a `reply`; a re-check uses the origin direction.
 pub const CT_ORIGIN_EGRESS: u16 = 1 << 3;
+/// [`CtPairValue::flags`]: the flow is delivered between two local pods' veths directly
+/// (`CFG_DIRECT`): its opening SYN was, so the node's netfilter never saw it and its other
+/// packets must not go that way either (netfilter would meet a flow it does not know, and a
+/// flow netfilter translated (a Service's) is never marked).
+pub const CT_DIRECT: u16 = 1 << 5;
 
 /// Default slots of each CPU's flow cache in front of `CT` (a power of two; 64 bytes each).
 /// Small on purpose: 16 KiB per CPU stays in the CPU's caches. Measured in a lab with real
@@ -941,10 +954,15 @@ pub const COUNTER_EVENTS_LOST: u32 = 1;
 pub const COUNTER_EVENTS_SENT: u32 = 2;
 /// Policy decisions the per-CPU decision cache answered without the policy lookups.
 pub const COUNTER_DECISION_CACHE_HITS: u32 = 3;
+/// Packets delivered straight to a local pod's veth (`CFG_DIRECT`).
+pub const COUNTER_DIRECT: u32 = 4;
+/// Packets of a directly delivered flow that took the node's path instead (no route to a pod
+/// veth at that moment, TTL exhausted).
+pub const COUNTER_DIRECT_FALLBACK: u32 = 5;
 /// Packets by direction and reason: one counter per packet at
 /// [`counter_index`]`(dir, reason)`. Allowed/denied totals are sums (reasons below
 /// `reason::FIRST_DROP` pass), so the hot path bumps a single counter.
-pub const COUNTER_REASON_BASE: u32 = 4;
+pub const COUNTER_REASON_BASE: u32 = 6;
 /// Size of the `COUNTERS` array.
 pub const COUNTER_COUNT: u32 = COUNTER_REASON_BASE + 2 * reason::COUNT as u32;
 
@@ -1144,6 +1162,8 @@ mod tests {
             COUNTER_EVENTS_LOST,
             COUNTER_EVENTS_SENT,
             COUNTER_DECISION_CACHE_HITS,
+            COUNTER_DIRECT,
+            COUNTER_DIRECT_FALLBACK,
         ] {
             assert!(!seen[i as usize]);
             seen[i as usize] = true;

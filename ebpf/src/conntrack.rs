@@ -25,7 +25,7 @@
 //! no side is left) and the packet dropped (`reason::REVOKED`).
 
 use netward_common::{
-    ends_swapped, reason, CtPairKey, CtPairValue, CtSide, CT_CLOSING, CT_FROM_HOST,
+    ends_swapped, reason, CtPairKey, CtPairValue, CtSide, CT_CLOSING, CT_DIRECT, CT_FROM_HOST,
     CT_ORIGIN_EGRESS, CT_TIMEOUT_CLOSING_S, CT_TIMEOUT_OTHER_S, CT_TIMEOUT_TCP_S, CT_TRACKED,
     DIR_EGRESS, DIR_INGRESS, PROTO_TCP,
 };
@@ -176,8 +176,9 @@ fn recheck(f: &Flow, ct_flags: u16, generation: u64, cfg_flags: u32) -> Decision
 /// What conntrack says about a packet.
 pub enum Hit {
     Miss,
-    /// Tracked and still allowed: pass with this reason (ESTABLISHED or REPLY).
-    Pass(u8),
+    /// Tracked and still allowed: pass with this reason (ESTABLISHED or REPLY); whether the
+    /// flow is delivered directly (`CT_DIRECT`).
+    Pass(u8, bool),
     /// Tracked but the current Plan denies it: dropped, entry deleted.
     Revoked(Decision),
 }
@@ -240,7 +241,8 @@ pub fn lookup(f: &Flow, m: u64, dir: u8, tcp_flags: u8, cfg_flags: u32, generati
         v.expires_ns = expires;
     }
     let entry_closing = flags & CT_CLOSING != 0;
-    flowcache::fill(f, generation, origin, entry_closing);
+    let direct = flags & CT_DIRECT != 0;
+    flowcache::fill(f, generation, origin, entry_closing, direct);
     // The other end too, when a local veth holds it under this Plan (a same-node pair): its
     // program runs next, on this CPU, for this packet and most of the flow's others, and now
     // finds what its own lookup would give. Above all the FIN at the receiver and the
@@ -252,13 +254,15 @@ pub fn lookup(f: &Flow, m: u64, dir: u8, tcp_flags: u8, cfg_flags: u32, generati
             generation,
             origin_of(other.flags),
             entry_closing,
+            direct,
         );
     }
-    Hit::Pass(r)
+    Hit::Pass(r, direct)
 }
 
 /// Track a flow newly admitted at the hook of direction `dir` (`from_host`: opened by the
-/// node, see `CT_FROM_HOST`): this end's side of the flow's entry.
+/// node, see `CT_FROM_HOST`; `direct`: its opening packet is delivered directly, see
+/// `CT_DIRECT`): this end's side of the flow's entry.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 pub fn create(
@@ -269,6 +273,7 @@ pub fn create(
     tcp_flags: u8,
     generation: u64,
     from_host: bool,
+    direct: bool,
 ) {
     let mut side_flags = CT_TRACKED;
     if from_host {
@@ -282,6 +287,9 @@ pub fn create(
     } else {
         0
     };
+    if direct {
+        flags |= CT_DIRECT;
+    }
     let now = crate::time::now_ns();
     let verdict = CtSide {
         generation,
@@ -327,7 +335,13 @@ pub fn create(
         }
     }
     // The flow's first reply (for TCP the SYN-ACK, on this CPU) then needs no `CT_PAIRS` read.
-    flowcache::fill(f, generation, dir, flags & CT_CLOSING != 0);
+    flowcache::fill(
+        f,
+        generation,
+        dir,
+        flags & CT_CLOSING != 0,
+        flags & CT_DIRECT != 0,
+    );
 }
 
 /// Whether an ICMP error about `inner` (the offending packet as it was sent) relates to a

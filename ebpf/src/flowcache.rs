@@ -73,7 +73,9 @@ pub struct Entry {
     /// 1: `CT_PAIRS` had the flow `CT_CLOSING` at the fill, so a FIN or RST has nothing to
     /// record there either.
     closing: u8,
-    _pad: [u8; 6],
+    /// 1: `CT_PAIRS` had the flow `CT_DIRECT` at the fill (see `deliver`).
+    direct: u8,
+    _pad: [u8; 5],
 }
 
 #[map(name = "FLOW_CACHE")]
@@ -107,10 +109,10 @@ fn index(f: &Flow, meta: u64) -> u32 {
 /// Whether this CPU's cache passes the flow's packet at the hook of direction `dir`: the
 /// reason `CT_PAIRS` gave at the fill, as its `_CACHED` twin (`ESTABLISHED_CACHED`,
 /// `REPLY_CACHED`: the same verdict and name, counted apart so the agent can tell the cache's
-/// share). Everything is recomputed from `f` (cheap ALU work) rather than kept across the
+/// share), and whether the flow is delivered directly (`CT_DIRECT`). Everything is recomputed from `f` (cheap ALU work) rather than kept across the
 /// `CT_PAIRS` lookup, which would spill it to the stack on every miss.
 #[inline(always)]
-pub fn get(f: &Flow, dir: u8, generation: u64, closing: bool) -> Option<u8> {
+pub fn get(f: &Flow, dir: u8, generation: u64, closing: bool) -> Option<(u8, bool)> {
     if slots() == 0 {
         return None;
     }
@@ -126,16 +128,18 @@ pub fn get(f: &Flow, dir: u8, generation: u64, closing: bool) -> Option<u8> {
     if !holds(e, f, meta) || (closing && e.closing == 0) {
         return None;
     }
-    if dir == e.origin {
-        Some(reason::ESTABLISHED_CACHED)
+    let r = if dir == e.origin {
+        reason::ESTABLISHED_CACHED
     } else {
-        Some(reason::REPLY_CACHED)
-    }
+        reason::REPLY_CACHED
+    };
+    Some((r, e.direct != 0))
 }
 
-/// Record that `CT_PAIRS` admitted or passed the flow under `generation` (opened in `origin`).
+/// Record that `CT_PAIRS` admitted or passed the flow under `generation` (opened in `origin`),
+/// and the flow's state there (`closing`, `direct`).
 #[inline(always)]
-pub fn fill(f: &Flow, generation: u64, origin: u8, closing: bool) {
+pub fn fill(f: &Flow, generation: u64, origin: u8, closing: bool, direct: bool) {
     if slots() == 0 {
         return;
     }
@@ -147,6 +151,7 @@ pub fn fill(f: &Flow, generation: u64, origin: u8, closing: bool) {
         e.jiffies = unsafe { bpf_jiffies64() };
         e.origin = origin;
         e.closing = closing as u8;
+        e.direct = direct as u8;
     }
 }
 

@@ -30,6 +30,7 @@
 mod conntrack;
 mod counters;
 mod decisioncache;
+mod deliver;
 mod events;
 mod flowcache;
 mod maps;
@@ -48,8 +49,8 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use netward_common::{
-    reason, FragKey, FragValue, CFG_EVENTS_ALLOW, CFG_READY, DIR_EGRESS, DIR_INGRESS,
-    FRAG_TIMEOUT_S,
+    reason, FragKey, FragValue, CFG_DIRECT, CFG_EVENTS_ALLOW, CFG_READY, COUNTER_DIRECT,
+    COUNTER_DIRECT_FALLBACK, DIR_EGRESS, DIR_INGRESS, FRAG_TIMEOUT_S,
 };
 
 use crate::{
@@ -100,10 +101,22 @@ fn enforce(ctx: &TcContext, dir: u8) -> i32 {
             parse::parse(ctx)
         }
     };
-    let r = decide(ctx, dir, parsed);
+    let (r, direct, routed) = decide(ctx, dir, parsed);
     counters::verdict(dir, r);
     if r < reason::FIRST_DROP {
-        // Pass on to the next program / the stack: we only ever drop.
+        // A packet of a flow delivered between two local pods: straight to the other veth
+        // (see `deliver`); new flows were routed when they were admitted.
+        if direct {
+            if routed || deliver::route(ctx, false) {
+                if let Some(act) = deliver::send(ctx) {
+                    counters::bump(COUNTER_DIRECT);
+                    return act;
+                }
+            }
+            cold_path();
+            counters::bump(COUNTER_DIRECT_FALLBACK);
+        }
+        // Pass on to the next program / the stack: otherwise we only ever drop.
         TC_ACT_UNSPEC
     } else {
         TC_ACT_SHOT as i32
@@ -147,23 +160,23 @@ fn frag_key(t: &Tuple, id: u32, dir: u8) -> FragKey {
 }
 
 #[inline(always)]
-fn decide(ctx: &TcContext, dir: u8, parsed: Parsed) -> u8 {
+fn decide(ctx: &TcContext, dir: u8, parsed: Parsed) -> (u8, bool, bool) {
     let mut pkt = match parsed {
         Parsed::NonIp => {
             cold_path();
-            return reason::NON_IP;
+            return (reason::NON_IP, false, false);
         }
         Parsed::Malformed => {
             cold_path();
             let d = plain(reason::MALFORMED, 0);
             emit_with_config(ctx, &Tuple::empty(), dir, &d);
-            return reason::MALFORMED;
+            return (reason::MALFORMED, false, false);
         }
         Parsed::Ip(p) => p,
     };
     let Some(cfg) = CONFIG.get(0) else {
         cold_path();
-        return reason::NOT_READY;
+        return (reason::NOT_READY, false, false);
     };
     let generation = cfg.generation;
     let slot = (generation & 1) as u8;
@@ -177,19 +190,19 @@ fn decide(ctx: &TcContext, dir: u8, parsed: Parsed) -> u8 {
         cold_path();
         let d = plain(reason::NOT_READY, 0);
         events::emit(ctx, t, dir, &d, generation, rate, burst);
-        return reason::NOT_READY;
+        return (reason::NOT_READY, false, false);
     }
     let mut tcp_flags = 0;
     let mut related_error = false;
     match pkt.l4 {
         L4::NeighborDiscovery => {
             cold_path();
-            return reason::NEIGHBOR_DISCOVERY;
+            return (reason::NEIGHBOR_DISCOVERY, false, false);
         }
         L4::Truncated => {
             cold_path();
             if from_host {
-                return reason::FROM_HOST;
+                return (reason::FROM_HOST, false, false);
             }
             let local = addr_bytes(if dir == DIR_EGRESS { t.saddr } else { t.daddr });
             let d = policy::check_portless_fallback(
@@ -204,7 +217,7 @@ fn decide(ctx: &TcContext, dir: u8, parsed: Parsed) -> u8 {
             if !d.allows() {
                 events::emit(ctx, t, dir, &d, generation, rate, burst);
             }
-            return d.reason;
+            return (d.reason, false, false);
         }
         L4::Unknown => {
             cold_path();
@@ -225,7 +238,7 @@ fn decide(ctx: &TcContext, dir: u8, parsed: Parsed) -> u8 {
             }
             if !found {
                 if from_host {
-                    return reason::FROM_HOST;
+                    return (reason::FROM_HOST, false, false);
                 }
                 let local = addr_bytes(if dir == DIR_EGRESS { t.saddr } else { t.daddr });
                 let d = policy::check_portless_fallback(
@@ -240,13 +253,13 @@ fn decide(ctx: &TcContext, dir: u8, parsed: Parsed) -> u8 {
                 if !d.allows() {
                     events::emit(ctx, t, dir, &d, generation, rate, burst);
                 }
-                return d.reason;
+                return (d.reason, false, false);
             }
         }
         L4::Error(inner) => {
             cold_path();
             if conntrack::related(&inner) {
-                return reason::RELATED;
+                return (reason::RELATED, false, false);
             }
             related_error = true;
         }
@@ -258,14 +271,18 @@ fn decide(ctx: &TcContext, dir: u8, parsed: Parsed) -> u8 {
         Frag::First(id) => id as u64 | 1 << 32,
         _ => 0,
     };
+    // Fragments always take the node's path (see `deliver`): netfilter reassembles a flow's
+    // fragments only if it sees all of them.
+    let fragment = !matches!(pkt.frag, Frag::None);
     // This CPU's flow cache: a packet of a flow conntrack passed within the second (not one
     // that opens it, nor a first fragment, whose ports later fragments need; one that closes
     // it only once conntrack has the flow closing).
     let f = conntrack::flow(t, dir);
     if first_frag == 0 && !parse::tcp_opening(t.proto, tcp_flags) {
         let closing = parse::tcp_closing(t.proto, tcp_flags);
-        if let Some(r) = flowcache::get(&f, dir, generation, closing) {
-            return r;
+        if let Some((r, direct)) = flowcache::get(&f, dir, generation, closing) {
+            let direct = direct && dir == DIR_EGRESS && flags & CFG_DIRECT != 0 && !fragment;
+            return (r, direct, false);
         }
     }
     // Everything below meets the parser's constants (protocol, family, ports, a fragment,
@@ -278,9 +295,10 @@ fn decide(ctx: &TcContext, dir: u8, parsed: Parsed) -> u8 {
         | (t.family as u64) << 40
         | (tcp_flags as u64) << 48
         | (related_error as u64) << 56
-        | (conntrack::side_mask(&f) & 1) << 57;
+        | (conntrack::side_mask(&f) & 1) << 57
+        | (fragment as u64) << 58;
     let Some([w, first_frag]) = opaque([w, first_frag]) else {
-        return reason::NOT_READY;
+        return (reason::NOT_READY, false, false);
     };
     let m = ((w >> 57) & 1).wrapping_neg();
     t.sport = w as u16;
@@ -289,6 +307,11 @@ fn decide(ctx: &TcContext, dir: u8, parsed: Parsed) -> u8 {
     t.family = (w >> 40) as u8;
     let tcp_flags = (w >> 48) as u8;
     let related_error = (w >> 56) & 1 != 0;
+    let fragment = (w >> 58) & 1 != 0;
+    // Whether the packet is delivered straight to the other pod's veth, and whether it was
+    // routed for that already (a new flow's opening packet).
+    let mut direct = false;
+    let mut routed = false;
 
     // Conntrack: one lookup for the flow; established or reply. A TCP SYN without ACK opens
     // a flow, it is never an established packet or a reply: the policy decides it without
@@ -302,12 +325,15 @@ fn decide(ctx: &TcContext, dir: u8, parsed: Parsed) -> u8 {
         conntrack::lookup(&f, m, dir, tcp_flags, flags, generation)
     };
     let mut r = match hit {
-        Hit::Pass(r) => r,
+        Hit::Pass(r, d) => {
+            direct = d && dir == DIR_EGRESS && flags & CFG_DIRECT != 0 && !fragment;
+            r
+        }
         Hit::Revoked(d) => {
             cold_path();
             let d = plain(reason::REVOKED, d.endpoint);
             events::emit(ctx, t, dir, &d, generation, rate, burst);
-            return reason::REVOKED;
+            return (reason::REVOKED, false, false);
         }
         Hit::Miss => reason::POLICY_DENY,
     };
@@ -329,7 +355,15 @@ fn decide(ctx: &TcContext, dir: u8, parsed: Parsed) -> u8 {
         };
         if d.allows() {
             if !related_error {
-                conntrack::create(&f, m, dir, &d, tcp_flags, generation, from_host);
+                // Only a TCP flow's opening SYN starts a direct flow (`CT_DIRECT`): any other
+                // packet without an entry may belong to a flow netfilter already knows.
+                direct = dir == DIR_EGRESS
+                    && flags & CFG_DIRECT != 0
+                    && !fragment
+                    && parse::tcp_opening(t.proto, tcp_flags)
+                    && deliver::route(ctx, true);
+                routed = direct;
+                conntrack::create(&f, m, dir, &d, tcp_flags, generation, from_host, direct);
             }
             if flags & CFG_EVENTS_ALLOW != 0 {
                 events::emit(ctx, t, dir, &d, generation, rate, burst);
@@ -352,7 +386,7 @@ fn decide(ctx: &TcContext, dir: u8, parsed: Parsed) -> u8 {
             let _ = FRAGS.insert(&frag_key(t, id, dir), &fv, 0);
         }
     }
-    r
+    (r, direct, routed)
 }
 
 #[inline(always)]

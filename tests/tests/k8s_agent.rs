@@ -40,6 +40,7 @@ fn config(tag: &str) -> AgentConfig {
         plan_only: true,
         map_sizes: Default::default(),
         conntrack_gc_interval: netward::datapath::DEFAULT_CONNTRACK_GC_INTERVAL,
+        direct_delivery: true,
     }
 }
 

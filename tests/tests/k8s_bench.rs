@@ -128,6 +128,7 @@ spec:
             plan_only: false,
             map_sizes: Default::default(),
             conntrack_gc_interval: netward::datapath::DEFAULT_CONNTRACK_GC_INTERVAL,
+            direct_delivery: true,
         };
         let t0 = Instant::now();
         let running = agent::start(&cfg, server.client().unwrap(), enforcer).await.unwrap();

@@ -41,6 +41,7 @@ fn dp_config(test: &str) -> DatapathConfig {
         events_allow: true,
         // Swept often, so the status shows the live flows within the test.
         conntrack_gc_interval: Duration::from_millis(300),
+        direct_delivery: true,
         ..Default::default()
     }
 }
@@ -162,6 +163,7 @@ async fn real_packets_follow_kubernetes_changes() {
         plan_only: false,
         map_sizes: Default::default(),
         conntrack_gc_interval: netward::datapath::DEFAULT_CONNTRACK_GC_INTERVAL,
+        direct_delivery: true,
     };
     let running = agent::start(&cfg, server.client().unwrap(), enforcer)
         .await
@@ -444,6 +446,7 @@ spec:
         plan_only: false,
         map_sizes: Default::default(),
         conntrack_gc_interval: netward::datapath::DEFAULT_CONNTRACK_GC_INTERVAL,
+        direct_delivery: true,
     };
     let running = agent::start(&cfg, server.client().unwrap(), enforcer)
         .await

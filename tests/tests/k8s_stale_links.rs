@@ -162,6 +162,7 @@ async fn restart_detaches_links_left_on_interfaces_that_are_no_pod_veth() {
         plan_only: false,
         map_sizes: Default::default(),
         conntrack_gc_interval: netward::datapath::DEFAULT_CONNTRACK_GC_INTERVAL,
+        direct_delivery: true,
     };
     let enforcer = EbpfEnforcer::open(dpc.clone()).expect("datapath");
     let running = agent::start(&cfg, server.client().unwrap(), enforcer)

@@ -81,6 +81,8 @@ impl Enforcer for EbpfEnforcer {
             sync_failures: c.sync_failures,
             flow_cache_hits: c.flow_cache_hits,
             decision_cache_hits: c.decision_cache_hits,
+            direct_delivered: c.direct_delivered,
+            direct_fallback: c.direct_fallback,
         })
     }
 

@@ -35,6 +35,8 @@ pub struct Metrics {
     endpoints_attached: Gauge<i64>,
     flow_cache_hits: Counter<u64, AtomicU64>,
     decision_cache_hits: Counter<u64, AtomicU64>,
+    direct_delivered: Counter<u64, AtomicU64>,
+    direct_fallback: Counter<u64, AtomicU64>,
 }
 
 impl Default for Metrics {
@@ -64,7 +66,21 @@ impl Metrics {
             endpoints_attached: Gauge::default(),
             flow_cache_hits: Counter::default(),
             decision_cache_hits: Counter::default(),
+            direct_delivered: Counter::default(),
+            direct_fallback: Counter::default(),
         };
+        m.registry.register(
+            "direct_delivered_packets",
+            "Packets of same-node TCP flows delivered straight to the receiving pod's veth \
+             (skipping the node's IP stack and netfilter)",
+            m.direct_delivered.clone(),
+        );
+        m.registry.register(
+            "direct_fallback_packets",
+            "Packets of directly delivered flows that took the node's path instead (no route \
+             to a pod veth at that moment, TTL exhausted)",
+            m.direct_fallback.clone(),
+        );
         m.registry.register(
             "decision_cache_hits",
             "Policy decisions (new flows, re-checks after a Plan change) answered by the \
@@ -214,6 +230,8 @@ impl Metrics {
         );
         Self::set_total(&self.flow_cache_hits, counters.flow_cache_hits);
         Self::set_total(&self.decision_cache_hits, counters.decision_cache_hits);
+        Self::set_total(&self.direct_delivered, counters.direct_delivered);
+        Self::set_total(&self.direct_fallback, counters.direct_fallback);
         for (key, n) in &counters.by_reason {
             let (direction, reason) = key.split_once('/').unwrap_or(("any", key));
             let labels = vec![
@@ -269,6 +287,8 @@ mod tests {
             denied: 4,
             flow_cache_hits: 5,
             decision_cache_hits: 2,
+            direct_delivered: 9,
+            direct_fallback: 1,
             ..Default::default()
         };
         c.by_reason.insert("ingress/policy_deny".into(), 3);
@@ -284,6 +304,8 @@ mod tests {
             r#"verdict="denied"} 4"#,
             "netward_flow_cache_hits_total 5",
             "netward_decision_cache_hits_total 2",
+            "netward_direct_delivered_packets_total 9",
+            "netward_direct_fallback_packets_total 1",
         ] {
             assert!(has(needle), "{needle} missing from\n{text}");
         }

@@ -39,6 +39,8 @@ pub struct AgentConfig {
     pub map_sizes: crate::datapath::MapSizes,
     /// How often expired conntrack entries are swept (zero: never).
     pub conntrack_gc_interval: std::time::Duration,
+    /// Deliver TCP flows between two local pods veth to veth (`DatapathConfig::direct_delivery`).
+    pub direct_delivery: bool,
 }
 
 /// A kube client from an explicit kubeconfig or the inferred configuration.
@@ -113,6 +115,7 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         let dp = crate::datapath::DatapathConfig {
             bpffs_dir: cfg.bpffs.clone(),
             conntrack_gc_interval: cfg.conntrack_gc_interval,
+            direct_delivery: cfg.direct_delivery,
             ..Default::default()
         }
         .with_sizes(cfg.map_sizes);

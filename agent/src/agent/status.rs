@@ -113,6 +113,12 @@ pub struct Counters {
     /// Policy decisions the per-CPU decision cache answered (0 from an agent without one).
     #[serde(default)]
     pub decision_cache_hits: u64,
+    /// Packets delivered straight to another local pod's veth (0 from an agent without it).
+    #[serde(default)]
+    pub direct_delivered: u64,
+    /// Packets of directly delivered flows that took the node's path instead.
+    #[serde(default)]
+    pub direct_fallback: u64,
 }
 
 /// One verdict, attributed, as `netward monitor` prints it.

@@ -47,6 +47,12 @@ pub struct AgentArgs {
         env = "NETWARD_CONNTRACK_GC_INTERVAL"
     )]
     pub conntrack_gc_interval: u64,
+    /// Deliver TCP flows between two pods of this node straight from one pod's veth to the
+    /// other's, skipping the node's IP stack and netfilter (iptables rules and `conntrack -L`
+    /// no longer see them); both pods' policies are enforced either way. `false`: every
+    /// packet takes the node's path.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, env = "NETWARD_DIRECT_DELIVERY")]
+    pub direct_delivery: bool,
     /// Compute and serve Plans without loading the eBPF datapath (nothing is enforced).
     #[arg(long)]
     pub plan_only: bool,
@@ -140,6 +146,7 @@ pub fn run(args: AgentArgs) -> ExitCode {
         plan_only: args.plan_only,
         map_sizes: args.sizes.sizes(),
         conntrack_gc_interval: std::time::Duration::from_secs(args.conntrack_gc_interval),
+        direct_delivery: args.direct_delivery,
     };
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,

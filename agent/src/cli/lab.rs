@@ -93,6 +93,9 @@ pub enum LabCommand {
             env = "NETWARD_CONNTRACK_GC_INTERVAL"
         )]
         conntrack_gc_interval: u64,
+        /// Same-node TCP flows veth to veth (as `netward agent`).
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set, env = "NETWARD_DIRECT_DELIVERY")]
+        direct_delivery: bool,
     },
     /// (internal) The servers of a lab, started by `lab up`.
     #[command(hide = true)]
@@ -259,12 +262,16 @@ pub fn run(args: LabArgs) -> Result<ExitCode> {
             name,
             flow_cache_slots,
             conntrack_gc_interval,
+            direct_delivery,
         } => {
             init_background_logging();
             lab::daemon::run(
                 &LabName::new(&name)?,
-                flow_cache_slots,
-                std::time::Duration::from_secs(conntrack_gc_interval),
+                lab::daemon::Options {
+                    flow_cache_slots,
+                    conntrack_gc_interval: std::time::Duration::from_secs(conntrack_gc_interval),
+                    direct_delivery,
+                },
             )?;
             Ok(ExitCode::SUCCESS)
         }

@@ -162,6 +162,13 @@ pub fn render(s: &Status) -> String {
             c.decision_cache_hits
         );
     }
+    if c.direct_delivered + c.direct_fallback > 0 {
+        let _ = writeln!(
+            o,
+            "Direct:      {} packets delivered veth to veth (same-node TCP), {} of such flows took the node's path",
+            c.direct_delivered, c.direct_fallback
+        );
+    }
     // Keys are `direction/reason`: one row per reason, one column per direction.
     let mut by_dir: std::collections::BTreeMap<&str, [u64; 3]> = Default::default();
     for (key, n) in &c.by_reason {

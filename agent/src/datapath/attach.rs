@@ -10,10 +10,12 @@ use std::io;
 use std::path::PathBuf;
 
 use anyhow::{anyhow, Context, Result};
+use aya::maps::{Array, MapData};
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions, TcHandle};
 use aya::programs::{LinkOrder, SchedClassifier, TcAttachType};
 use aya::util::KernelVersion;
+use netward_common::POD_VETH_WORDS;
 
 use super::loader::{PROG_EGRESS, PROG_INGRESS};
 use super::Datapath;
@@ -87,10 +89,95 @@ impl Datapath {
             .try_into()?)
     }
 
+    /// `POD_VETHS`, the interfaces the datapath may deliver same-node flows to directly (see
+    /// the programs' `deliver`): this module is its only writer. `None`: an object without it
+    /// (an older build a benchmark loads).
+    fn pod_veths(&mut self) -> Result<Option<Array<&mut MapData, u64>>> {
+        let Some(map) = self.bpf.map_mut("POD_VETHS") else {
+            return Ok(None);
+        };
+        Ok(Some(Array::try_from(map).context("POD_VETHS")?))
+    }
+
+    /// Mark interface `idx` as a pod veth with our programs (`on`) or not. An index beyond the
+    /// bitmap is never marked: its pod's flows take the node's path.
+    fn mark_pod_veth(&mut self, idx: u32, on: bool) -> Result<()> {
+        let (word, bit) = (idx / 64, 1u64 << (idx % 64));
+        if word >= POD_VETH_WORDS {
+            return Ok(());
+        }
+        let Some(mut arr) = self.pod_veths()? else {
+            return Ok(());
+        };
+        let cur = arr.get(&word, 0).context("reading POD_VETHS")?;
+        let new = if on { cur | bit } else { cur & !bit };
+        if new != cur {
+            arr.set(word, new, 0).context("writing POD_VETHS")?;
+        }
+        Ok(())
+    }
+
+    /// Make `POD_VETHS` hold exactly `capable` (the interfaces whose pinned links survived a
+    /// reload and that qualify): a bit left by an earlier agent for an interface that went
+    /// away while no agent ran must not send flows to whatever reuses its index.
+    fn rebuild_pod_veths(&mut self, capable: &[u32]) -> Result<()> {
+        let mut want = vec![0u64; POD_VETH_WORDS as usize];
+        for &idx in capable {
+            if let Some(w) = want.get_mut((idx / 64) as usize) {
+                *w |= 1 << (idx % 64);
+            }
+        }
+        let Some(mut arr) = self.pod_veths()? else {
+            return Ok(());
+        };
+        for (i, w) in want.into_iter().enumerate() {
+            let i = i as u32;
+            if arr.get(&i, 0).context("reading POD_VETHS")? != w {
+                arr.set(i, w, 0).context("writing POD_VETHS")?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether `ifname`'s pod may send and receive by direct delivery: TCX mode (a netlink
+    /// filter of ours is one of the ingress qdisc's), our program alone on its tc ingress
+    /// hook, and no ingress-side qdisc there whose filters a redirect would skip (see
+    /// `qdisc`). Programs or qdiscs added after netward attached are seen at its next attach
+    /// or start. A failed check counts as no: the pod's flows take the node's path.
+    fn direct_capable(&mut self, ifname: &str, idx: u32) -> bool {
+        if self.mode != AttachMode::Tcx {
+            return false;
+        }
+        let mut check = || -> Result<bool> {
+            let ours = self.classifier(PROG_EGRESS)?.info()?.id();
+            let (_, progs) = SchedClassifier::query_tcx(ifname, TcAttachType::Ingress)?;
+            if progs.iter().any(|p| p.id() != ours) {
+                return Ok(false);
+            }
+            Ok(!super::qdisc::has_ingress_qdisc(idx)?)
+        };
+        match check() {
+            Ok(capable) => capable,
+            Err(e) => {
+                tracing::warn!(
+                    "{ifname}: checking its tc hooks failed ({e:#}): its flows take the node's path"
+                );
+                false
+            }
+        }
+    }
+
     /// Enforce on `ifname` (a pod's host-side veth). Idempotent: attaching again replaces the
-    /// programs in the pinned links atomically (`bpf_link_update`).
+    /// programs in the pinned links atomically (`bpf_link_update`). Once both programs are
+    /// on, the interface is marked in `POD_VETHS` if it qualifies ([`Self::direct_capable`]).
     pub fn attach(&mut self, ifname: &str) -> Result<()> {
         let idx = ifindex(ifname)?;
+        self.attach_programs(ifname, idx)?;
+        let capable = self.direct_capable(ifname, idx);
+        self.mark_pod_veth(idx, capable)
+    }
+
+    fn attach_programs(&mut self, ifname: &str, idx: u32) -> Result<()> {
         match self.mode {
             AttachMode::Tcx => {
                 for (hook, hook_name, prog) in HOOKS {
@@ -178,6 +265,9 @@ impl Datapath {
     }
 
     pub(crate) fn detach_index(&mut self, idx: u32) -> Result<()> {
+        // No new deliveries to it first: they would skip the node's stack to reach a veth
+        // without our programs.
+        self.mark_pod_veth(idx, false)?;
         for (hook, hook_name, prog) in HOOKS {
             let pin = self.link_pin(idx, hook_name);
             match PinnedLink::from_pin(&pin) {
@@ -213,10 +303,12 @@ impl Datapath {
     }
 
     /// After (re)loading: move every pinned link to the freshly loaded programs atomically;
-    /// drop links whose interface has disappeared.
+    /// drop links whose interface has disappeared. In TCX mode `POD_VETHS` is then rebuilt
+    /// from the links kept (netlink mode marks nothing).
     pub(crate) fn adopt_pinned_links(&mut self) -> Result<()> {
+        let mut capable = Vec::new();
         for idx in self.attached()? {
-            if ifname(idx).is_none() {
+            let Some(name) = ifname(idx) else {
                 for (_, hook_name, _) in HOOKS {
                     let pin = self.link_pin(idx, hook_name);
                     if let Ok(link) = PinnedLink::from_pin(&pin) {
@@ -224,7 +316,7 @@ impl Datapath {
                     }
                 }
                 continue;
-            }
+            };
             for (_, hook_name, prog) in HOOKS {
                 let pin = self.link_pin(idx, hook_name);
                 let Ok(pinned) = PinnedLink::from_pin(&pin) else {
@@ -239,6 +331,12 @@ impl Datapath {
                 let link: FdLink = classifier.take_link(id)?.try_into()?;
                 drop(link);
             }
+            if self.direct_capable(&name, idx) {
+                capable.push(idx);
+            }
+        }
+        if self.mode == AttachMode::Tcx {
+            self.rebuild_pod_veths(&capable)?;
         }
         Ok(())
     }

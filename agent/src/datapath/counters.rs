@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use anyhow::{Context, Result};
 use aya::maps::{MapData, PerCpuArray};
 use netward_common::{
-    counter_index, reason, COUNTER_DECISION_CACHE_HITS, COUNTER_EVENTS_LOST,
-    COUNTER_EVENTS_RATE_LIMITED, COUNTER_EVENTS_SENT, DIR_EGRESS, DIR_INGRESS,
+    counter_index, reason, COUNTER_DECISION_CACHE_HITS, COUNTER_DIRECT, COUNTER_DIRECT_FALLBACK,
+    COUNTER_EVENTS_LOST, COUNTER_EVENTS_RATE_LIMITED, COUNTER_EVENTS_SENT, DIR_EGRESS, DIR_INGRESS,
 };
 use serde::Serialize;
 
@@ -33,6 +33,11 @@ pub struct Counters {
     /// Policy decisions (new flows, re-checks) the per-CPU decision cache answered without
     /// the policy lookups.
     pub decision_cache_hits: u64,
+    /// Packets delivered straight to another local pod's veth (`direct_delivery`).
+    pub direct_delivered: u64,
+    /// Packets of such flows that took the node's path instead (no route to a pod veth at
+    /// that moment, TTL exhausted).
+    pub direct_fallback: u64,
     /// Plans that failed to apply in this agent process (map full, ...): each left the
     /// previous Plan in force.
     pub sync_failures: u64,
@@ -87,6 +92,8 @@ impl Datapath {
             events_rate_limited: get(COUNTER_EVENTS_RATE_LIMITED)?,
             events_lost: get(COUNTER_EVENTS_LOST)?,
             decision_cache_hits: get(COUNTER_DECISION_CACHE_HITS)?,
+            direct_delivered: get(COUNTER_DIRECT)?,
+            direct_fallback: get(COUNTER_DIRECT_FALLBACK)?,
             sync_failures: self.sync_failures,
             ..Default::default()
         };

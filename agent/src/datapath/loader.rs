@@ -131,6 +131,7 @@ const MAPS: &[MapSpec] = &[
     ),
     map("EVENTS", None, Some(|c| c.events_ring_bytes)),
     map("COUNTERS", Some((4, 8)), None),
+    map("POD_VETHS", Some((4, 8)), None),
     map("RATELIMIT", Some((4, size_of::<RateState>())), None),
     map(
         "SERVICES",

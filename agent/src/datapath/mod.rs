@@ -44,6 +44,7 @@ mod events;
 mod hash_sync;
 mod loader;
 mod plan_table;
+mod qdisc;
 mod service_sync;
 mod slot_hash;
 mod sync;
@@ -105,6 +106,10 @@ pub struct DatapathConfig {
     pub events_burst: u32,
     /// Also emit events for allowed new flows (denies always emit).
     pub events_allow: bool,
+    /// Deliver TCP flows between two local pods straight from one veth to the other,
+    /// skipping the node's IP stack and netfilter (`CFG_DIRECT`; see DATAPATH.md). Both
+    /// pods' policies are enforced either way.
+    pub direct_delivery: bool,
     /// Force an attach mode (None: TCX when the kernel has it, else netlink). Netlink filters
     /// are not pinned: `destroy` does not know them, `detach` each interface instead.
     pub attach_mode: Option<AttachMode>,
@@ -130,6 +135,7 @@ impl Default for DatapathConfig {
             events_per_sec: 1000,
             events_burst: 100,
             events_allow: false,
+            direct_delivery: true,
             attach_mode: None,
         }
     }

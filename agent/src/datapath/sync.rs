@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{Array, HashMap, MapData, MapError};
 use netward_common::{
-    Config, IpcacheKey, IpcacheValue, PolicyKey, PolicyValue, CFG_EVENTS_ALLOW,
+    Config, IpcacheKey, IpcacheValue, PolicyKey, PolicyValue, CFG_DIRECT, CFG_EVENTS_ALLOW,
     CFG_FAIL_CLOSED_UNKNOWN, CFG_READY,
 };
 use serde::Serialize;
@@ -360,6 +360,9 @@ impl Datapath {
         }
         if self.cfg.events_allow {
             f |= CFG_EVENTS_ALLOW;
+        }
+        if self.cfg.direct_delivery {
+            f |= CFG_DIRECT;
         }
         f
     }

@@ -191,13 +191,21 @@ fn load(state: &LabState) -> Result<Cluster> {
     load_manifests(&state.manifests, |line| info!("{line}"))
 }
 
+/// The daemon's datapath options (`netward agent`'s, from the environment `lab up` passes on).
+pub struct Options {
+    pub flow_cache_slots: u32,
+    pub conntrack_gc_interval: Duration,
+    pub direct_delivery: bool,
+}
+
 /// Run the daemon of lab `name` until killed.
-pub fn run(name: &LabName, flow_cache_slots: u32, conntrack_gc_interval: Duration) -> Result<()> {
+pub fn run(name: &LabName, opts: Options) -> Result<()> {
     let mut state = LabState::require(name)?;
     let cluster = load(&state).context("initial manifests")?;
     let cfg = DatapathConfig {
-        flow_cache_slots,
-        conntrack_gc_interval,
+        flow_cache_slots: opts.flow_cache_slots,
+        conntrack_gc_interval: opts.conntrack_gc_interval,
+        direct_delivery: opts.direct_delivery,
         ..datapath_config(name)
     };
     let dp = Datapath::open_or_create(cfg).context("loading the datapath")?;

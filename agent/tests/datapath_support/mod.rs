@@ -61,6 +61,7 @@ pub fn test_config(tag: &str) -> DatapathConfig {
         events_per_sec: 1_000_000,
         events_burst: 1000,
         events_allow: true,
+        direct_delivery: true,
         attach_mode: None,
         flow_cache_slots: netward_common::FLOW_CACHE_DEFAULT_SLOTS,
         decision_cache_slots: netward_common::DECISION_CACHE_DEFAULT_SLOTS,

@@ -2,8 +2,13 @@
 //! pairs), for tests with real packets. The node namespace isolates everything the test sets
 //! up (forwarding, nftables rules, addresses, interface names) from the machine and from
 //! other tests; deleting it removes everything.
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 /// Run a command; true when it exits with success.
 pub fn sh(args: &[&str]) -> bool {
@@ -183,19 +188,48 @@ impl Node {
 
     /// Load an nftables ruleset (text) into the node namespace.
     pub fn nft(&self, ruleset: &str) {
-        let path = std::env::temp_dir().join(format!("{}.nft", self.ns.name));
-        std::fs::write(&path, ruleset).unwrap();
-        must(&[
-            "ip",
-            "netns",
-            "exec",
-            &self.ns.name,
-            "nft",
-            "-f",
-            path.to_str().unwrap(),
-        ]);
-        let _ = std::fs::remove_file(path);
+        nft(&self.ns.name, ruleset);
     }
+}
+
+/// Load an nftables ruleset (text) into network namespace `ns`.
+pub fn nft(ns: &str, ruleset: &str) {
+    let path = std::env::temp_dir().join(format!("{ns}.nft"));
+    std::fs::write(&path, ruleset).unwrap();
+    must(&[
+        "ip",
+        "netns",
+        "exec",
+        ns,
+        "nft",
+        "-f",
+        path.to_str().unwrap(),
+    ]);
+    let _ = std::fs::remove_file(path);
+}
+
+/// Packets counted by the named nftables counter `name` of table `inet table` in `ns`.
+pub fn nft_packets(ns: &str, table: &str, name: &str) -> u64 {
+    let out = Command::new("ip")
+        .args([
+            "netns", "exec", ns, "nft", "list", "counter", "inet", table, name,
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut words = text.split_whitespace();
+    while let Some(w) = words.next() {
+        if w == "packets" {
+            return words
+                .next()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("counter {table}/{name}: {text}"));
+        }
+    }
+    panic!(
+        "counter {table}/{name} not found in {ns}: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 impl Drop for Node {
@@ -217,4 +251,53 @@ pub fn resolve_neighbours(addrs: &[&str]) {
         let _ = s.send_to(b"", (ip, 9));
     }
     std::thread::sleep(std::time::Duration::from_millis(300));
+}
+
+/// TCP and UDP echo servers on `port` (both families) inside network namespace `ns`, until
+/// `stop`.
+pub fn echo_servers(ns: &str, port: u16, stop: &Arc<AtomicBool>) {
+    let addr: SocketAddr = format!("[::]:{port}").parse().unwrap();
+    let (listener, udp) = in_ns(ns, move || {
+        (
+            TcpListener::bind(addr).unwrap(),
+            UdpSocket::bind(addr).unwrap(),
+        )
+    });
+    listener.set_nonblocking(true).unwrap();
+    let s = stop.clone();
+    std::thread::spawn(move || {
+        while !s.load(Ordering::Relaxed) {
+            let Ok((mut c, _)) = listener.accept() else {
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            };
+            let s = s.clone();
+            std::thread::spawn(move || {
+                c.set_nonblocking(false).unwrap();
+                c.set_read_timeout(Some(Duration::from_millis(100)))
+                    .unwrap();
+                let mut b = [0u8; 64];
+                while !s.load(Ordering::Relaxed) {
+                    match c.read(&mut b) {
+                        Ok(0) => break,
+                        Ok(n) => {
+                            let _ = c.write_all(&b[..n]);
+                        }
+                        Err(_) => continue,
+                    }
+                }
+            });
+        }
+    });
+    let s = stop.clone();
+    udp.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    std::thread::spawn(move || {
+        let mut b = [0u8; 64];
+        while !s.load(Ordering::Relaxed) {
+            if let Ok((n, from)) = udp.recv_from(&mut b) {
+                let _ = udp.send_to(&b[..n], from);
+            }
+        }
+    });
 }
