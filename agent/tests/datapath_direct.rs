@@ -9,13 +9,14 @@
 //! pod counts what arrives with a TTL other than 63.
 mod datapath_support;
 
-use std::io::{Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use datapath_support::netns::{echo_servers, in_ns, nft, nft_packets, resolve_neighbours, Node};
+use datapath_support::netns::{
+    connect, echo_servers, exchange, in_ns, nft, nft_packets, resolve_neighbours, Node,
+};
 use datapath_support::*;
 use netward::datapath::{Counters, Datapath, DatapathConfig};
 use netward::plan::Plan;
@@ -78,20 +79,6 @@ const HOPS: &str = "table inet netward_test_hops {
   }
 }
 ";
-
-fn connect(ns: &str, to: SocketAddr) -> Option<TcpStream> {
-    in_ns(ns, move || {
-        TcpStream::connect_timeout(&to, Duration::from_secs(1)).ok()
-    })
-}
-
-/// One byte out and back on an established connection.
-fn exchange(c: &mut TcpStream) -> bool {
-    c.set_read_timeout(Some(Duration::from_millis(700)))
-        .unwrap();
-    let mut b = [0u8; 1];
-    c.write_all(b"x").is_ok() && c.read_exact(&mut b).is_ok() && b == *b"x"
-}
 
 fn udp_round_trip(ns: &str, to: SocketAddr) -> bool {
     let sock = in_ns(ns, move || {

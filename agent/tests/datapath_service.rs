@@ -12,13 +12,12 @@
 //! them from a cluster with the compiler's Service pass (the whole chain).
 mod datapath_support;
 
-use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use datapath_support::netns::{echo_servers, in_ns, resolve_neighbours, Node};
+use datapath_support::netns::{connect, echo_servers, exchange, in_ns, resolve_neighbours, Node};
 use datapath_support::*;
 use netward::datapath::{Datapath, EventReader, Verdict, VerdictEvent};
 use netward::model::Direction::{Egress, Ingress};
@@ -137,19 +136,8 @@ fn kube_proxy(services: &[(&str, &str, &Ips)]) -> String {
 }
 
 /// A TCP connection from the client pod to `vip:80` (None: not established within 1 s).
-fn connect(client_ns: &str, vip: &str) -> Option<TcpStream> {
-    let addr = SocketAddr::new(vip.parse().unwrap(), 80);
-    in_ns(client_ns, move || {
-        TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()
-    })
-}
-
-/// One byte out and back on an established connection.
-fn exchange(c: &mut TcpStream) -> bool {
-    c.set_read_timeout(Some(Duration::from_millis(700)))
-        .unwrap();
-    let mut b = [0u8; 1];
-    c.write_all(b"x").is_ok() && c.read_exact(&mut b).is_ok() && b == *b"x"
+fn connect_vip(client_ns: &str, vip: &str) -> Option<TcpStream> {
+    connect(client_ns, SocketAddr::new(vip.parse().unwrap(), 80))
 }
 
 /// A UDP datagram from the client pod to `vip:53` and the answer, which must come from
@@ -230,7 +218,7 @@ fn service_vips_with_kube_proxy_dnat() {
 
         // Allowed: TCP and UDP through the VIP, replies through conntrack.
         let before = dp.counters().unwrap();
-        let mut conn = connect(&client_ns, WEB_VIP).expect("TCP to the web VIP");
+        let mut conn = connect_vip(&client_ns, WEB_VIP).expect("TCP to the web VIP");
         assert!(exchange(&mut conn), "echo through the web VIP");
         assert!(
             udp_round_trip(&client_ns, WEB_VIP, 3),
@@ -265,14 +253,14 @@ fn service_vips_with_kube_proxy_dnat() {
 
         // The same over the IPv6 virtual addresses.
         let before = dp.counters().unwrap();
-        let mut conn6 = connect(&client_ns, WEB_VIP6).expect("TCP to the web IPv6 VIP");
+        let mut conn6 = connect_vip(&client_ns, WEB_VIP6).expect("TCP to the web IPv6 VIP");
         assert!(exchange(&mut conn6), "echo through the web IPv6 VIP");
         assert!(
             udp_round_trip(&client_ns, WEB_VIP6, 3),
             "UDP through the web IPv6 VIP"
         );
         assert!(
-            connect(&client_ns, DB_VIP6).is_none(),
+            connect_vip(&client_ns, DB_VIP6).is_none(),
             "TCP to the db IPv6 VIP"
         );
         assert!(
@@ -288,7 +276,10 @@ fn service_vips_with_kube_proxy_dnat() {
 
         // Denied: db has an endpoint the client may not reach.
         let before = dp.counters().unwrap();
-        assert!(connect(&client_ns, DB_VIP).is_none(), "TCP to the db VIP");
+        assert!(
+            connect_vip(&client_ns, DB_VIP).is_none(),
+            "TCP to the db VIP"
+        );
         assert!(!udp_round_trip(&client_ns, DB_VIP, 1), "UDP to the db VIP");
         assert!(
             delta(&dp, &before, reason::SERVICE_DENY) >= 2,
@@ -325,13 +316,13 @@ fn service_vips_with_kube_proxy_dnat() {
             "{:?}",
             dp.counters()
         );
-        assert!(connect(&client_ns, WEB_VIP).is_none());
+        assert!(connect_vip(&client_ns, WEB_VIP).is_none());
         assert!(!udp_round_trip(&client_ns, WEB_VIP, 1));
         assert!(delta(&dp, &before, reason::SERVICE_DENY) >= 2);
         // And allowed again.
         dp.apply(&plan(&client_ips, &web_ips, &db_ips, true))
             .unwrap();
-        let mut conn = connect(&client_ns, WEB_VIP).expect("TCP to the web VIP, re-allowed");
+        let mut conn = connect_vip(&client_ns, WEB_VIP).expect("TCP to the web VIP, re-allowed");
         assert!(exchange(&mut conn));
         drop(dp); // detach and unpin while the veths still exist
     });
@@ -424,13 +415,13 @@ fn compiled_plans_enforce_service_vips() {
         let before = dp.counters().unwrap();
         let mut conns = Vec::new();
         for vip in [WEB_VIP, WEB_VIP6] {
-            let mut c = connect(&client_ns, vip).unwrap_or_else(|| panic!("TCP to {vip}"));
+            let mut c = connect_vip(&client_ns, vip).unwrap_or_else(|| panic!("TCP to {vip}"));
             assert!(exchange(&mut c), "echo through {vip}");
             assert!(udp_round_trip(&client_ns, vip, 3), "UDP through {vip}");
             conns.push(c);
         }
         for vip in [MIXED_VIP, MIXED_VIP6] {
-            assert!(connect(&client_ns, vip).is_none(), "TCP to {vip}");
+            assert!(connect_vip(&client_ns, vip).is_none(), "TCP to {vip}");
             assert!(!udp_round_trip(&client_ns, vip, 1), "UDP to {vip}");
         }
         assert!(
@@ -462,7 +453,7 @@ fn compiled_plans_enforce_service_vips() {
             "{:?}",
             dp.counters()
         );
-        assert!(connect(&client_ns, WEB_VIP).is_none());
+        assert!(connect_vip(&client_ns, WEB_VIP).is_none());
         drop(dp);
     });
     stop.store(true, Ordering::Relaxed);

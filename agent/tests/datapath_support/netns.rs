@@ -301,3 +301,18 @@ pub fn echo_servers(ns: &str, port: u16, stop: &Arc<AtomicBool>) {
         }
     });
 }
+
+/// A TCP connection from network namespace `ns` to `to` (None: not established within 1 s).
+pub fn connect(ns: &str, to: SocketAddr) -> Option<std::net::TcpStream> {
+    in_ns(ns, move || {
+        std::net::TcpStream::connect_timeout(&to, Duration::from_secs(1)).ok()
+    })
+}
+
+/// One byte out and back on an established connection (to an echo server).
+pub fn exchange(c: &mut std::net::TcpStream) -> bool {
+    c.set_read_timeout(Some(Duration::from_millis(700)))
+        .unwrap();
+    let mut b = [0u8; 1];
+    c.write_all(b"x").is_ok() && c.read_exact(&mut b).is_ok() && b == *b"x"
+}
