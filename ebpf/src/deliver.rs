@@ -68,6 +68,27 @@ fn header<const N: usize>(ctx: &TcContext) -> Option<*const [u8; N]> {
     Some(start as *const [u8; N])
 }
 
+/// Ask the FIB (`flags`: `BPF_FIB_LOOKUP_*`) with the parameters in `p`: `Some(no_neigh)`
+/// when it routes the packet, with or without a resolved neighbour.
+#[inline(always)]
+fn fib(ctx: &TcContext, p: &mut bpf_fib_lookup, flags: u32) -> Option<bool> {
+    let rc = unsafe {
+        fib_lookup(
+            ctx.skb.skb as *mut _,
+            p,
+            core::mem::size_of::<bpf_fib_lookup>() as i32,
+            flags,
+        )
+    };
+    if rc == BPF_FIB_LKUP_RET_SUCCESS as i64 {
+        Some(false)
+    } else if rc == BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
+        Some(true)
+    } else {
+        None
+    }
+}
+
 /// Whether interface `ifindex` is a pod veth with netward's programs.
 #[inline(always)]
 fn pod_veth(ifindex: u32) -> bool {
@@ -127,6 +148,10 @@ pub fn route(ctx: &TcContext, opening: bool) -> bool {
     let eth = unsafe { &*eth };
     let ethertype = u16::from_be_bytes([eth[12], eth[13]]);
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    // The sender's veth first: an unmarked one never delivers, whatever the route.
+    if !pod_veth(ifindex) {
+        return false;
+    }
     let mut src = [0u32; 4];
     let mut dst = [0u32; 4];
     let (family, proto, tos, flowinfo);
@@ -187,7 +212,6 @@ pub fn route(ctx: &TcContext, opening: bool) -> bool {
                 && e.iif == ifindex
                 && e.family == family
                 && pod_veth(e.oif)
-                && pod_veth(ifindex)
             {
                 p.family = family;
                 p.ifindex = e.oif;
@@ -209,21 +233,12 @@ pub fn route(ctx: &TcContext, opening: bool) -> bool {
     // An input lookup as for a packet arriving on `ifindex` (policy rules, forwarding
     // enabled on it, the MTU of the way out). Without a resolved neighbour the route still
     // names the interface (kernel 6.1+, d1c362e1dd68); `send` resolves it then.
-    let rc = unsafe {
-        fib_lookup(
-            ctx.skb.skb as *mut _,
-            p,
-            core::mem::size_of::<bpf_fib_lookup>() as i32,
-            0,
-        )
-    };
-    if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 && rc != BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
+    let Some(no_neigh) = fib(ctx, p, 0) else {
         return false;
-    }
+    };
     // Remember which of the two it was in the (otherwise unused) VLAN field.
-    let no_neigh = rc == BPF_FIB_LKUP_RET_NO_NEIGH as i64;
     p.__bindgen_anon_5.__bindgen_anon_1.h_vlan_TCI = no_neigh as u16;
-    if p.ifindex == ifindex || !pod_veth(p.ifindex) || !pod_veth(ifindex) {
+    if p.ifindex == ifindex || !pod_veth(p.ifindex) {
         return false;
     }
     if opening && !routed_back(ctx, p, ifindex) {
@@ -259,16 +274,7 @@ fn routed_back(ctx: &TcContext, fwd: &bpf_fib_lookup, ifindex: u32) -> bool {
     r.ifindex = ifindex;
     // The forward lookup leaves the source as it was.
     r.__bindgen_anon_4.ipv6_dst = unsafe { fwd.__bindgen_anon_3.ipv6_src };
-    let rc = unsafe {
-        fib_lookup(
-            ctx.skb.skb as *mut _,
-            r,
-            core::mem::size_of::<bpf_fib_lookup>() as i32,
-            BPF_FIB_LOOKUP_OUTPUT,
-        )
-    };
-    (rc == BPF_FIB_LKUP_RET_SUCCESS as i64 || rc == BPF_FIB_LKUP_RET_NO_NEIGH as i64)
-        && r.ifindex == ifindex
+    fib(ctx, r, BPF_FIB_LOOKUP_OUTPUT).is_some() && r.ifindex == ifindex
 }
 
 /// Forward the packet along the route [`route`] found (`TC_ACT_REDIRECT`), or `None` when it
