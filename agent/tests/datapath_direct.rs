@@ -175,6 +175,9 @@ fn same_node_tcp_goes_veth_to_veth_and_the_rest_through_the_node() {
             kept.get_or_insert(conn);
         }
         let mut direct_conn = kept.unwrap();
+        // Let the last TCP packets (delayed ACKs, the IPv6 connection's close) pass before the
+        // steps that count what is delivered directly.
+        std::thread::sleep(Duration::from_millis(300));
 
         // UDP takes the node's path.
         let before = read(&node_ns, &dp);
