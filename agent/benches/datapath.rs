@@ -2,6 +2,7 @@
 //! [--sizes 1,1000,...] [--new-flows N]
 //! [--baseline-object OLD.o]`): per-packet cost of the tc programs. Needs root.
 use anyhow::{Context, Result};
+use netward::cpustat::{steal_note, CpuTimes};
 use netward::datapath::bench::{run, table, BenchOptions};
 
 fn main() -> Result<()> {
@@ -23,7 +24,9 @@ fn main() -> Result<()> {
             other => anyhow::bail!("unknown argument {other}"),
         }
     }
+    let start = CpuTimes::now()?;
     let rows = run(&opts)?;
     print!("{}", table(&rows, opts.repeat));
+    println!("{}", steal_note(&start));
     Ok(())
 }

@@ -18,9 +18,11 @@
 //! * [`agent`]: the per-node daemon (control loop, metrics, status/monitor socket).
 //! * [`testkit`]: concise construction of clusters for tests.
 //! * [`synth`]: synthetic clusters for benchmarks and property tests.
+//! * [`cpustat`]: how much of a benchmark run the hypervisor gave to other guests.
 pub mod agent;
 pub mod cli;
 pub mod compiler;
+pub mod cpustat;
 pub mod datapath;
 pub mod eval;
 pub mod k8s;

@@ -3,13 +3,15 @@
 //! a TCP flow to a Service virtual address (which kube-proxy's DNAT rewrites), still take the
 //! node's path; the receiver's policy still decides; the packets arrive as forwarded by a
 //! router (TTL 63); turning the option off and on again never breaks an open connection; a
-//! veth with an ingress-side qdisc is left out.
+//! veth with an ingress-side qdisc or another TCX program is left out, also when they come
+//! after netward attached, and taken back once they are gone.
 //!
 //! The node's nftables `forward` hook counts what takes the node's path; a rule in the server
 //! pod counts what arrives with a TTL other than 63.
 mod datapath_support;
 
 use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,7 +20,8 @@ use datapath_support::netns::{
     connect, echo_servers, exchange, in_ns, nft, nft_packets, resolve_neighbours, Node,
 };
 use datapath_support::*;
-use netward::datapath::{Counters, Datapath, DatapathConfig};
+use netward::datapath::bench::attach_floor;
+use netward::datapath::{Counters, Datapath, DatapathConfig, DirectChange};
 use netward::plan::Plan;
 use netward_common::*;
 
@@ -264,24 +267,72 @@ fn same_node_tcp_goes_veth_to_veth_and_the_rest_through_the_node() {
         assert_eq!(after.tcp_fwd, mid.tcp_fwd);
         assert!(after.dp.direct_delivered > mid.dp.direct_delivered);
 
-        // A veth with an ingress-side qdisc (whose filters, the bandwidth plugin's shaping for
-        // one, a redirect would skip) is not marked when netward attaches: its pod's new
-        // flows take the node's path; without it, they are direct again.
+        // Another component's tc setup on a pod veth, added after netward attached, is seen at
+        // the next recheck (the agent's rescan, every 2 s): the veth loses its mark, its
+        // flows take the node's path from their next packet on, and get it back once the
+        // hook is netward's alone again.
         let client_if = ifaces[0].clone();
+        let new_conn = |dp: &Datapath, what: &str| {
+            let before = read(&node_ns, dp);
+            let mut conn = connect(&client_ns, at(&s[0], PORT)).expect(what);
+            assert!(exchange(&mut conn), "{what}");
+            (before, read(&node_ns, dp))
+        };
+        let off = |changes: Vec<DirectChange>, why: &str| {
+            assert_eq!(changes.len(), 1, "{changes:?}");
+            assert_eq!(changes[0].ifname, client_if);
+            assert!(!changes[0].direct);
+            assert!(
+                changes[0].why.as_deref().unwrap().contains(why),
+                "{changes:?}"
+            );
+        };
+        let on = |changes: Vec<DirectChange>| {
+            assert_eq!(
+                changes,
+                vec![DirectChange {
+                    ifname: client_if.clone(),
+                    direct: true,
+                    why: None
+                }]
+            );
+        };
+        assert_eq!(dp.recheck_direct().unwrap(), vec![], "nothing changed yet");
+        // An ingress-side qdisc: its filters (the bandwidth plugin's shaping, for one) run
+        // after TCX, and a redirect would skip them.
         datapath_support::netns::must(&["tc", "qdisc", "add", "dev", &client_if, "clsact"]);
-        dp.attach(&client_if).unwrap();
+        off(dp.recheck_direct().unwrap(), "qdisc");
         let before = read(&node_ns, &dp);
-        let mut conn = connect(&client_ns, at(&s[0], PORT)).expect("TCP, clsact qdisc");
-        assert!(exchange(&mut conn));
+        assert!(
+            exchange(&mut direct_conn),
+            "direct connection, clsact qdisc"
+        );
         let after = read(&node_ns, &dp);
         assert!(after.tcp_fwd > before.tcp_fwd);
         assert_eq!(after.dp.direct_delivered, before.dp.direct_delivered);
+        assert!(after.dp.direct_fallback > before.dp.direct_fallback);
+        let (before, after) = new_conn(&dp, "TCP, clsact qdisc");
+        assert!(after.tcp_fwd > before.tcp_fwd);
+        assert_eq!(after.dp.direct_delivered, before.dp.direct_delivered);
         datapath_support::netns::must(&["tc", "qdisc", "del", "dev", &client_if, "clsact"]);
-        dp.attach(&client_if).unwrap();
-        let before = read(&node_ns, &dp);
-        let mut conn = connect(&client_ns, at(&s[0], PORT)).expect("TCP, qdisc gone");
-        assert!(exchange(&mut conn));
-        let after = read(&node_ns, &dp);
+        on(dp.recheck_direct().unwrap());
+        let (before, after) = new_conn(&dp, "TCP, qdisc gone");
+        assert_eq!(after.tcp_fwd, before.tcp_fwd);
+        assert!(after.dp.direct_delivered > before.dp.direct_delivered);
+        // Another TCX program on the hook (here netward's do-nothing one, first): it must see
+        // every packet, and one after ours would be skipped by the redirect.
+        let floor_pins = PathBuf::from(format!(
+            "/sys/fs/bpf/netward-test-direct-floor-{}",
+            std::process::id()
+        ));
+        let other = attach_floor(&[&client_if], floor_pins).unwrap();
+        off(dp.recheck_direct().unwrap(), "another program");
+        let (before, after) = new_conn(&dp, "TCP, another TCX program");
+        assert!(after.tcp_fwd > before.tcp_fwd);
+        assert_eq!(after.dp.direct_delivered, before.dp.direct_delivered);
+        drop(other);
+        on(dp.recheck_direct().unwrap());
+        let (before, after) = new_conn(&dp, "TCP, the other program gone");
         assert_eq!(after.tcp_fwd, before.tcp_fwd);
         assert!(after.dp.direct_delivered > before.dp.direct_delivered);
     });

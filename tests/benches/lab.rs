@@ -47,6 +47,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use netward::cpustat::{steal_note, CpuTimes};
 use netward::lab::process::{self, Role};
 use netward::lab::{daemon, netns, LabPod};
 use netward_tests::lab::{
@@ -747,11 +748,13 @@ fn main() -> Result<()> {
     };
     std::thread::sleep(Duration::from_millis(500));
 
+    let start = CpuTimes::now()?;
     let mut rounds = Vec::new();
     for round in 1..=a.rounds.max(1) {
         eprintln!("round {round} of {}", a.rounds.max(1));
         rounds.push(one_round(&a, &lab, &dir, &pair, &control)?);
     }
     print_table(&rounds);
+    println!("\n{}", steal_note(&start));
     Ok(())
 }

@@ -204,6 +204,9 @@ impl<E: Enforcer> Controller<E> {
                 _ = rescan.tick() => {
                     if self.applied.is_some() {
                         self.reconcile_attachments().await;
+                        if let Err(e) = self.enforcer.recheck_direct() {
+                            tracing::warn!(error = format!("{e:#}"), "checking the veths' tc hooks failed");
+                        }
                     }
                     self.refresh_observations();
                 }

@@ -61,6 +61,10 @@ impl Enforcer for EbpfEnforcer {
         self.dp.attached()
     }
 
+    fn recheck_direct(&mut self) -> Result<()> {
+        self.dp.recheck_direct().map(drop)
+    }
+
     fn counters(&self) -> Result<Counters> {
         let c = self.dp.counters()?;
         Ok(Counters {

@@ -26,6 +26,11 @@ pub trait Enforcer: Send + 'static {
     fn detach_index(&mut self, ifindex: u32) -> Result<()>;
     /// Interfaces with programs attached (by index), also those left by a previous agent.
     fn attached(&self) -> Result<Vec<u32>>;
+    /// Check again which attached veths may take same-node delivery (see
+    /// `Datapath::recheck_direct`); called every rescan.
+    fn recheck_direct(&mut self) -> Result<()> {
+        Ok(())
+    }
     fn counters(&self) -> Result<Counters>;
     fn map_fill(&mut self) -> Result<Vec<MapFill>>;
     /// Verdict events produced since the last call (non-blocking).

@@ -73,6 +73,55 @@ fn ifname(ifindex: u32) -> Option<String> {
     )
 }
 
+/// A pod veth whose direct delivery [`Datapath::recheck_direct`] turned on or off.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DirectChange {
+    pub ifname: String,
+    pub direct: bool,
+    /// Why it is off.
+    pub why: Option<String>,
+}
+
+/// Our programs' ids and the interfaces with an ingress-side qdisc (see `qdisc`).
+struct TcView {
+    /// `netward_egress`, on the host veth's tc ingress hook.
+    egress: u32,
+    /// `netward_ingress`, on its tc egress hook.
+    ingress: u32,
+    ingress_qdiscs: std::collections::BTreeSet<u32>,
+}
+
+impl TcView {
+    /// Why `ifname` may not take direct delivery, or `None` when it may: both our programs on
+    /// its hooks (TCX), ours alone on its tc ingress hook (a program after ours would be
+    /// skipped by our redirect, one before it could change what ours sees), and no
+    /// ingress-side qdisc (its filters run after TCX, and would be skipped too).
+    fn refusal(&self, ifname: &str, idx: u32) -> Result<Option<String>> {
+        let (_, ingress) = SchedClassifier::query_tcx(ifname, TcAttachType::Ingress)?;
+        if !ingress.iter().any(|p| p.id() == self.egress) {
+            return Ok(Some(
+                "netward's program is not on its tc ingress hook".into(),
+            ));
+        }
+        if let Some(other) = ingress.iter().find(|p| p.id() != self.egress) {
+            return Ok(Some(format!(
+                "another program (id {}) is on its tc ingress hook",
+                other.id()
+            )));
+        }
+        let (_, egress) = SchedClassifier::query_tcx(ifname, TcAttachType::Egress)?;
+        if !egress.iter().any(|p| p.id() == self.ingress) {
+            return Ok(Some(
+                "netward's program is not on its tc egress hook".into(),
+            ));
+        }
+        if self.ingress_qdiscs.contains(&idx) {
+            return Ok(Some("it has an ingress or clsact qdisc".into()));
+        }
+        Ok(None)
+    }
+}
+
 impl Datapath {
     fn link_pin(&self, ifindex: u32, hook: &str) -> PathBuf {
         self.cfg
@@ -99,22 +148,23 @@ impl Datapath {
         Ok(Some(Array::try_from(map).context("POD_VETHS")?))
     }
 
-    /// Mark interface `idx` as a pod veth with our programs (`on`) or not. An index beyond the
-    /// bitmap is never marked: its pod's flows take the node's path.
-    fn mark_pod_veth(&mut self, idx: u32, on: bool) -> Result<()> {
+    /// Mark interface `idx` as a pod veth with our programs (`on`) or not; whether the mark
+    /// changed. An index beyond the bitmap is never marked: its pod's flows take the node's
+    /// path.
+    fn mark_pod_veth(&mut self, idx: u32, on: bool) -> Result<bool> {
         let (word, bit) = (idx / 64, 1u64 << (idx % 64));
         if word >= POD_VETH_WORDS {
-            return Ok(());
+            return Ok(false);
         }
         let Some(mut arr) = self.pod_veths()? else {
-            return Ok(());
+            return Ok(false);
         };
         let cur = arr.get(&word, 0).context("reading POD_VETHS")?;
         let new = if on { cur | bit } else { cur & !bit };
         if new != cur {
             arr.set(word, new, 0).context("writing POD_VETHS")?;
         }
-        Ok(())
+        Ok(new != cur)
     }
 
     /// Make `POD_VETHS` hold exactly `capable` (the interfaces whose pinned links survived a
@@ -139,42 +189,76 @@ impl Datapath {
         Ok(())
     }
 
-    /// Whether `ifname`'s pod may send and receive by direct delivery: TCX mode (a netlink
-    /// filter of ours is one of the ingress qdisc's), our program alone on its tc ingress
-    /// hook, and no ingress-side qdisc there whose filters a redirect would skip (see
-    /// `qdisc`). Programs or qdiscs added after netward attached are seen at its next attach
-    /// or start. A failed check counts as no: the pod's flows take the node's path.
-    fn direct_capable(&mut self, ifname: &str, idx: u32) -> bool {
+    /// What decides whether pod veths may take direct delivery, read once per pass over them.
+    fn tc_view(&mut self) -> Result<TcView> {
+        Ok(TcView {
+            egress: self.classifier(PROG_EGRESS)?.info()?.id(),
+            ingress: self.classifier(PROG_INGRESS)?.info()?.id(),
+            ingress_qdiscs: super::qdisc::ingress_qdiscs()?,
+        })
+    }
+
+    /// Why `ifname`'s pod may not send and receive by direct delivery (see
+    /// [`TcView::refusal`]), or `None` when it may. A failed check is a reason: the pod's
+    /// flows take the node's path.
+    fn direct_refusal(&self, view: &Result<TcView>, ifname: &str, idx: u32) -> Option<String> {
         if self.mode != AttachMode::Tcx {
-            return false;
+            return Some("attached by netlink, not TCX".into());
         }
-        let mut check = || -> Result<bool> {
-            let ours = self.classifier(PROG_EGRESS)?.info()?.id();
-            let (_, progs) = SchedClassifier::query_tcx(ifname, TcAttachType::Ingress)?;
-            if progs.iter().any(|p| p.id() != ours) {
-                return Ok(false);
-            }
-            Ok(!super::qdisc::has_ingress_qdisc(idx)?)
+        let checked = match view {
+            Ok(view) => view.refusal(ifname, idx),
+            Err(e) => Err(anyhow!("{e:#}")),
         };
-        match check() {
-            Ok(capable) => capable,
-            Err(e) => {
-                tracing::warn!(
-                    "{ifname}: checking its tc hooks failed ({e:#}): its flows take the node's path"
-                );
-                false
+        checked.unwrap_or_else(|e| Some(format!("checking its tc hooks failed ({e:#})")))
+    }
+
+    /// Check again every interface we enforce on, and mark or unmark it in `POD_VETHS`: a tc
+    /// program or qdisc that another component added to a pod's veth after netward attached
+    /// (or removed since) is seen here. The agent and the lab daemon call it every few
+    /// seconds; an unmarked veth neither sends nor receives directly from the next packet on
+    /// (the programs read the bitmap on every one). Logs and returns what changed.
+    pub fn recheck_direct(&mut self) -> Result<Vec<DirectChange>> {
+        if self.mode != AttachMode::Tcx {
+            return Ok(Vec::new());
+        }
+        let view = self.tc_view();
+        let mut changes = Vec::new();
+        for idx in self.attached()? {
+            let Some(name) = ifname(idx) else {
+                continue;
+            };
+            let refusal = self.direct_refusal(&view, &name, idx);
+            if self.mark_pod_veth(idx, refusal.is_none())? {
+                match &refusal {
+                    None => tracing::info!("{name}: same-node delivery on"),
+                    Some(why) => tracing::warn!(
+                        "{name}: same-node delivery off, {why}: its flows take the node's path"
+                    ),
+                }
+                changes.push(DirectChange {
+                    ifname: name,
+                    direct: refusal.is_none(),
+                    why: refusal,
+                });
             }
         }
+        Ok(changes)
     }
 
     /// Enforce on `ifname` (a pod's host-side veth). Idempotent: attaching again replaces the
     /// programs in the pinned links atomically (`bpf_link_update`). Once both programs are
-    /// on, the interface is marked in `POD_VETHS` if it qualifies ([`Self::direct_capable`]).
+    /// on, the interface is marked in `POD_VETHS` if it qualifies ([`TcView::refusal`]).
     pub fn attach(&mut self, ifname: &str) -> Result<()> {
         let idx = ifindex(ifname)?;
         self.attach_programs(ifname, idx)?;
-        let capable = self.direct_capable(ifname, idx);
-        self.mark_pod_veth(idx, capable)
+        let view = self.tc_view();
+        let refusal = self.direct_refusal(&view, ifname, idx);
+        if let (AttachMode::Tcx, Some(why)) = (self.mode, &refusal) {
+            tracing::info!(
+                "{ifname}: no same-node delivery, {why}: its flows take the node's path"
+            );
+        }
+        self.mark_pod_veth(idx, refusal.is_none()).map(drop)
     }
 
     fn attach_programs(&mut self, ifname: &str, idx: u32) -> Result<()> {
@@ -307,6 +391,7 @@ impl Datapath {
     /// from the links kept (netlink mode marks nothing).
     pub(crate) fn adopt_pinned_links(&mut self) -> Result<()> {
         let mut capable = Vec::new();
+        let view = self.tc_view();
         for idx in self.attached()? {
             let Some(name) = ifname(idx) else {
                 for (_, hook_name, _) in HOOKS {
@@ -331,7 +416,7 @@ impl Datapath {
                 let link: FdLink = classifier.take_link(id)?.try_into()?;
                 drop(link);
             }
-            if self.direct_capable(&name, idx) {
+            if self.direct_refusal(&view, &name, idx).is_none() {
                 capable.push(idx);
             }
         }

@@ -51,7 +51,7 @@ mod sync;
 pub mod testrun;
 mod upgrade;
 
-pub use attach::AttachMode;
+pub use attach::{AttachMode, DirectChange};
 pub use counters::Counters;
 pub use ct_gc::{ConntrackGc, GcHandle, GcReport, GcStats};
 pub use events::{EventReader, Verdict, VerdictEvent};

@@ -198,6 +198,10 @@ pub struct Options {
     pub direct_delivery: bool,
 }
 
+/// How often the daemon checks whether its veths still qualify for same-node delivery
+/// (`Datapath::recheck_direct`), as the agent does on every rescan.
+const RECHECK: Duration = Duration::from_secs(2);
+
 /// Run the daemon of lab `name` until killed.
 pub fn run(name: &LabName, opts: Options) -> Result<()> {
     let mut state = LabState::require(name)?;
@@ -258,7 +262,21 @@ pub fn run(name: &LabName, opts: Options) -> Result<()> {
         watch(&mut watcher, path)?;
     }
     process::mark_ready(process::Role::Daemon, name)?;
-    while rx.recv().is_ok() {
+    let mut recheck_at = Instant::now() + RECHECK;
+    loop {
+        let wait = recheck_at.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(wait) {
+            Ok(()) => {}
+            // Look at the veths' tc hooks again, as the agent does every rescan.
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                if let Err(e) = node.dp.recheck_direct() {
+                    warn!("checking the veths' tc hooks failed: {e:#}");
+                }
+                recheck_at = Instant::now() + RECHECK;
+                continue;
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
         // Editors write in several steps: settle, then take everything queued.
         std::thread::sleep(Duration::from_millis(150));
         while rx.try_recv().is_ok() {}
