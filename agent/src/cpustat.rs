@@ -1,7 +1,8 @@
 //! The machine's CPU time split as `/proc/stat` counts it, for the benchmarks to report how
 //! much of a run the hypervisor gave to other guests ("steal"). On a virtual machine that
 //! shares its host, a busy neighbour slows every figure of a run alike (here by up to 1.7x
-//! for hours), and steal is the one trace of it a guest can read.
+//! for hours), and steal is the one trace of it a guest can read (not a complete one: shared
+//! caches and memory bandwidth slow a guest without any steal).
 use anyhow::{Context, Result};
 
 /// Cumulative CPU time of all CPUs, in `USER_HZ` ticks.
@@ -50,7 +51,7 @@ impl CpuTimes {
 pub fn steal_note(start: &CpuTimes) -> String {
     match CpuTimes::now() {
         Ok(now) => format!(
-            "host steal during the run: {:.1} % of CPU time (other guests of this machine's host; above ~1 %, every figure reads high)",
+            "host steal during the run: {:.1} % of CPU time (the hypervisor ran other guests instead; a busy host can also slow a run without it)",
             100.0 * now.steal_since(start)
         ),
         Err(e) => format!("host steal during the run: unknown ({e:#})"),
