@@ -2,9 +2,11 @@
 //! netlink veth discovery) against the test API server, enforcing on a lab node (network
 //! namespaces with real servers). Creating, changing and deleting a NetworkPolicy, a pod
 //! label or a namespace label changes what real packets do; 410 expiry, an API server
-//! restart and a network cut keep enforcement in force. A Service's virtual address, DNATed by
-//! an nftables rule playing kube-proxy, is allowed or denied as its endpoints and the client's
-//! egress policy change through the API. Needs root (and `nft` for the Service test).
+//! restart and a network cut keep enforcement in force; a qdisc added to a pod veth after
+//! attaching takes it out of same-node delivery at the next rescan. A Service's virtual
+//! address, DNATed by an nftables rule playing kube-proxy, is allowed or denied as its
+//! endpoints and the client's egress policy change through the API. Needs root (and `nft` for
+//! the Service test).
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -87,6 +89,28 @@ async fn expect_at(
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Whether the interface `ifname` is marked for same-node delivery in the pinned `POD_VETHS`
+/// under `pins` (read as any tool would, from the pin).
+fn pod_veth_marked(pins: &std::path::Path, ifname: &str) -> bool {
+    let idx: u32 = std::fs::read_to_string(format!("/sys/class/net/{ifname}/ifindex"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let map = aya::maps::MapData::from_pin(pins.join("POD_VETHS")).unwrap();
+    let words = aya::maps::Array::<_, u64>::try_from(aya::maps::Map::Array(map)).unwrap();
+    words.get(&(idx / 64), 0).unwrap() >> (idx % 64) & 1 == 1
+}
+
+fn tc_qdisc(args: &[&str]) {
+    let out = std::process::Command::new("tc")
+        .arg("qdisc")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "tc qdisc {args:?}: {out:?}");
 }
 
 async fn wait_attached(shared: &Shared, n: usize) {
@@ -172,6 +196,32 @@ async fn real_packets_follow_kubernetes_changes() {
         wait_attached(&running.shared, 3).await;
         expect(&lab, "a/client", "a/web", true).await;
         expect(&lab, "b/other", "a/web", true).await;
+
+        // Same-node delivery: the agent's rescan sees a qdisc another component adds to a
+        // veth after attaching (its filters would be skipped) and unmarks it, and marks it
+        // again once the qdisc is gone.
+        let veth = lab.pod("a/web").host_veth.clone();
+        let marked = |want: bool| {
+            let veth = veth.clone();
+            let pins = dpc.bpffs_dir.clone();
+            async move {
+                let start = Instant::now();
+                while pod_veth_marked(&pins, &veth) != want {
+                    assert!(
+                        start.elapsed() < Duration::from_secs(10),
+                        "{veth}: POD_VETHS mark still {}",
+                        !want
+                    );
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        };
+        marked(true).await;
+        tc_qdisc(&["add", "dev", &veth, "clsact"]);
+        marked(false).await;
+        expect(&lab, "a/client", "a/web", true).await;
+        tc_qdisc(&["del", "dev", &veth, "clsact"]);
+        marked(true).await;
 
         // A policy: web accepts only app=client.
         server
