@@ -38,10 +38,8 @@ use aya_ebpf::{
 use netward_common::{cache_index, POD_VETH_WORDS};
 
 use crate::flowcache;
+use crate::parse::{be16_at, ptr_at, ETH_HLEN, ETH_P_IP, ETH_P_IPV6};
 
-const ETH_HLEN: usize = 14;
-const ETH_P_IP: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86dd;
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
 /// Ethernet + a fixed IPv4 header, Ethernet + the IPv6 header.
@@ -58,15 +56,6 @@ pub static POD_VETHS: Array<u64> = Array::pinned(POD_VETH_WORDS, 0);
 /// check.
 #[map(name = "FIB")]
 static FIB: PerCpuArray<bpf_fib_lookup> = PerCpuArray::with_max_entries(2, 0);
-
-#[inline(always)]
-fn header<const N: usize>(ctx: &TcContext) -> Option<*const [u8; N]> {
-    let start = ctx.data();
-    if start + N > ctx.data_end() {
-        return None;
-    }
-    Some(start as *const [u8; N])
-}
 
 /// Ask the FIB (`flags`: `BPF_FIB_LOOKUP_*`) with the parameters in `p`: `Some(no_neigh)`
 /// when it routes the packet, with or without a resolved neighbour.
@@ -142,11 +131,9 @@ pub fn route(ctx: &TcContext, opening: bool) -> bool {
     // than carried from the parser: a few loads, and the parser's values stay out of the
     // code the verifier walks per path. Addresses as IPv6-sized arrays of words (IPv4 in the
     // first), the FIB's own layout.
-    let Some(eth) = header::<ETH_HLEN>(ctx) else {
+    let Some(ethertype) = be16_at(ctx, 12) else {
         return false;
     };
-    let eth = unsafe { &*eth };
-    let ethertype = u16::from_be_bytes([eth[12], eth[13]]);
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     // The sender's veth first: an unmarked one never delivers, whatever the route.
     if !pod_veth(ifindex) {
@@ -156,7 +143,7 @@ pub fn route(ctx: &TcContext, opening: bool) -> bool {
     let mut dst = [0u32; 4];
     let (family, proto, tos, flowinfo);
     if ethertype == ETH_P_IP {
-        let Some(h) = header::<V4_END>(ctx) else {
+        let Some(h) = ptr_at::<[u8; V4_END]>(ctx, 0) else {
             return false;
         };
         let h = unsafe { &*h };
@@ -171,7 +158,7 @@ pub fn route(ctx: &TcContext, opening: bool) -> bool {
         src[0] = u32::from_ne_bytes([h[a], h[a + 1], h[a + 2], h[a + 3]]);
         dst[0] = u32::from_ne_bytes([h[a + 4], h[a + 5], h[a + 6], h[a + 7]]);
     } else if ethertype == ETH_P_IPV6 {
-        let Some(h) = header::<V6_END>(ctx) else {
+        let Some(h) = ptr_at::<[u8; V6_END]>(ctx, 0) else {
             return false;
         };
         let h = unsafe { &*h };
@@ -288,7 +275,7 @@ pub fn send(ctx: &TcContext) -> Option<i32> {
     let no_neigh = unsafe { p.__bindgen_anon_5.__bindgen_anon_1.h_vlan_TCI } != 0;
     let skb = ctx.skb.skb;
     if p.family == AF_INET {
-        let h = unsafe { &*header::<V4_END>(ctx)? };
+        let h = unsafe { &*ptr_at::<[u8; V4_END]>(ctx, 0)? };
         let (ttl, proto) = (h[ETH_HLEN + 8], h[ETH_HLEN + 9]);
         // TTL - 1, and the header checksum adjusted for its 16-bit word.
         let old = u16::from_ne_bytes([ttl, proto]) as u64;
@@ -303,7 +290,7 @@ pub fn send(ctx: &TcContext) -> Option<i32> {
             }
         }
     } else {
-        let h = unsafe { &*header::<V6_END>(ctx)? };
+        let h = unsafe { &*ptr_at::<[u8; V6_END]>(ctx, 0)? };
         let hops = [h[ETH_HLEN + 7] - 1];
         if unsafe {
             bpf_skb_store_bytes(skb, (ETH_HLEN + 7) as u32, hops.as_ptr() as *const _, 1, 0)

@@ -20,9 +20,9 @@ use netward_common::{
     FAMILY_V4, FAMILY_V6, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP,
 };
 
-const ETH_HLEN: usize = 14;
-const ETH_P_IP: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86DD;
+pub(crate) const ETH_HLEN: usize = 14;
+pub(crate) const ETH_P_IP: u16 = 0x0800;
+pub(crate) const ETH_P_IPV6: u16 = 0x86DD;
 const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88A8;
 /// Extension headers walked before giving up (the packet is then malformed).
@@ -139,7 +139,7 @@ pub struct Packet {
 }
 
 #[inline(always)]
-fn ptr_at<T>(ctx: &TcContext, off: usize) -> Option<*const T> {
+pub(crate) fn ptr_at<T>(ctx: &TcContext, off: usize) -> Option<*const T> {
     let start = ctx.data();
     let end = ctx.data_end();
     if start + off + size_of::<T>() > end {
@@ -154,7 +154,7 @@ fn u8_at(ctx: &TcContext, off: usize) -> Option<u8> {
 }
 
 #[inline(always)]
-fn be16_at(ctx: &TcContext, off: usize) -> Option<u16> {
+pub(crate) fn be16_at(ctx: &TcContext, off: usize) -> Option<u16> {
     ptr_at::<[u8; 2]>(ctx, off).map(|p| u16::from_be_bytes(unsafe { *p }))
 }
 
