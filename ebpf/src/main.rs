@@ -271,8 +271,7 @@ fn decide(ctx: &TcContext, dir: u8, parsed: Parsed) -> (u8, bool, bool) {
         Frag::First(id) => id as u64 | 1 << 32,
         _ => 0,
     };
-    // Fragments always take the node's path (see `deliver`): netfilter reassembles a flow's
-    // fragments only if it sees all of them.
+    // Fragments always take the node's path ([`may_deliver`]).
     let fragment = !matches!(pkt.frag, Frag::None);
     // This CPU's flow cache: a packet of a flow conntrack passed within the second (not one
     // that opens it, nor a first fragment, whose ports later fragments need; one that closes
@@ -281,8 +280,7 @@ fn decide(ctx: &TcContext, dir: u8, parsed: Parsed) -> (u8, bool, bool) {
     if first_frag == 0 && !parse::tcp_opening(t.proto, tcp_flags) {
         let closing = parse::tcp_closing(t.proto, tcp_flags);
         if let Some((r, direct)) = flowcache::get(&f, dir, generation, closing) {
-            let direct = direct && dir == DIR_EGRESS && flags & CFG_DIRECT != 0 && !fragment;
-            return (r, direct, false);
+            return (r, direct && may_deliver(dir, flags, fragment), false);
         }
     }
     // Everything below meets the parser's constants (protocol, family, ports, a fragment,
@@ -326,7 +324,7 @@ fn decide(ctx: &TcContext, dir: u8, parsed: Parsed) -> (u8, bool, bool) {
     };
     let mut r = match hit {
         Hit::Pass(r, d) => {
-            direct = d && dir == DIR_EGRESS && flags & CFG_DIRECT != 0 && !fragment;
+            direct = d && may_deliver(dir, flags, fragment);
             r
         }
         Hit::Revoked(d) => {
@@ -357,9 +355,7 @@ fn decide(ctx: &TcContext, dir: u8, parsed: Parsed) -> (u8, bool, bool) {
             if !related_error {
                 // Only a TCP flow's opening SYN starts a direct flow (`CT_DIRECT`): any other
                 // packet without an entry may belong to a flow netfilter already knows.
-                direct = dir == DIR_EGRESS
-                    && flags & CFG_DIRECT != 0
-                    && !fragment
+                direct = may_deliver(dir, flags, fragment)
                     && parse::tcp_opening(t.proto, tcp_flags)
                     && deliver::route(ctx, true);
                 routed = direct;
@@ -387,6 +383,15 @@ fn decide(ctx: &TcContext, dir: u8, parsed: Parsed) -> (u8, bool, bool) {
         }
     }
     (r, direct, routed)
+}
+
+/// Whether a packet at the hook of `dir` may be delivered straight to another pod's veth
+/// (see `deliver`), its flow permitting: only from the sender's side (the pod's egress), with
+/// the option on (`flags`: the Config's), and never a fragment (netfilter reassembles a
+/// flow's fragments only if it sees all of them).
+#[inline(always)]
+fn may_deliver(dir: u8, flags: u32, fragment: bool) -> bool {
+    dir == DIR_EGRESS && flags & CFG_DIRECT != 0 && !fragment
 }
 
 #[inline(always)]
